@@ -1,0 +1,20 @@
+"""A seconds-long run of the default setup on the `tiny` mmshapes build: for tests and smoke checks."""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset.config = "tiny"
+  config.model.modalities.image.widths = (8,)
+  config.model.modalities.image.dense = 16
+  config.model.modalities.text.embed_dim = 8
+  config.model.modalities.text.hidden = 16
+  config.model.head_hidden = (16,)
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  config.num_train_steps = 6
+  config.optimizer.warmup_steps = 2
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 2
+  return config

@@ -1,0 +1,155 @@
+"""The multimodal classifier: one encoder per configured modality -> fusion -> MLP head -> logits.
+
+Which modalities exist, which encoder reads each, and how they are fused are all config, so the
+image-only, text-only and multimodal models are one class, and comparing them changes no code:
+
+    Classifier(modalities={"image": {"encoder": "cnn", "dense": 64},
+                           "text": {"encoder": "lstm", "vocab_size": 40, "hidden": 64}},
+               fusion="concat", head_hidden=(64,), num_classes=16)
+
+Modality `m` reads `batch[m]` and, if present, the padding mask `batch[f"{m}_mask"]`.
+"""
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+from flax.core import FrozenDict
+
+from mmlearn.models.encoders import ENCODERS
+from mmlearn.models.fusion import FUSIONS
+
+# Dataclass fields every Linen module has, which are never configuration.
+_LINEN_FIELDS = ("parent", "name")
+
+
+def module_arguments(module_class: type[nn.Module]) -> tuple[set[str], set[str]]:
+  """The (accepted, required) constructor arguments of a Linen module class, excluding parent/name."""
+  fields = [f for f in dataclasses.fields(module_class) if f.init and f.name not in _LINEN_FIELDS]
+  accepted = {f.name for f in fields}
+  required = {
+    f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+  }
+  return accepted, required
+
+
+def check_arguments(module_class: type[nn.Module], kwargs: Mapping[str, Any], what: str) -> None:
+  """Raises a TypeError naming `what` (e.g. "encoder 'lstm' of modality 'text'") and the bad keys.
+
+  Without this a typo in a config surfaces as a bare dataclass `__init__` error that names neither
+  the modality nor the registry name the user wrote.
+  """
+  accepted, required = module_arguments(module_class)
+  unknown = sorted(set(kwargs) - accepted)
+  if unknown:
+    raise TypeError(
+      f"{what} got unknown argument(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(accepted))}"
+    )
+  missing = sorted(required - set(kwargs))
+  if missing:
+    raise TypeError(f"{what} is missing required argument(s) {', '.join(map(repr, missing))}")
+
+
+def split_encoder_config(modality: str, config: Mapping[str, Any]) -> tuple[type[nn.Module], dict[str, Any]]:
+  """Splits `{"encoder": name, **kwargs}` into the registered encoder class and its checked kwargs."""
+  if "encoder" not in config:
+    raise ValueError(f"modality {modality!r} names no 'encoder' (known: {', '.join(ENCODERS.names())})")
+  kwargs = {key: value for key, value in config.items() if key != "encoder"}
+  encoder_class = ENCODERS.get(config["encoder"])
+  check_arguments(encoder_class, kwargs, f"encoder {config['encoder']!r} of modality {modality!r}")
+  return encoder_class, kwargs
+
+
+def freeze_config(value: Any) -> Any:
+  """ConfigDicts and dicts -> FrozenDicts, lists -> tuples, recursively, so the result is hashable."""
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  if isinstance(value, Mapping):
+    return FrozenDict({key: freeze_config(item) for key, item in value.items()})
+  if isinstance(value, list | tuple):
+    return tuple(freeze_config(item) for item in value)
+  return value
+
+
+class Classifier(nn.Module):
+  """Encoders (one per modality, applied in sorted name order) -> fusion -> relu MLP -> logits.
+
+  Attributes:
+    modalities: modality name -> encoder config, `{"encoder": <registered name>, **encoder kwargs}`.
+    num_classes: number of output logits.
+    fusion: registered fusion name (see `mmlearn.models.fusion`).
+    fusion_kwargs: keyword arguments of the fusion module.
+    head_hidden: widths of the head's hidden layers (relu); () is a linear head on the fused features.
+  """
+
+  modalities: Mapping[str, Mapping[str, Any]]
+  num_classes: int
+  fusion: str = "concat"
+  fusion_kwargs: Mapping[str, Any] = FrozenDict()
+  head_hidden: Sequence[int] = ()
+
+  def __post_init__(self):
+    # Freeze plain dicts/lists given by callers: jit and Linen hash modules, and a dict is unhashable.
+    for field in ("modalities", "fusion_kwargs", "head_hidden"):
+      object.__setattr__(self, field, freeze_config(getattr(self, field)))
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, batch: Mapping[str, jnp.ndarray], *, train: bool = False) -> jnp.ndarray:
+    """Maps a batch with one input per configured modality to logits [B, num_classes]."""
+    if not self.modalities:
+      raise ValueError("Classifier has no modalities configured")
+    features = []
+    for modality in sorted(self.modalities):
+      encoder_class, kwargs = split_encoder_config(modality, self.modalities[modality])
+      if modality not in batch:
+        raise KeyError(f"batch has no input for modality {modality!r}; batch keys: {sorted(batch)}")
+      encoder = encoder_class(**kwargs, name=f"{modality}_encoder")
+      features.append(encoder(batch[modality], batch.get(f"{modality}_mask"), train=train))
+
+    fusion_class = FUSIONS.get(self.fusion)
+    check_arguments(fusion_class, self.fusion_kwargs, f"fusion {self.fusion!r}")
+    x = fusion_class(**self.fusion_kwargs, name="fusion")(features, train=train)
+
+    for i, width in enumerate(self.head_hidden):
+      x = nn.relu(nn.Dense(width, name=f"head{i}")(x))
+    return nn.Dense(self.num_classes, name="logits")(x)
+
+
+def build_classifier(model_config: Any, *, num_classes: int, vocab_size: int | None) -> Classifier:
+  """Builds a `Classifier` from `config.model` (a ConfigDict or dict) and the dataset's sizes.
+
+  Encoders with a `vocab_size` argument (text encoders) that the config leaves unset get the
+  dataset's, so configs stay dataset-agnostic. Config mistakes raise here, before any tracing.
+  """
+  config = freeze_config(model_config)
+  modalities = {}
+  for modality, encoder_config in config.get("modalities", {}).items():
+    encoder_config = dict(encoder_config)
+    if "encoder" in encoder_config and encoder_config.get("vocab_size") is None:
+      accepted, _ = module_arguments(ENCODERS.get(encoder_config["encoder"]))
+      if "vocab_size" in accepted:
+        if vocab_size is None:
+          raise ValueError(
+            f"encoder {encoder_config['encoder']!r} of modality {modality!r} needs a vocab_size, "
+            "but the dataset provides none and the config sets none"
+          )
+        encoder_config["vocab_size"] = vocab_size
+    split_encoder_config(modality, encoder_config)
+    modalities[modality] = encoder_config
+  if not modalities:
+    raise ValueError("model config has no modalities configured")
+
+  fusion = config.get("fusion", "concat")
+  fusion_kwargs = config.get("fusion_kwargs") or {}
+  check_arguments(FUSIONS.get(fusion), fusion_kwargs, f"fusion {fusion!r}")
+  return Classifier(
+    modalities=modalities,
+    num_classes=num_classes,
+    fusion=fusion,
+    fusion_kwargs=fusion_kwargs,
+    head_hidden=tuple(config.get("head_hidden", ())),
+  )

@@ -1,0 +1,113 @@
+"""Per-modality encoders: one input array (plus an optional mask) -> one feature vector per example.
+
+Every encoder has the same signature, `__call__(x, mask=None, *, train=False) -> [B, D]`, so the
+classifier builds and calls them uniformly from a config (`{"encoder": "lstm", "hidden": 64}`).
+Encoders that have no notion of padding (images) accept and ignore `mask`; `train` is there for
+encoders with dropout or batch statistics, so adding one never changes a caller.
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mmlearn.registry import Registry
+
+ENCODERS = Registry("encoder")
+
+
+@ENCODERS.register("cnn")
+class ImageCNN(nn.Module):
+  """A small LeNet-style CNN: (3x3 conv -> relu -> 2x2 max-pool) per width, then flatten -> dense -> relu.
+
+  Kept shallow on purpose: models here train on CPUs, where XLA's kernel gradient of a convolution is
+  the most expensive op, so depth is the first thing to give up on.
+
+  Attributes:
+    widths: output channels of each conv block; each block halves the spatial resolution.
+    dense: number of output features.
+  """
+
+  widths: Sequence[int] = (32, 64)
+  dense: int = 64
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None, *, train: bool = False) -> jnp.ndarray:
+    """Encodes float images [B, H, W, C] into features [B, dense]; `mask` and `train` are unused."""
+    del mask, train
+    x = jnp.asarray(x, jnp.float32)
+    for i, width in enumerate(self.widths):
+      x = nn.Conv(width, kernel_size=(3, 3), name=f"conv{i}")(x)
+      x = nn.relu(x)
+      x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
+    x = x.reshape((x.shape[0], -1))
+    return nn.relu(nn.Dense(self.dense, name="dense")(x))
+
+
+def zero_lstm_carry(inputs: jnp.ndarray, hidden: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """An all-zero LSTM carry (c, h), each [B, hidden], for inputs [B, L, E].
+
+  Built with `zeros_like` so it inherits the inputs' device-varying axes: under
+  `shard_map(check_vma=True)`, nn.RNN's default carry is a device-invariant constant while the carry
+  the cell returns varies per device, and `lax.scan` rejects the mismatch.
+  """
+  zeros = jnp.zeros_like(inputs[:, 0, :1], shape=(inputs.shape[0], hidden))
+  return zeros, zeros
+
+
+@ENCODERS.register("lstm")
+class TextLSTM(nn.Module):
+  """Token embedding -> LSTM (optionally bidirectional); the sentence vector is the final hidden state.
+
+  Sequences are right-padded; `mask` marks the real tokens (True) and must be a prefix of each row.
+  The forward state is read at each sequence's last real token and the backward LSTM reads only the real
+  tokens, in reverse, so padding -- how much of it, and which ids sit under it -- never changes the output.
+  A sequence with no real tokens encodes to zeros rather than to whatever the LSTM made of the padding.
+
+  Attributes:
+    vocab_size: number of token ids (ids must lie in [0, vocab_size)).
+    embed_dim: token embedding width.
+    hidden: LSTM state width (per direction).
+    bidirectional: also run a backward LSTM and concatenate its final state: [B, 2 * hidden].
+    dense: if set, a dense layer + relu maps the recurrent state to this many features.
+  """
+
+  vocab_size: int
+  embed_dim: int = 64
+  hidden: int = 64
+  bidirectional: bool = False
+  dense: int | None = None
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None, *, train: bool = False) -> jnp.ndarray:
+    """Encodes int tokens [B, L] (with bool `mask` [B, L], None = no padding) into features [B, D]."""
+    del train
+    if mask is None:
+      mask = jnp.ones(x.shape, bool)
+    mask = mask.astype(bool)
+    lengths = mask.sum(-1).astype(jnp.int32)
+    # Pad ids are replaced by 0 so an arbitrary (even out-of-range) id under the padding cannot leak NaNs
+    # from the embedding lookup into the gradient of the unused padding steps.
+    tokens = jnp.where(mask, x, 0)
+    embedded = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(tokens)
+
+    carry = zero_lstm_carry(embedded, self.hidden)
+    # The cells own the parameters (nn.RNN is a parameter-free scan around them), so they carry the names.
+    forward = nn.RNN(nn.OptimizedLSTMCell(self.hidden, name="forward_lstm"))
+    if self.bidirectional:
+      backward = nn.RNN(nn.OptimizedLSTMCell(self.hidden, name="backward_lstm"))
+      # With `seq_lengths`, the backward RNN reverses only the real prefix of each row (padding stays at
+      # the end) and its carry is read at the last real step, i.e. after reading the first real token.
+      (forward_carry, backward_carry), _ = nn.Bidirectional(forward, backward)(
+        embedded, initial_carry=(carry, carry), seq_lengths=lengths, return_carry=True
+      )
+      state = jnp.concatenate([forward_carry[1], backward_carry[1]], axis=-1)  # LSTM carries are (c, h).
+    else:
+      forward_carry, _ = forward(embedded, initial_carry=carry, seq_lengths=lengths, return_carry=True)
+      state = forward_carry[1]
+    # An empty sequence would otherwise take the carry of the last (padding) step.
+    state = jnp.where((lengths > 0)[:, None], state, 0.0)
+
+    if self.dense is not None:
+      state = nn.relu(nn.Dense(self.dense, name="dense")(state))
+    return state

@@ -1,0 +1,87 @@
+"""Data parallelism: map a per-device step over every device with `jax.shard_map` (default) or `jax.pmap`.
+
+Steps are written as per-device code: they see their device's slice of the global batch and average
+gradients and metrics with `lax.pmean(..., AXIS)`. Parameters are replicated. Under `shard_map` with the
+default `check_vma=True`, `jax.grad` of a device-varying loss with respect to replicated (invariant)
+parameters already *sums* the gradient over devices (the transpose of the implicit broadcast is a
+psum), so a pmap-style `pmean` on top would be N times too large. Marking the parameters as varying
+first (`lax.pcast(..., to="varying")`) fixes the gradient, but then every `scan` in the model (an LSTM)
+must make its initial carry varying too, leaking parallelism into model code. So the step is mapped
+with `check_vma=False`, where, as under `pmap`, the per-device gradient is local and the explicit
+`pmean` averages it: both modes give the parameters of a single-device run (tested on 4 devices).
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXIS = "batch"
+MODES = ("shard_map", "pmap")
+
+
+class DataParallel:
+  """One 1-D device mesh over all devices of all processes, and how to move data and steps onto it.
+
+  Host-side state is always a plain (unreplicated) pytree; batches are the process-local slice of the
+  global batch, leading axis = examples. Both modes take and return the same layouts, so the trainer
+  does not know which one it runs.
+  """
+
+  def __init__(self, mode: str = "shard_map", devices: Sequence[jax.Device] | None = None):
+    if mode not in MODES:
+      raise ValueError(f"unknown parallel.mode {mode!r}; known: {', '.join(MODES)}")
+    self.mode = mode
+    self.devices = list(jax.devices() if devices is None else devices)
+    self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
+    self.mesh = Mesh(np.array(self.devices), (AXIS,))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.sharded = NamedSharding(self.mesh, P(AXIS))
+
+  @property
+  def num_devices(self) -> int:
+    return len(self.devices)
+
+  def check_batch_size(self, global_batch: int) -> int:
+    """Returns the per-process batch size; the global batch must split evenly over all devices."""
+    if global_batch % self.num_devices:
+      raise ValueError(f"batch size {global_batch} is not divisible by the {self.num_devices} devices")
+    return global_batch // jax.process_count()
+
+  def replicate(self, tree: Any) -> Any:
+    return jax.device_put(tree, self.replicated)
+
+  def shard(self, local_batch: dict[str, np.ndarray]) -> Any:
+    """Places this process's part of the global batch on its devices, split along the example axis."""
+    if self.mode == "pmap":
+      n = len(self.local_devices)
+      return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), local_batch)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.sharded, x), local_batch)
+
+  def map(self, step: Callable[..., Any], *, sharded_args: tuple[int, ...], donate_argnums=()) -> Callable:
+    """Compiles a per-device `step`; args listed in `sharded_args` are split by example, others replicated.
+
+    Every output must be device-invariant (already reduced with `pmean`/`psum`), and comes back
+    replicated on all devices.
+    """
+    if self.mode == "pmap":
+      compiled: dict[int, Callable] = {}
+
+      def wrapper(*args):
+        if len(args) not in compiled:
+          in_axes = tuple(0 if i in sharded_args else None for i in range(len(args)))
+          compiled[len(args)] = jax.pmap(
+            step, AXIS, in_axes=in_axes, out_axes=None, donate_argnums=donate_argnums, devices=self.devices
+          )
+        return compiled[len(args)](*args)
+
+      return wrapper
+
+    def make(*args):
+      specs = tuple(P(AXIS) if i in sharded_args else P() for i in range(len(args)))
+      return jax.shard_map(step, mesh=self.mesh, in_specs=specs, out_specs=P(), check_vma=False)(*args)
+
+    return jax.jit(make, donate_argnums=donate_argnums)

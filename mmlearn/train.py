@@ -1,0 +1,186 @@
+"""The one training loop every task plugs into: `train_and_evaluate(config, workdir)`.
+
+`train_step` is per-device code (it sees its slice of the global batch and averages with `pmean`);
+`DataParallel` maps it over all devices with `shard_map` or `pmap`. The loop restores the latest
+checkpoint if there is one, trains, logs, guards against non-finite losses, checkpoints the state
+together with the data iterator, and evaluates every configured split at the end.
+"""
+
+import functools
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax import lax
+
+from mmlearn import config_checks, data, optim
+from mmlearn import parallel as parallel_lib
+from mmlearn.checkpoint import Checkpointer
+from mmlearn.data import pipeline
+from mmlearn.evaluate import SplitEvaluator
+from mmlearn.metric_writer import MetricWriter
+from mmlearn.tasks import TASKS
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # Base key; step keys are derived with fold_in(step), so restarts replay them exactly.
+
+
+def train_step(state: TrainState, batch: dict[str, Any], *, task: Any, tx: optax.GradientTransformation):
+  """Per-device step: local gradient, `pmean` over devices, optax update. Returns (state, metrics)."""
+  rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(parallel_lib.AXIS))
+  grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+  (_, metrics), grads = grad_fn(state.params, batch, rng)
+  grads = lax.pmean(grads, parallel_lib.AXIS)
+  metrics = lax.pmean(metrics, parallel_lib.AXIS)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics |= {"grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params)}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def total_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  return max(1, math.ceil(config.num_epochs * num_train_examples / config.batch_size))
+
+
+def check_finite(history: Sequence[tuple[int, dict[str, Any]]], last_good: int | None) -> None:
+  """Raises `FloatingPointError` naming the first step whose loss was NaN or infinite."""
+  for step, metrics in history:
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+      raise FloatingPointError(
+        f"non-finite loss ({loss}) at step {step}; training stopped, last good checkpoint: step {last_good}"
+      )
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks: Sequence[Callable] = ()):
+  """Trains `config` in `workdir` (resuming if it holds checkpoints) and returns the final eval metrics.
+
+  `hooks` are called as `hook(step, metrics)` after each log interval (e.g. to stop a run early).
+  """
+  config_checks.check(config)
+  os.makedirs(workdir, exist_ok=True)
+  save_config(config, workdir)
+  par = parallel_lib.DataParallel(config.parallel.mode)
+  par.check_batch_size(config.batch_size)
+  par.check_batch_size(config.eval_batch_size)
+  splits = ("train", *config.dataset.eval_splits)
+  sources, info = data.load_sources(
+    config.dataset.name, config=config.dataset.config, data_dir=config.dataset.data_dir, splits=splits
+  )
+  label = info.features["label"]
+  task = TASKS.get(config.task)(
+    config,
+    num_classes=label.num_classes,
+    vocab_size=data.vocab_size(config.dataset.name),
+    class_names=list(label.names),
+  )
+  num_steps = total_train_steps(config, len(sources["train"]))
+  tx = optim.make_optimizer(config.optimizer, num_steps)
+  train_iter = pipeline.train_iterator(
+    sources["train"], batch_size=config.batch_size, seed=config.seed, max_tokens=config.dataset.max_tokens
+  )
+
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  example = next(
+    pipeline.eval_batches(sources["train"], batch_size=par.num_devices, max_tokens=config.dataset.max_tokens)
+  )
+  params = jax.jit(task.init)(init_rng, example)
+  state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=state_rng)
+  logging.info("parameters: %s", f"{sum(x.size for x in jax.tree.leaves(params)):,}")
+
+  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+  last_saved = checkpointer.latest_step()
+  if last_saved is not None:
+    logging.info("resuming from the checkpoint at step %d", last_saved)
+    state = checkpointer.restore(last_saved, state, train_iter)
+  state = par.replicate(state)
+
+  writer = MetricWriter(workdir)
+  p_train_step = par.map(
+    functools.partial(train_step, task=task, tx=tx), sharded_args=(1,), donate_argnums=(0,)
+  )
+  step = int(state.step)
+  history: list[tuple[int, Any]] = []
+  timer = (time.perf_counter(), step)
+  try:
+    while step < num_steps:
+      batch = par.shard(next(train_iter))
+      state, metrics = p_train_step(state, batch)
+      step += 1
+      history.append((step, metrics))
+      at_log = step % config.log_every_steps == 0 or step == num_steps
+      at_checkpoint = step % config.checkpoint_every_steps == 0 or step == num_steps
+      if at_log or at_checkpoint:
+        history = jax.device_get(history)  # The only host sync: once per log or checkpoint interval.
+        check_finite(history, last_saved)
+      if at_log:
+        timer = log_progress(writer, history, timer, step, num_steps, config.batch_size)
+        for hook in hooks:
+          hook(step, history[-1][1])
+      if at_checkpoint:
+        checkpointer.save(step, state, train_iter)
+        last_saved = step
+      if at_log or at_checkpoint:
+        history = []
+  finally:
+    checkpointer.close()
+
+  results = {}
+  for split in config.dataset.eval_splits:
+    evaluator = SplitEvaluator(
+      task,
+      par,
+      sources[split],
+      split=split,
+      batch_size=config.eval_batch_size,
+      max_tokens=config.dataset.max_tokens,
+    )
+    results.update(evaluator.run(state.params))
+  writer.write(step, results)
+  writer.close()
+  headline = {k: round(v, 4) for k, v in results.items() if "class_accuracy" not in k}
+  logging.info("step %d evaluation: %s", step, json.dumps(headline))
+  return results
+
+
+def log_progress(writer, history, timer, step, num_steps, batch_size):
+  """Writes the interval's mean train metrics and logs a progress line; returns the new timer."""
+  (start, start_step), now = timer, time.perf_counter()
+  means = {f"train/{k}": float(np.mean([m[k] for _, m in history])) for k in history[-1][1]}
+  writer.write(step, means)
+  steps_per_s = (step - start_step) / max(now - start, 1e-9)
+  eta = (num_steps - step) / max(steps_per_s, 1e-9)
+  shown = "  ".join(f"{k.removeprefix('train/')} {v:.4g}" for k, v in means.items())
+  logging.info(
+    "step %d/%d  %s  %.1f steps/s  %.0f examples/s  ETA %s",
+    step,
+    num_steps,
+    shown,
+    steps_per_s,
+    steps_per_s * batch_size,
+    time.strftime("%H:%M:%S", time.gmtime(eta)),
+  )
+  return now, step

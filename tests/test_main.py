@@ -1,0 +1,52 @@
+"""The command line: a tiny end-to-end run, and one clear error line for bad input."""
+
+import json
+import os
+
+import pytest
+from conftest import run_python
+
+
+def test_main_runs_end_to_end(data_dir, tmp_path):
+  result = run_python(
+    [
+      "-m",
+      "mmlearn.main",
+      "--config=configs/tiny.py",
+      f"--workdir={tmp_path}",
+      f"--config.dataset.data_dir={data_dir}",
+      "--config.optimizer.learning_rate=0.05",
+    ]
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "examples/s" in result.stderr and "ETA" in result.stderr
+  config = json.loads((tmp_path / "config.json").read_text())
+  assert config["optimizer"]["learning_rate"] == 0.05
+  last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+  assert last["step"] == 6 and 0.0 <= last["test/accuracy"] <= 1.0
+  assert os.path.isdir(tmp_path / "checkpoints" / "6")
+
+
+@pytest.mark.parametrize(
+  "flag, message",
+  [
+    ("--config.optimizer.learnig_rate=0.1", "learnig_rate"),
+    ("--config.batch_size=many", "batch_size"),
+    ("--config.model.fusion=nope", "unknown fusion 'nope'"),
+  ],
+)
+def test_bad_input_gives_one_error_line_and_nonzero_exit(data_dir, tmp_path, flag, message):
+  result = run_python(
+    [
+      "-m",
+      "mmlearn.main",
+      "--config=configs/tiny.py",
+      f"--workdir={tmp_path}",
+      f"--config.dataset.data_dir={data_dir}",
+      flag,
+    ]
+  )
+  assert result.returncode != 0
+  error_lines = [line for line in result.stderr.splitlines() if message in line]
+  assert error_lines, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr

@@ -1,0 +1,17 @@
+"""Data parallelism on 4 fake CPU devices (a subprocess, since the device count is fixed at start-up)."""
+
+import json
+
+from conftest import run_python
+
+
+def test_shard_map_and_pmap_match_a_single_device_run(data_dir):
+  result = run_python(
+    ["tests/multidevice_check.py", data_dir], env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  diffs = json.loads(result.stdout.strip().splitlines()[-1])
+  assert diffs["moved"] > 1e-3  # The steps really changed the parameters...
+  assert diffs["shard_map_vs_single"] < 1e-5  # ...and all three runs agree (float tolerance):
+  assert diffs["pmap_vs_single"] < 1e-5  # a gradient summed instead of averaged would be 4x off.
+  assert diffs["shard_map_vs_pmap"] < 1e-5

@@ -1,0 +1,136 @@
+"""The training core on tiny configs: learning, checkpoint/resume, NaN guard and config errors."""
+
+import functools
+import json
+import math
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from mmlearn import data, optim, train
+from mmlearn import parallel as parallel_lib
+from mmlearn.data import pipeline
+from mmlearn.tasks import TASKS
+
+
+def saved_params(workdir: str, step: int | None = None):
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "data"))
+  step = manager.latest_step() if step is None else step
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+  return step, state["params"]
+
+
+def assert_trees_equal(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b, strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_steps_lower_the_loss_on_a_fixed_batch(tiny_config):
+  config = tiny_config
+  sources, info = data.load_sources("mmshapes", config="tiny", data_dir=config.dataset.data_dir)
+  task = TASKS.get("classification")(config, num_classes=16, vocab_size=data.vocab_size("mmshapes"))
+  batch = next(pipeline.train_iterator(sources["train"], batch_size=32, seed=0, max_tokens=16))
+  config.optimizer.update(name="adam", learning_rate=0.01, warmup_steps=0)
+  tx = optim.make_optimizer(config.optimizer, 100)
+  params = task.init(jax.random.PRNGKey(0), batch)
+  state = train.TrainState(
+    step=np.int32(0), params=params, opt_state=tx.init(params), rng=jax.random.PRNGKey(1)
+  )
+  par = parallel_lib.DataParallel("shard_map")
+  step = par.map(functools.partial(train.train_step, task=task, tx=tx), sharded_args=(1,))
+  state, batch = par.replicate(state), par.shard(batch)
+  losses = []
+  for _ in range(20):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_train_and_evaluate_writes_logs_and_metrics(tiny_config, tmp_path):
+  results = train.train_and_evaluate(tiny_config, str(tmp_path))
+  for split in ("validation", "test"):
+    assert 0.0 <= results[f"{split}/accuracy"] <= 1.0
+    assert math.isfinite(results[f"{split}/loss"])
+    assert len([k for k in results if k.startswith(f"{split}/class_accuracy/")]) == 16
+  lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [line["step"] for line in lines if "train/loss" in line] == [2, 4, 6]
+  assert lines[-1]["test/accuracy"] == pytest.approx(results["test/accuracy"])
+  assert json.loads((tmp_path / "config.json").read_text())["batch_size"] == 32
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
+  assert saved_params(str(tmp_path))[0] == 6
+
+
+class Preempted(Exception):
+  pass
+
+
+def test_interrupted_run_resumes_to_identical_parameters(tiny_config, tmp_path):
+  tiny_config.num_train_steps = 8
+  tiny_config.checkpoint_every_steps = 3
+  train.train_and_evaluate(tiny_config, str(tmp_path / "straight"))
+
+  def preempt(step, metrics):
+    if step == 4:  # After the step-3 checkpoint, before the step-6 one: steps 4..? are lost.
+      raise Preempted
+
+  with pytest.raises(Preempted):
+    train.train_and_evaluate(tiny_config, str(tmp_path / "resumed"), hooks=[preempt])
+  assert saved_params(str(tmp_path / "resumed"))[0] == 3
+  train.train_and_evaluate(tiny_config, str(tmp_path / "resumed"))
+  step_a, params_a = saved_params(str(tmp_path / "straight"))
+  step_b, params_b = saved_params(str(tmp_path / "resumed"))
+  assert step_a == step_b == 8
+  assert_trees_equal(params_a, params_b)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
+  tiny_config.num_train_steps = 4
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  _, good = saved_params(str(tmp_path), 4)
+  tiny_config.num_train_steps = 12
+  tiny_config.optimizer.learning_rate = 1e30
+  with pytest.raises(
+    FloatingPointError, match=r"non-finite loss .* at step \d+; .*last good checkpoint: step 4"
+  ):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  step, params = saved_params(str(tmp_path))
+  assert step == 4
+  assert_trees_equal(good, params)
+
+
+@pytest.mark.parametrize(
+  "field, value, error, message",
+  [
+    ("model.fusion", "nope", ValueError, "unknown fusion 'nope'"),
+    ("optimizer.name", "adagrad9", ValueError, "unknown optimizer 'adagrad9'"),
+    ("dataset.name", "imagenet42", ValueError, "unknown dataset 'imagenet42'"),
+    ("parallel.mode", "xmap", ValueError, "unknown parallel.mode 'xmap'"),
+    ("model.modalities.image.encoder", "vit9", ValueError, "unknown encoder 'vit9'"),
+    ("batch_size", 0, ValueError, "'batch_size' must be positive"),
+  ],
+)
+def test_bad_config_values_are_named(tiny_config, tmp_path, field, value, error, message):
+  node = tiny_config
+  *parents, leaf = field.split(".")
+  for name in parents:
+    node = node[name]
+  node[leaf] = value
+  with pytest.raises(error, match=message):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+
+
+def test_keys_added_or_mistyped_in_config_files_are_rejected(tiny_config, tmp_path):
+  tiny_config.optimizer.learnig_rate = 0.1
+  with pytest.raises(ValueError, match="unknown config key 'optimizer.learnig_rate'"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  del tiny_config.optimizer["learnig_rate"]
+  as_dict = tiny_config.to_dict()
+  as_dict["num_epochs"] = "three"  # A config file that builds its own ConfigDict escapes type safety.
+  with pytest.raises(TypeError, match="config key 'num_epochs' should be float, got str"):
+    train.train_and_evaluate(ml_collections.ConfigDict(as_dict), str(tmp_path))
