@@ -5,6 +5,7 @@ config or the data (unknown key or name, wrong type, missing or corrupt file, no
 run with one `error:` line on stderr and exit status 1; run with `--verbosity=1` for the traceback.
 """
 
+import logging as std_logging
 import sys
 
 import jax
@@ -21,10 +22,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 USER_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OSError, FloatingPointError)
 
 
-def fail(error: BaseException) -> None:
+def fail(error: BaseException, prefix: str = "") -> None:
   """Ends the run with one line on stderr naming the problem (the traceback goes to the debug log)."""
-  message = " ".join(str(error.args[0] if error.args else error).strip("'\"").split())
-  print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
+  message = error
+  while isinstance(message, BaseException) and message.args:  # Unwrap AttributeError(KeyError(str)).
+    message = message.args[0]
+  message = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+  print(f"error: {prefix}{type(error).__name__}: {message}", file=sys.stderr)
   sys.exit(1)
 
 
@@ -35,13 +39,21 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  except USER_ERRORS as e:
-    fail(e)
+  except USER_ERRORS as e:  # config_flags reports an unknown key as KeyError/AttributeError.
+    fail(e, prefix="bad --config override: ")
+
+
+def quiet_library_info(record) -> bool:
+  """Drops orbax's and TFDS's INFO lines (dozens per checkpoint), keeping their warnings and errors."""
+  noisy = "/orbax/" in record.pathname or "/tensorflow_datasets/" in record.pathname
+  return record.levelno > std_logging.INFO or not noisy
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if logging.get_verbosity() <= logging.INFO:
+    logging.get_absl_handler().addFilter(quiet_library_info)
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+
 from conftest import run_python
 
 

@@ -113,6 +113,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_p
     ("parallel.mode", "xmap", ValueError, "unknown parallel.mode 'xmap'"),
     ("model.modalities.image.encoder", "vit9", ValueError, "unknown encoder 'vit9'"),
     ("batch_size", 0, ValueError, "'batch_size' must be positive"),
+    ("model.modalities.image.widths", (8,) * 6, ValueError, "too small to pool"),
   ],
 )
 def test_bad_config_values_are_named(tiny_config, tmp_path, field, value, error, message):
@@ -122,6 +123,12 @@ def test_bad_config_values_are_named(tiny_config, tmp_path, field, value, error,
     node = node[name]
   node[leaf] = value
   with pytest.raises(error, match=message):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+
+
+def test_modality_the_dataset_lacks_is_named(tiny_config, tmp_path):
+  tiny_config.model.modalities.audio = {"encoder": "cnn"}
+  with pytest.raises(KeyError, match="no input for modality 'audio'"):
     train.train_and_evaluate(tiny_config, str(tmp_path))
 
 

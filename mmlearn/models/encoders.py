@@ -37,6 +37,11 @@ class ImageCNN(nn.Module):
     del mask, train
     x = jnp.asarray(x, jnp.float32)
     for i, width in enumerate(self.widths):
+      if min(x.shape[1:3]) < 2:
+        raise ValueError(
+          f"ImageCNN with {len(self.widths)} pooling blocks: block {i} gets a {x.shape[1]}x"
+          f"{x.shape[2]} feature map, too small to pool; use fewer widths"
+        )
       x = nn.Conv(width, kernel_size=(3, 3), name=f"conv{i}")(x)
       x = nn.relu(x)
       x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
