@@ -18,6 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.config = "default"  # TFDS builder config: sizes and generator seed.
   # Where TFDS writes/reads prepared files; None -> $MMLEARN_DATA_DIR or ~/tensorflow_datasets.
   config.dataset.data_dir = config_dict.placeholder(str)
+  # Raw files for builders that need them (AV-MNIST); None -> the builder's environment variable.
+  config.dataset.manual_dir = config_dict.placeholder(str)
   config.dataset.max_tokens = 16  # Captions are padded/truncated to this many tokens (with a mask).
   config.dataset.eval_splits = ("validation", "test")
 
@@ -35,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.name = "sgd"  # sgd | adam | adamw
   config.optimizer.learning_rate = 0.1
   config.optimizer.momentum = 0.9  # sgd only
-  config.optimizer.weight_decay = 0.0  # adamw only
+  config.optimizer.weight_decay = 0.0  # sgd/adam: L2 added to the gradient; adamw: decoupled decay.
   config.optimizer.warmup_steps = 50
   config.optimizer.schedule = "cosine"  # cosine | constant (both after linear warmup)
   config.optimizer.grad_clip_norm = 0.0  # 0 disables global-norm clipping.

@@ -10,13 +10,16 @@ OPTIMIZERS = Registry("optimizer")
 
 @OPTIMIZERS.register("sgd")
 def _sgd(lr: optax.Schedule, cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  return optax.sgd(lr, momentum=cfg.momentum or None)
+  """SGD with momentum; `weight_decay` is L2 on the loss, as PyTorch's SGD(weight_decay=...) applies it."""
+  sgd = optax.sgd(lr, momentum=cfg.momentum or None)
+  return optax.chain(optax.add_decayed_weights(cfg.weight_decay), sgd) if cfg.weight_decay else sgd
 
 
 @OPTIMIZERS.register("adam")
 def _adam(lr: optax.Schedule, cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  del cfg
-  return optax.adam(lr)
+  """Adam; `weight_decay` is L2 on the loss (coupled); use adamw for decoupled decay."""
+  adam = optax.adam(lr)
+  return optax.chain(optax.add_decayed_weights(cfg.weight_decay), adam) if cfg.weight_decay else adam
 
 
 @OPTIMIZERS.register("adamw")

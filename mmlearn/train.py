@@ -109,7 +109,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
   )
   params = jax.jit(task.init)(init_rng, example)
   state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=state_rng)
-  logging.info("parameters: %s", f"{sum(x.size for x in jax.tree.leaves(params)):,}")
+  num_parameters = sum(x.size for x in jax.tree.leaves(params))
+  logging.info("parameters: %s", f"{num_parameters:,}")
 
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
   last_saved = checkpointer.latest_step()
@@ -148,7 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
   finally:
     checkpointer.close()
 
-  results = {}
+  results = {"model/num_parameters": num_parameters}
   for split in config.dataset.eval_splits:
     evaluator = SplitEvaluator(
       task,
@@ -161,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
     results.update(evaluator.run(state.params))
   writer.write(step, results)
   writer.close()
-  headline = {k: round(v, 4) for k, v in results.items() if "class_accuracy" not in k}
+  headline = {k: round(v, 4) for k, v in results.items() if "class_accuracy" not in k and "model/" not in k}
   logging.info("step %d evaluation: %s", step, json.dumps(headline))
   return results
 

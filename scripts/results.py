@@ -1,64 +1,121 @@
-"""Trains a list of configs and tabulates their test accuracy and wall time (markdown + CSV).
+"""Trains configs over several seeds and tabulates test accuracy (mean +- std), parameters and wall time.
 
-  python scripts/results.py --workdir=runs/table \
-    --configs=configs/default.py,configs/mmshapes_image_only.py,configs/mmshapes_text_only.py
+  python scripts/results.py --workdir=runs/table --seeds=3 \
+    --configs=configs/default.py,configs/mmshapes_image_only.py,configs/mmshapes_text_only.py \
+    --override=num_epochs=2
 
-Each config trains in `<workdir>/<config name>` (an existing finished run is evaluated, not retrained;
-its wall time is then the evaluation's). The README's table comes from this script.
+Writes `results.md`, `results.csv` (one row per config) and `results.png` (a bar chart with the
+seed-to-seed standard deviation as error bars) into `--workdir`. Each (config, seed) trains in its own
+sub-directory; one that already finished (it holds `result.json`) is read back, not retrained, so an
+interrupted table resumes where it stopped.
 """
 
+import ast
+import contextlib
 import csv
 import importlib.util
+import json
 import os
 import sys
 import time
 
+import matplotlib
+import numpy as np
 from absl import app, flags
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mmlearn import train  # noqa: E402
 
 flags.DEFINE_list("configs", None, "Config files to train.")
-flags.DEFINE_string("workdir", None, "Root directory: one sub-directory per config, plus results.md/.csv.")
+flags.DEFINE_string(
+  "workdir", None, "Root directory: one sub-directory per config and seed, plus the tables."
+)
+flags.DEFINE_integer("seeds", 1, "Seeds 0..N-1 per config.")
+flags.DEFINE_multi_string("override", [], "key=value applied to every config, e.g. num_epochs=2.")
+flags.DEFINE_string("metric", "test/accuracy", "The metric the table and chart report.")
 flags.mark_flags_as_required(["configs", "workdir"])
 FLAGS = flags.FLAGS
 
 
-def load_config(path: str):
+def load_config(path: str, overrides: list[str]):
   spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  config = module.get_config()
+  for override in overrides:
+    key, _, value = override.partition("=")
+    with contextlib.suppress(ValueError, SyntaxError):  # Otherwise it stays a plain string.
+      value = ast.literal_eval(value)
+    config.update_from_flattened_dict({key: value})
+  return config
 
 
-def main(argv):
-  del argv
-  rows = []
-  for path in FLAGS.configs:
-    name = os.path.basename(path)[:-3]
-    start = time.perf_counter()
-    results = train.train_and_evaluate(load_config(path), os.path.join(FLAGS.workdir, name))
-    rows.append(
-      {
-        "config": path,
-        "test_accuracy": results["test/accuracy"],
-        "validation_accuracy": results["validation/accuracy"],
-        "wall_s": time.perf_counter() - start,
-      }
-    )
+def run_once(path: str, seed: int) -> dict:
+  """Trains one (config, seed), or reads back the result of a run that already finished."""
+  workdir = os.path.join(FLAGS.workdir, os.path.basename(path)[:-3], f"seed{seed}")
+  result_file = os.path.join(workdir, "result.json")
+  if os.path.exists(result_file):
+    with open(result_file) as f:
+      return json.load(f)
+  config = load_config(path, FLAGS.override)
+  config.seed = seed
+  start = time.perf_counter()
+  results = train.train_and_evaluate(config, workdir)
+  result = {**results, "wall_s": time.perf_counter() - start}
+  with open(result_file, "w") as f:
+    json.dump(result, f)
+  return result
+
+
+def summarize(path: str, runs: list[dict]) -> dict:
+  values = np.array([run[FLAGS.metric] for run in runs])
+  return {
+    "config": path,
+    "seeds": len(runs),
+    "mean": values.mean(),
+    "std": values.std(ddof=1) if len(values) > 1 else 0.0,
+    "parameters": int(runs[0]["model/num_parameters"]),
+    "wall_s_per_run": float(np.mean([run["wall_s"] for run in runs])),
+  }
+
+
+def write_tables(rows: list[dict]) -> None:
   with open(os.path.join(FLAGS.workdir, "results.csv"), "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-  lines = ["| config | test accuracy | validation accuracy | wall time (s) |", "| --- | --- | --- | --- |"]
-  lines += [
-    f"| `{r['config']}` | {r['test_accuracy']:.2%} | {r['validation_accuracy']:.2%} | {r['wall_s']:.0f} |"
-    for r in rows
+  lines = [
+    f"| config | {FLAGS.metric} (mean +- std) | seeds | parameters | train wall time per run (s) |",
+    "| --- | --- | --- | --- | --- |",
   ]
+  for r in rows:
+    lines.append(
+      f"| `{r['config']}` | {r['mean']:.2%} +- {r['std']:.2%} | {r['seeds']} | {r['parameters']:,} "
+      f"| {r['wall_s_per_run']:.0f} |"
+    )
   with open(os.path.join(FLAGS.workdir, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))
+
+  names = [os.path.basename(r["config"])[:-3] for r in rows]
+  fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(rows) + 2), 4))
+  ax.bar(names, [r["mean"] for r in rows], yerr=[r["std"] for r in rows], capsize=4, color="tab:blue")
+  ax.set_ylabel(FLAGS.metric)
+  ax.set_title(f"{FLAGS.metric}, mean +- std over seeds")
+  ax.tick_params(axis="x", rotation=45)
+  fig.tight_layout()
+  fig.savefig(os.path.join(FLAGS.workdir, "results.png"), dpi=120)
+
+
+def main(argv):
+  del argv
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  rows = [summarize(path, [run_once(path, seed) for seed in range(FLAGS.seeds)]) for path in FLAGS.configs]
+  write_tables(rows)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,38 @@
+"""scripts/results.py: a 2-seed table end to end, and resuming reads finished runs instead of retraining."""
+
+import csv
+import json
+import os
+
+from conftest import run_python
+
+
+def test_results_table_over_seeds(data_dir, tmp_path):
+  args = [
+    "scripts/results.py",
+    f"--workdir={tmp_path}",
+    "--configs=configs/tiny.py",
+    "--seeds=2",
+    "--override=num_train_steps=2",
+    "--override=optimizer.learning_rate=0.05",
+  ]
+  result = run_python(args, env={"MMLEARN_DATA_DIR": data_dir})
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = list(csv.DictReader(open(tmp_path / "results.csv")))  # noqa: SIM115
+  assert len(rows) == 1 and rows[0]["seeds"] == "2"
+  runs = [json.loads((tmp_path / "tiny" / f"seed{s}" / "result.json").read_text()) for s in (0, 1)]
+  accuracies = [run["test/accuracy"] for run in runs]
+  assert float(rows[0]["mean"]) == sum(accuracies) / 2
+  assert int(rows[0]["parameters"]) == runs[0]["model/num_parameters"] > 0
+  assert (
+    json.loads((tmp_path / "tiny" / "seed0" / "config.json").read_text())["optimizer"]["learning_rate"]
+    == 0.05
+  )
+  assert (tmp_path / "results.png").stat().st_size > 0
+  assert "| `configs/tiny.py` |" in (tmp_path / "results.md").read_text()
+
+  # A second invocation reads the finished runs back: nothing is retrained, so no new metrics lines.
+  before = (tmp_path / "tiny" / "seed0" / "metrics.jsonl").read_text()
+  assert run_python(args, env={"MMLEARN_DATA_DIR": data_dir}).returncode == 0
+  assert (tmp_path / "tiny" / "seed0" / "metrics.jsonl").read_text() == before
+  assert os.path.exists(tmp_path / "results.md")
