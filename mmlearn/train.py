@@ -88,7 +88,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
   par.check_batch_size(config.eval_batch_size)
   splits = ("train", *config.dataset.eval_splits)
   sources, info = data.load_sources(
-    config.dataset.name, config=config.dataset.config, data_dir=config.dataset.data_dir, splits=splits
+    config.dataset.name,
+    config=config.dataset.config,
+    data_dir=config.dataset.data_dir,
+    manual_dir=config.dataset.manual_dir,
+    splits=splits,
   )
   label = info.features["label"]
   task = TASKS.get(config.task)(

@@ -12,8 +12,21 @@ from conftest import REPO
 from mmlearn import config_checks, data
 from mmlearn.models.classifier import build_classifier
 
+# Two examples of each dataset's model inputs, as the pipeline delivers them.
+DUMMY_BATCHES = {
+  "mmshapes": {
+    "image": np.zeros((2, 32, 32, 3), np.float32),
+    "text": np.ones((2, 16), np.int32),
+    "text_mask": np.ones((2, 16), bool),
+  },
+  "avmnist": {"image": np.zeros((2, 28, 28, 1), np.float32), "audio": np.zeros((2, 112, 112, 1), np.float32)},
+}
+NUM_CLASSES = {"mmshapes": 16, "avmnist": 10}
+
 CONFIG_FILES = sorted(
-  f for f in glob.glob(os.path.join(REPO, "configs", "*.py")) if not f.endswith("__init__.py")
+  f
+  for f in glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True)
+  if not f.endswith("__init__.py")
 )
 
 
@@ -26,25 +39,25 @@ def load(path):
 
 def test_all_config_files_are_listed():
   names = {os.path.basename(f) for f in CONFIG_FILES}
-  assert {"default.py", "tiny.py", "mmshapes_image_only.py", "mmshapes_text_only.py"} <= names
+  assert {"default.py", "tiny.py", "mmshapes_image_only.py", "mmshapes_text_only.py", "tensor.py"} <= names
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda f: os.path.relpath(f, REPO))
 def test_config_resolves_and_builds_its_model(path):
   config = load(path)
   config_checks.check(config)
-  model = build_classifier(config.model, num_classes=16, vocab_size=data.vocab_size(config.dataset.name))
-  batch = {
-    "image": np.zeros((2, 32, 32, 3), np.float32),
-    "text": np.ones((2, 16), np.int32),
-    "text_mask": np.ones((2, 16), bool),
-  }
+  name = config.dataset.name
+  num_classes = NUM_CLASSES[name]
+  model = build_classifier(config.model, num_classes=num_classes, vocab_size=data.vocab_size(name))
+  batch = DUMMY_BATCHES[name]
   params = model.init(jax.random.PRNGKey(0), batch)
-  assert model.apply(params, batch).shape == (2, 16)
+  assert model.apply(params, batch).shape == (2, num_classes)
 
 
 def test_unimodal_configs_keep_one_modality():
-  configs = {os.path.basename(p): load(p) for p in CONFIG_FILES}
+  configs = {os.path.relpath(p, os.path.join(REPO, "configs")): load(p) for p in CONFIG_FILES}
   assert set(configs["mmshapes_image_only.py"].model.modalities) == {"image"}
   assert set(configs["mmshapes_text_only.py"].model.modalities) == {"text"}
   assert set(configs["default.py"].model.modalities) == {"image", "text"}
+  assert set(configs["avmnist/image_only.py"].model.modalities) == {"image"}
+  assert set(configs["avmnist/audio_only.py"].model.modalities) == {"audio"}

@@ -348,7 +348,7 @@ def test_data_dir_comes_from_argument_then_environment(monkeypatch, tmp_path):
 @pytest.mark.parametrize(
   "kwargs, message",
   [
-    ({"name": "nope"}, "unknown dataset 'nope'; known: mmshapes"),
+    ({"name": "nope"}, "unknown dataset 'nope'; known: avmnist, mmshapes"),
     ({"name": "mmshapes", "config": "huge"}, "unknown config 'huge'"),
     ({"name": "mmshapes", "splits": ("dev",)}, "unknown split 'dev'"),
   ],

@@ -237,7 +237,8 @@ def test_classifier_passes_the_text_mask_to_the_encoder():
 
 def test_unknown_fusion_and_encoder_names():
   batch = image_text_batch()
-  with pytest.raises(ValueError, match="unknown fusion 'nope'; known: concat, sum"):
+  known = "attention, concat, gated, late, low_rank_tensor, multiplicative, sum, tensor"
+  with pytest.raises(ValueError, match=f"unknown fusion 'nope'; known: {known}"):
     Classifier(modalities=TWO_MODALITIES, fusion="nope", num_classes=4).init(jax.random.key(0), batch)
   with pytest.raises(ValueError, match="unknown encoder 'vit'"):
     Classifier(modalities={"image": {"encoder": "vit"}}, num_classes=4).init(jax.random.key(0), batch)

@@ -1,6 +1,7 @@
 """Datasets by name: prepare a TFDS builder once into `data_dir`, then read its splits by random access.
 
-Preparation is local (every registered dataset is generated, none downloaded) and atomic: TFDS writes into
+Preparation is local (`mmshapes` is generated; `avmnist` reads raw files from `manual_dir`, else from
+`$MMLEARN_AVMNIST_DIR`, and downloads them only when neither is set) and atomic: TFDS writes into
 a temporary directory and renames it only when complete, so a failed run leaves nothing that looks
 prepared, and the next call starts over. Files damaged or deleted afterwards are found before training
 starts, by name, instead of as an unexplained error or silently empty records mid-run.
@@ -14,7 +15,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
-from mmlearn.data import mmshapes  # noqa: F401  (registers "mmshapes")
+from mmlearn.data import avmnist, mmshapes  # noqa: F401  (register "avmnist", "mmshapes")
 from mmlearn.data.registry import DATASETS
 from mmlearn.data.text import WordTokenizer
 
@@ -31,13 +32,14 @@ def get_builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
   return DATASETS.get(name)
 
 
-def get_tokenizer(name: str) -> WordTokenizer:
-  """The tokenizer whose ids a dataset's `tokens` feature holds."""
-  return get_builder_class(name).TOKENIZER
+def get_tokenizer(name: str) -> WordTokenizer | None:
+  """The tokenizer whose ids a dataset's `tokens` feature holds; None for datasets without text."""
+  return getattr(get_builder_class(name), "TOKENIZER", None)
 
 
-def vocab_size(name: str) -> int:
-  return get_tokenizer(name).vocab_size
+def vocab_size(name: str) -> int | None:
+  tokenizer = get_tokenizer(name)
+  return None if tokenizer is None else tokenizer.vocab_size
 
 
 def num_classes(info: tfds.core.DatasetInfo) -> int:
@@ -50,8 +52,13 @@ def load_sources(
   config: str | None = None,
   data_dir: str | None = None,
   splits: Sequence[str] = ("train", "validation", "test"),
+  manual_dir: str | None = None,
 ) -> tuple[dict[str, Any], tfds.core.DatasetInfo]:
   """Prepares dataset `name` (config `config`, default: the builder's first) if needed; opens `splits`.
+
+  `manual_dir` holds the raw files of a dataset built from them (`avmnist`: see its module docstring for
+  the layout and the `$MMLEARN_AVMNIST_DIR` fallback); generated datasets ignore it. Only a preparation
+  reads it: a prepared dataset is reused whatever `manual_dir` says.
 
   Returns `{split: random-access source}` (`len`, `__getitem__` -> dict of numpy values) and the
   `DatasetInfo` (features, class names, split sizes). A second call reuses the prepared files.
@@ -61,8 +68,9 @@ def load_sources(
   data_dir = resolve_data_dir(data_dir)
   _check_metadata(_prepared_dir(builder_cls, config, data_dir))
   builder = builder_cls(data_dir=data_dir, config=config, file_format="array_record")
-  # Never ask GCS for a hosted copy: it is a network call, and these datasets are generated.
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  # Never ask GCS for a hosted copy: it is a network call, and these datasets are built here.
+  download_config = tfds.download.DownloadConfig(try_download_gcs=False, manual_dir=manual_dir)
+  builder.download_and_prepare(download_config=download_config)
   sources = {}
   for split in splits:
     base = split.split("[")[0]

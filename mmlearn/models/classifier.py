@@ -8,6 +8,9 @@ image-only, text-only and multimodal models are one class, and comparing them ch
                fusion="concat", head_hidden=(64,), num_classes=16)
 
 Modality `m` reads `batch[m]` and, if present, the padding mask `batch[f"{m}_mask"]`.
+
+A fusion that outputs logits (`late`: one head per modality) takes the classifier's `num_classes` and
+`head_hidden` and replaces the classifier's head, so `head_hidden` means the same thing either way.
 """
 
 import dataclasses
@@ -20,7 +23,7 @@ import ml_collections
 from flax.core import FrozenDict
 
 from mmlearn.models.encoders import ENCODERS
-from mmlearn.models.fusion import FUSIONS
+from mmlearn.models.fusion import FUSIONS, outputs_logits
 
 # Dataclass fields every Linen module has, which are never configuration.
 _LINEN_FIELDS = ("parent", "name")
@@ -63,6 +66,29 @@ def split_encoder_config(modality: str, config: Mapping[str, Any]) -> tuple[type
   return encoder_class, kwargs
 
 
+def resolve_fusion(
+  fusion: str, fusion_kwargs: Mapping[str, Any], *, num_classes: int, head_hidden: Sequence[int]
+) -> tuple[type[nn.Module], dict[str, Any]]:
+  """The registered fusion class and its checked kwargs, completed from the classifier if it outputs logits.
+
+  A logits fusion gets the classifier's `num_classes` and `head_hidden`, so a config switching between
+  early and late fusion changes only `fusion`. The classifier owns those numbers: setting them in
+  `fusion_kwargs` as well is an error rather than a silent override.
+  """
+  fusion_class = FUSIONS.get(fusion)
+  kwargs = dict(fusion_kwargs)
+  if outputs_logits(fusion_class):
+    clashes = sorted({"num_classes", "head_hidden"} & set(kwargs))
+    if clashes:
+      raise TypeError(
+        f"fusion {fusion!r} takes {', '.join(map(repr, clashes))} from the classifier; "
+        "set them on the model, not in fusion_kwargs"
+      )
+    kwargs.update(num_classes=num_classes, head_hidden=tuple(head_hidden))
+  check_arguments(fusion_class, kwargs, f"fusion {fusion!r}")
+  return fusion_class, kwargs
+
+
 def freeze_config(value: Any) -> Any:
   """ConfigDicts and dicts -> FrozenDicts, lists -> tuples, recursively, so the result is hashable."""
   if isinstance(value, ml_collections.ConfigDict):
@@ -77,12 +103,16 @@ def freeze_config(value: Any) -> Any:
 class Classifier(nn.Module):
   """Encoders (one per modality, applied in sorted name order) -> fusion -> relu MLP -> logits.
 
+  A fusion with `outputs_logits` (e.g. `late`) ends the model: it gets `num_classes` and `head_hidden`
+  and builds the heads itself, and the classifier adds no `head{i}`/`logits` layers.
+
   Attributes:
     modalities: modality name -> encoder config, `{"encoder": <registered name>, **encoder kwargs}`.
     num_classes: number of output logits.
     fusion: registered fusion name (see `mmlearn.models.fusion`).
     fusion_kwargs: keyword arguments of the fusion module.
     head_hidden: widths of the head's hidden layers (relu); () is a linear head on the fused features.
+      For a fusion that outputs logits, the widths of its per-modality heads.
   """
 
   modalities: Mapping[str, Mapping[str, Any]]
@@ -110,9 +140,12 @@ class Classifier(nn.Module):
       encoder = encoder_class(**kwargs, name=f"{modality}_encoder")
       features.append(encoder(batch[modality], batch.get(f"{modality}_mask"), train=train))
 
-    fusion_class = FUSIONS.get(self.fusion)
-    check_arguments(fusion_class, self.fusion_kwargs, f"fusion {self.fusion!r}")
-    x = fusion_class(**self.fusion_kwargs, name="fusion")(features, train=train)
+    fusion_class, fusion_kwargs = resolve_fusion(
+      self.fusion, self.fusion_kwargs, num_classes=self.num_classes, head_hidden=self.head_hidden
+    )
+    x = fusion_class(**fusion_kwargs, name="fusion")(features, train=train)
+    if outputs_logits(fusion_class):
+      return x
 
     for i, width in enumerate(self.head_hidden):
       x = nn.relu(nn.Dense(width, name=f"head{i}")(x))
@@ -145,11 +178,12 @@ def build_classifier(model_config: Any, *, num_classes: int, vocab_size: int | N
 
   fusion = config.get("fusion", "concat")
   fusion_kwargs = config.get("fusion_kwargs") or {}
-  check_arguments(FUSIONS.get(fusion), fusion_kwargs, f"fusion {fusion!r}")
+  head_hidden = tuple(config.get("head_hidden", ()))
+  resolve_fusion(fusion, fusion_kwargs, num_classes=num_classes, head_hidden=head_hidden)
   return Classifier(
     modalities=modalities,
     num_classes=num_classes,
     fusion=fusion,
     fusion_kwargs=fusion_kwargs,
-    head_hidden=tuple(config.get("head_hidden", ())),
+    head_hidden=head_hidden,
   )

@@ -116,3 +116,70 @@ class TextLSTM(nn.Module):
     if self.dense is not None:
       state = nn.relu(nn.Dense(self.dense, name="dense")(state))
     return state
+
+
+@ENCODERS.register("lenet")
+class LeNet(nn.Module):
+  """The AV-MNIST LeNet of MultiBench (`unimodals/common_models.py`, after CentralNet).
+
+  MultiBench uses LeNet(1, 6, 3) for the image (48 features) and LeNet(1, 6, 5) for the spectrogram (192),
+  i.e. `channels=6` with `num_layers=3` / `num_layers=5` here. Blocks: a 5x5 conv with `channels` outputs,
+  then `num_layers` 3x3 convs, each doubling the channels; every conv ('SAME' padding, as the reference's
+  padding 2 / 1) is followed by relu and a 2x2 max-pool (floor, as PyTorch). Output width
+  `channels * 2 ** num_layers`. On 28x28 with 4 pools (28-14-7-3-1) and 112x112 with 6 pools
+  (112-...-7-3-1) the map ends at 1x1, where flattening is exactly the reference's output; a final global
+  max-pool gives the same width for any other input size. One difference: the reference's convs are
+  bias-free and followed by BatchNorm; here convs have biases and no BatchNorm, because the trainer keeps
+  no batch statistics.
+
+  Attributes:
+    channels: output channels of the first conv.
+    num_layers: further conv blocks after the first (the reference's `additional_layers`).
+  """
+
+  channels: int = 6
+  num_layers: int = 3
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None, *, train: bool = False) -> jnp.ndarray:
+    """Encodes float arrays [B, H, W, C] into [B, channels * 2 ** num_layers]; `mask`, `train` unused."""
+    del mask, train
+    x = jnp.asarray(x, jnp.float32)
+    for i in range(self.num_layers + 1):
+      if min(x.shape[1:3]) < 2:
+        raise ValueError(
+          f"LeNet with {self.num_layers + 1} pooling blocks: block {i} gets a {x.shape[1]}x{x.shape[2]} "
+          "feature map, too small to pool; use fewer num_layers"
+        )
+      kernel = (5, 5) if i == 0 else (3, 3)
+      x = nn.Conv(self.channels * 2**i, kernel_size=kernel, padding="SAME", name=f"conv{i}")(x)
+      x = nn.max_pool(nn.relu(x), window_shape=(2, 2), strides=(2, 2))
+    return x.max(axis=(1, 2))
+
+
+@ENCODERS.register("spectrogram_lstm")
+class SpectrogramLSTM(nn.Module):
+  """An LSTM over a spectrogram's time frames; the features are the final hidden state.
+
+  Input [B, F, T, 1] (frequency x time, as the `avmnist` audio): step t reads the F values of frame t.
+  Spectrograms have no padding, so every sequence runs its full length and `mask` is ignored.
+
+  Attributes:
+    hidden: LSTM state width (the output width).
+    project: if set, a dense layer + relu maps each frame to this many features before the LSTM.
+  """
+
+  hidden: int = 64
+  project: int | None = None
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None, *, train: bool = False) -> jnp.ndarray:
+    """Encodes float spectrograms [B, F, T, C] into features [B, hidden]; `mask` and `train` are unused."""
+    del mask, train
+    x = jnp.asarray(x, jnp.float32)
+    frames = jnp.moveaxis(x, 2, 1).reshape(x.shape[0], x.shape[2], -1)  # [B, T, F * C]
+    if self.project is not None:
+      frames = nn.relu(nn.Dense(self.project, name="project")(frames))
+    rnn = nn.RNN(nn.OptimizedLSTMCell(self.hidden, name="lstm"))
+    carry, _ = rnn(frames, initial_carry=zero_lstm_carry(frames, self.hidden), return_carry=True)
+    return carry[1]  # LSTM carries are (c, h).

@@ -10,11 +10,16 @@ Interface every fusion follows (the classifier relies on nothing else):
   - `train`: whether the model is training, for fusions with dropout; ignored by the others.
   - Returns [B, D], where D depends on the fusion and its arguments (not on the batch).
 
+Late fusions decide per modality and combine decisions, so their output is already the logits. Such a
+fusion sets the class attribute `outputs_logits = True` and has fields `num_classes` and `head_hidden`,
+which the classifier fills from its own and then adds no head of its own (see `outputs_logits` below).
+
 Optional inputs added later (e.g. a per-example modality-presence mask `present: [B, M] bool`) become
 keyword-only arguments with a `None` default, added to every fusion at once, so existing callers and
 configs keep working unchanged.
 """
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -32,6 +37,16 @@ def check_features(features: Sequence[jnp.ndarray]) -> None:
   batch_sizes = {f.shape[0] for f in features}
   if any(f.ndim != 2 for f in features) or len(batch_sizes) != 1:
     raise ValueError(f"fusion expects [B, D_i] features with one B, got shapes {[f.shape for f in features]}")
+
+
+def outputs_logits(fusion_class: type[nn.Module]) -> bool:
+  """Whether a fusion's output is the final logits, so the classifier must not add a head after it."""
+  return getattr(fusion_class, "outputs_logits", False)
+
+
+def append_one(x: jnp.ndarray) -> jnp.ndarray:
+  """[B, D] -> [B, D + 1] with a constant 1 last, so products of such vectors keep every lower-order term."""
+  return jnp.concatenate([x, jnp.ones_like(x[:, :1])], axis=-1)
 
 
 @FUSIONS.register("concat")
@@ -64,3 +79,194 @@ class SumFusion(nn.Module):
     check_features(features)
     projected = [nn.Dense(self.dim, name=f"project{i}")(f) for i, f in enumerate(features)]
     return sum(projected[1:], projected[0])
+
+
+class MLP(nn.Module):
+  """Dense + relu per hidden width, then a linear output layer: [B, D] -> [B, out]."""
+
+  hidden: Sequence[int]
+  out: int
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    for i, width in enumerate(self.hidden):
+      x = nn.relu(nn.Dense(width, name=f"hidden{i}")(x))
+    return nn.Dense(self.out, name="logits")(x)
+
+
+@FUSIONS.register("late")
+class LateFusion(nn.Module):
+  """Late fusion: one MLP head per modality ending in logits; the output is their mean, [B, num_classes].
+
+  Each modality is classified on its own and only the decisions are combined, the baseline that tells
+  whether a model gains anything from cross-modal interactions. Since the output is the logits, the
+  classifier supplies `num_classes` and `head_hidden` and adds no head of its own.
+
+  Attributes:
+    num_classes: number of logits of every per-modality head.
+    head_hidden: widths of each head's hidden layers (relu); () gives linear heads.
+  """
+
+  outputs_logits = True
+
+  num_classes: int
+  head_hidden: Sequence[int] = ()
+
+  @nn.compact
+  def __call__(self, features: Sequence[jnp.ndarray], *, train: bool = False) -> jnp.ndarray:
+    del train
+    check_features(features)
+    logits = [
+      MLP(tuple(self.head_hidden), self.num_classes, name=f"head{i}")(f) for i, f in enumerate(features)
+    ]
+    return jnp.mean(jnp.stack(logits), axis=0)
+
+
+@FUSIONS.register("gated")
+class GatedFusion(nn.Module):
+  """Gated multimodal unit (Arevalo et al. 2017) for M modalities: sum_i z_i * tanh(W_i x_i), [B, dim].
+
+  Each gate z_i = sigmoid(G_i concat(x)) is a per-feature weight computed from all modalities, so the
+  unit learns, per example, how much each modality contributes to each output feature. The paper's
+  two-modality unit ties the gates (z and 1 - z); here every modality gets its own independent sigmoid
+  gate, which generalises to any M without forcing a convex combination (the unit may use both
+  modalities, or neither). With one modality this is a learned self-gating of tanh(W x).
+
+  Attributes:
+    dim: width of the hidden representations and the output.
+  """
+
+  dim: int = 64
+
+  @nn.compact
+  def __call__(self, features: Sequence[jnp.ndarray], *, train: bool = False) -> jnp.ndarray:
+    del train
+    check_features(features)
+    everything = jnp.concatenate(list(features), axis=-1)
+    fused = 0.0
+    for i, f in enumerate(features):
+      hidden = jnp.tanh(nn.Dense(self.dim, name=f"project{i}")(f))
+      gate = nn.sigmoid(nn.Dense(self.dim, name=f"gate{i}")(everything))
+      fused = fused + gate * hidden
+    return fused
+
+
+@FUSIONS.register("attention")
+class AttentionFusion(nn.Module):
+  """Self-attention over one token per modality, mean-pooled: [B, dim].
+
+  Each modality is projected to a `dim`-wide token (its own dense layer) plus a learned modality
+  embedding, one multi-head self-attention layer with a residual lets every token read the others, and
+  the tokens are averaged. Tokens make the fusion a natural place for a later presence mask.
+
+  Attributes:
+    dim: token width and output width; must be divisible by `num_heads`.
+    num_heads: attention heads.
+  """
+
+  dim: int = 64
+  num_heads: int = 4
+
+  @nn.compact
+  def __call__(self, features: Sequence[jnp.ndarray], *, train: bool = False) -> jnp.ndarray:
+    del train
+    check_features(features)
+    if self.dim % self.num_heads:
+      raise ValueError(f"attention fusion: dim={self.dim} is not divisible by num_heads={self.num_heads}")
+    tokens = jnp.stack([nn.Dense(self.dim, name=f"project{i}")(f) for i, f in enumerate(features)], axis=1)
+    modality_embedding = self.param(
+      "modality_embedding", nn.initializers.normal(0.02), (len(features), self.dim)
+    )
+    tokens = tokens + modality_embedding
+    tokens = tokens + nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name="attention")(tokens)
+    return jnp.mean(tokens, axis=1)
+
+
+@FUSIONS.register("tensor")
+class TensorFusion(nn.Module):
+  """Tensor Fusion Network (Zadeh et al. 2017): vec([x_1; 1] (x) [x_2; 1] (x) ...), [B, prod(D_i + 1)].
+
+  The appended 1s keep every unimodal, bimodal, ... term of the outer product, so a linear head on the
+  result models all multiplicative interactions. No parameters. The width is the product of the
+  (D_i + 1): it explodes with width and modality count (three 64-wide modalities give 274,625 features),
+  so use it on small embeddings only, or prefer `low_rank_tensor`.
+  """
+
+  @nn.compact
+  def __call__(self, features: Sequence[jnp.ndarray], *, train: bool = False) -> jnp.ndarray:
+    del train
+    check_features(features)
+    batch_size = features[0].shape[0]
+    return functools.reduce(
+      lambda fused, x: jnp.einsum("bi,bj->bij", fused, append_one(x)).reshape(batch_size, -1),
+      features[1:],
+      append_one(features[0]),
+    )
+
+
+@FUSIONS.register("low_rank_tensor")
+class LowRankTensorFusion(nn.Module):
+  """Low-rank Multimodal Fusion (Liu et al. 2018): the tensor fusion's linear map at rank r, [B, dim].
+
+  For rank k, each modality is mapped by its own factor, [x_i; 1] @ W_i^(k), and the modalities are
+  multiplied elementwise; the r products are combined by learned `fusion_weights` plus `fusion_bias`
+  (as in MultiBench). This equals a dense layer on the `tensor` fusion's output whose weight tensor has
+  rank r, without ever building the prod(D_i + 1)-wide product.
+
+  Attributes:
+    dim: output width.
+    rank: number of rank-one terms.
+  """
+
+  dim: int = 64
+  rank: int = 4
+
+  @nn.compact
+  def __call__(self, features: Sequence[jnp.ndarray], *, train: bool = False) -> jnp.ndarray:
+    del train
+    check_features(features)
+    factor_init = nn.initializers.glorot_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
+    product = 1.0
+    for i, f in enumerate(features):
+      factor = self.param(f"factor{i}", factor_init, (self.rank, f.shape[-1] + 1, self.dim))
+      product = product * jnp.einsum("bi,kid->kbd", append_one(f), factor)  # [rank, B, dim]
+    fusion_weights = self.param("fusion_weights", nn.initializers.glorot_normal(), (1, self.rank))
+    fusion_bias = self.param("fusion_bias", nn.initializers.zeros, (1, self.dim))
+    return jnp.einsum("k,kbd->bd", fusion_weights[0], product) + fusion_bias
+
+
+@FUSIONS.register("multiplicative")
+class MultiplicativeFusion(nn.Module):
+  """Multiplicative interactions (Jayakumar et al. 2020), matrix form: z^T W x + z^T U + V x + b, [B, dim].
+
+  x is the first modality and z the concatenation of the others: z picks, per example, the weight
+  matrix (z . W + V) that is applied to x, so one modality gates the transform of the other. In code:
+  x @ (z . W) + z @ U + x @ V + b, with W = `interaction` [D_z, D_x, dim], U = `others_kernel`
+  [D_z, dim], V = `first_kernel` [D_x, dim] and b = `bias` [dim]. With more than two modalities the
+  interactions among the others are linear only (they enter through z). With one modality there is no z,
+  and the fusion is the dense layer x @ V + b.
+
+  Attributes:
+    dim: output width.
+  """
+
+  dim: int = 64
+
+  @nn.compact
+  def __call__(self, features: Sequence[jnp.ndarray], *, train: bool = False) -> jnp.ndarray:
+    del train
+    check_features(features)
+    x = features[0]
+    first_kernel = self.param("first_kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.dim))
+    bias = self.param("bias", nn.initializers.zeros, (self.dim,))
+    fused = x @ first_kernel + bias
+    if len(features) == 1:
+      return fused
+    z = jnp.concatenate(list(features[1:]), axis=-1)
+    interaction = self.param(
+      "interaction",
+      nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
+      (z.shape[-1], x.shape[-1], self.dim),
+    )
+    others_kernel = self.param("others_kernel", nn.initializers.lecun_normal(), (z.shape[-1], self.dim))
+    return fused + jnp.einsum("bx,bz,zxd->bd", x, z, interaction) + z @ others_kernel

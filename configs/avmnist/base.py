@@ -1,0 +1,32 @@
+"""AV-MNIST reference setting (MultiBench): LeNet image (48-d) + LeNet audio (192-d) -> concat -> MLP.
+
+MLP 240 -> 100 -> 10, SGD lr 0.1 (no momentum), weight decay 1e-4, batch 40, on the `noisy` build.
+The fusion configs beside this file change only `model.fusion` (and its arguments).
+"""
+
+import ml_collections
+
+from configs import default
+
+IMAGE = {"encoder": "lenet", "channels": 6, "num_layers": 3}  # 28x28x1 -> 48 features.
+AUDIO = {"encoder": "lenet", "channels": 6, "num_layers": 5}  # 112x112x1 spectrogram -> 192 features.
+
+
+def get_config(fusion: str = "concat", **fusion_kwargs) -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.dataset.name = "avmnist"
+  config.dataset.config = "noisy"
+  config.dataset.eval_splits = ("validation", "test")
+  config.model.modalities = ml_collections.ConfigDict({"image": IMAGE, "audio": AUDIO})
+  config.model.fusion = fusion
+  config.model.fusion_kwargs = ml_collections.ConfigDict(fusion_kwargs)
+  config.model.head_hidden = (100,)
+  config.optimizer.update(
+    name="sgd", learning_rate=0.1, momentum=0.0, weight_decay=1e-4, warmup_steps=0, schedule="constant"
+  )
+  config.batch_size = 40
+  config.eval_batch_size = 400
+  config.num_epochs = 1.0
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 1000
+  return config

@@ -1,0 +1,7 @@
+"""AV-MNIST, LeNet image + LeNet audio, `gated` fusion."""
+
+from configs.avmnist import base
+
+
+def get_config():
+  return base.get_config("gated")

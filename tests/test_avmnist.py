@@ -1,0 +1,260 @@
+"""avmnist from the real raw files: the tiny build, PCA, spectrograms, pairing, noise, raw-file errors."""
+
+import gzip
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from mmlearn import data
+from mmlearn.data import avmnist as A
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RAW_DIR = os.environ.get(A.MANUAL_DIR_ENV) or os.path.join(REPO, "..", "shared", "data", "avmnist")
+pytestmark = pytest.mark.skipif(
+  not os.path.isdir(RAW_DIR),
+  reason=f"AV-MNIST raw files not found: set ${A.MANUAL_DIR_ENV} (tried {os.path.abspath(RAW_DIR)})",
+)
+TINY = {"train": 640, "validation": 160, "test": 320}
+
+
+@pytest.fixture(scope="module")
+def raw():
+  return A.read_raw(*A.manual_paths(RAW_DIR))
+
+
+@pytest.fixture(scope="module")
+def prep(raw):
+  return A.fit_preprocessing(raw)
+
+
+@pytest.fixture(scope="module")
+def tiny(raw, prep):
+  return {split: A.generate_split(raw, prep, split, num_examples=n) for split, n in TINY.items()}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp("tfds"))
+  return data.load_sources("avmnist", config="tiny", data_dir=directory, manual_dir=RAW_DIR)
+
+
+def takes(recordings) -> np.ndarray:
+  return np.array([A.parse_recording(r)[2] for r in recordings])
+
+
+def digits(recordings) -> np.ndarray:
+  return np.array([A.parse_recording(r)[0] for r in recordings])
+
+
+# ---- The TFDS build ----
+
+
+def test_tiny_build_has_the_spec_and_matches_the_generator(built, tiny):
+  sources, info = built
+  assert {s: len(sources[s]) for s in TINY} == TINY
+  assert info.features["label"].names == [str(d) for d in range(10)]
+  for split, expected in tiny.items():
+    for i in range(0, TINY[split], 7):
+      example = sources[split][i]
+      assert example["image"].dtype == np.uint8 and example["image"].shape == (28, 28, 1)
+      assert example["audio"].dtype == np.uint8 and example["audio"].shape == (112, 112, 1)
+      np.testing.assert_array_equal(example["image"], expected["image"][i])
+      np.testing.assert_array_equal(example["audio"], expected["audio"][i])
+      assert example["label"] == expected["label"][i]
+      assert example["recording"].decode() == expected["recording"][i]
+      assert example["snr_db"] == np.float32(A.DEFAULT_SNR_DB)
+
+
+def test_generation_is_deterministic_and_tiny_is_a_prefix_of_full(raw, prep, tiny):
+  again = A.generate_split(raw, prep, "test", num_examples=TINY["test"])
+  for key in ("image", "audio", "label"):
+    np.testing.assert_array_equal(again[key], tiny["test"][key])
+  assert again["recording"] == tiny["test"]["recording"]
+  # A longer build's first examples are the tiny ones (pairing by per-digit rank, noise by index).
+  longer = A.generate_split(raw, prep, "test", num_examples=TINY["test"] + 64)
+  np.testing.assert_array_equal(longer["audio"][: TINY["test"]], tiny["test"]["audio"])
+  other_seed = A.generate_split(raw, prep, "test", num_examples=64, seed=1)
+  assert other_seed["recording"] != tiny["test"]["recording"][:64]
+
+
+def test_labels_come_from_mnist_and_images_are_degraded_copies(raw, prep, tiny):
+  np.testing.assert_array_equal(tiny["validation"]["label"], raw.train_labels[A.NUM_TRAIN :][:160])
+  np.testing.assert_array_equal(tiny["test"]["label"], raw.test_labels[:320])
+  np.testing.assert_array_equal(
+    tiny["validation"]["image"], prep.pca.degrade(raw.train_images[A.NUM_TRAIN :][:160])
+  )
+  assert not np.array_equal(tiny["test"]["image"][..., 0], raw.test_images[:320])
+
+
+# ---- Image: PCA ----
+
+
+def test_pca_keeps_the_fewest_components_explaining_a_quarter_of_the_variance(prep):
+  cumulative = np.cumsum(prep.pca.explained)
+  k = prep.pca.num_kept
+  assert cumulative[k - 1] >= A.VARIANCE_KEPT > (cumulative[k - 2] if k > 1 else 0.0)
+  assert 1 <= k <= 10 and np.isclose(cumulative[-1], 1.0)
+  np.testing.assert_allclose(prep.pca.components.T @ prep.pca.components, np.eye(k), atol=1e-8)
+
+
+def test_pca_removes_about_three_quarters_of_the_energy(raw, prep):
+  images = raw.train_images[:2000]
+  before = images.reshape(2000, -1) - prep.pca.mean
+  after = prep.pca.degrade(images).reshape(2000, -1) - prep.pca.mean
+  kept = (after**2).sum() / (before**2).sum()
+  assert 0.2 < kept < 0.35, kept  # ~ cumulative[k - 1], give or take clipping and rounding.
+
+
+def test_preprocessing_is_fitted_on_the_training_pool_only(raw, monkeypatch):
+  seen = {}
+  monkeypatch.setattr(A, "fit_image_pca", lambda images: seen.setdefault("images", images))
+  monkeypatch.setattr(A, "fit_spectrogram_scale", lambda waves: seen.setdefault("waves", waves))
+  A.fit_preprocessing(raw)
+  assert seen["images"] is not None and len(seen["images"]) == A.NUM_TRAIN  # Not validation, not test.
+  np.testing.assert_array_equal(seen["images"], raw.train_images[: A.NUM_TRAIN])
+  train_takes = takes(raw.recordings) >= A.TEST_TAKES
+  np.testing.assert_array_equal(seen["waves"], raw.waves[train_takes])
+
+
+def test_pca_depends_on_its_training_images():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (500, 28, 28), dtype=np.uint8)
+  a, b = A.fit_image_pca(images), A.fit_image_pca(images.copy())
+  np.testing.assert_array_equal(a.mean, b.mean)
+  images[:100] = 0
+  assert not np.allclose(A.fit_image_pca(images).mean, a.mean)
+
+
+# ---- Audio ----
+
+
+def test_spectrograms_span_the_uint8_range(tiny):
+  audio = tiny["train"]["audio"]
+  assert audio.shape == (640, 112, 112, 1) and audio.dtype == np.uint8
+  low, high = np.percentile(audio, [1, 99.9])
+  assert high - low > 120 and audio.max() >= 230
+  assert audio.reshape(640, -1).std(1).min() > 5  # Every spectrogram has structure, none is flat.
+
+
+def test_spectrogram_is_the_windowed_rfft():
+  rng = np.random.default_rng(0)
+  waves = rng.standard_normal((2, A.NUM_SAMPLES)).astype(np.float32) * 0.1
+  frames = np.lib.stride_tricks.sliding_window_view(waves.astype(np.float64), A.N_FFT, axis=-1)[:, :: A.HOP]
+  power = np.abs(np.fft.rfft(frames * A.WINDOW, axis=-1)) ** 2
+  expected = 10 * np.log10(power).transpose(0, 2, 1)
+  got = A.log_power_spectrogram(waves)
+  assert got.shape == (2, 112, 112)
+  np.testing.assert_allclose(got, expected, atol=0.3)  # A float32 DFT; one uint8 step is 80 / 255 dB.
+  assert np.abs(got - expected).mean() < 0.01
+
+
+def test_test_recordings_are_never_heard_in_training(raw):
+  for split in A.SPLITS:
+    _, labels = A.split_images(raw, split)
+    assigned = A.pair_recordings(labels, A.recording_pools(raw, split), 0, split)
+    names = [raw.recordings[i] for i in assigned]
+    split_takes = takes(names)
+    if split == "test":
+      assert split_takes.max() < A.TEST_TAKES
+    else:
+      assert split_takes.min() >= A.TEST_TAKES
+    np.testing.assert_array_equal(digits(names), labels)  # Every image hears its own digit.
+    # Every recording of the pool is used, each about equally often.
+    for digit, pool in enumerate(A.recording_pools(raw, split)):
+      counts = np.bincount(assigned[labels == digit], minlength=len(raw.recordings))[pool]
+      assert counts.max() - counts.min() <= 1
+
+
+def test_built_examples_hear_their_own_digit(tiny):
+  for split, examples in tiny.items():
+    np.testing.assert_array_equal(digits(examples["recording"]), examples["label"])
+    assert (takes(examples["recording"]) < A.TEST_TAKES).all() == (split == "test")
+
+
+def test_noise_is_seeded_per_example_at_the_configured_snr(raw):
+  waves, power = raw.waves[:3], A.signal_power(raw.waves[:3], raw.lengths[:3])
+  rows = np.array([5, 6, 7])
+  a = A.add_noise(waves, power, -6.0, 0, "train", rows)
+  np.testing.assert_array_equal(a, A.add_noise(waves, power, -6.0, 0, "train", rows))
+  assert not np.allclose(a, A.add_noise(waves, power, -6.0, 0, "train", rows + 1))
+  assert not np.allclose(a, A.add_noise(waves, power, -6.0, 0, "test", rows))
+  assert not np.allclose(a, A.add_noise(waves, power, -6.0, 1, "train", rows))
+  noise_power = ((a - waves) ** 2).mean(-1)
+  np.testing.assert_allclose(10 * np.log10(power / noise_power), -6.0, atol=0.3)
+
+
+def test_a_reused_recording_gets_fresh_noise_and_clean_has_none(raw, prep, tiny):
+  noisy = tiny["test"]  # 320 examples from 30 recordings per digit: every recording is reused.
+  clean = A.generate_split(raw, prep, "test", num_examples=TINY["test"], snr_db=None)
+  assert clean["recording"] == noisy["recording"]
+  assert np.isinf(clean["snr_db"]).all() and (noisy["snr_db"] == np.float32(A.DEFAULT_SNR_DB)).all()
+  first = {}
+  reused = 0
+  for i, name in enumerate(noisy["recording"]):
+    if name in first:
+      j = first[name]
+      reused += 1
+      np.testing.assert_array_equal(clean["audio"][i], clean["audio"][j])
+      assert not np.array_equal(noisy["audio"][i], noisy["audio"][j])
+    first.setdefault(name, i)
+  assert reused > 0
+  r = raw.recordings.index(clean["recording"][0])
+  expected = prep.scale.quantise(A.log_power_spectrogram(raw.waves[r : r + 1]))[0]
+  np.testing.assert_array_equal(clean["audio"][0], expected)
+  assert not np.array_equal(noisy["audio"][0], expected)
+
+
+# ---- Raw files: where they come from, and errors that name them ----
+
+
+def test_manual_dir_argument_beats_the_environment(monkeypatch):
+  monkeypatch.setenv(A.MANUAL_DIR_ENV, "/from/env")
+  assert A.resolve_manual_dir("/from/arg") == "/from/arg"
+  assert A.resolve_manual_dir(None) == "/from/env"
+  monkeypatch.delenv(A.MANUAL_DIR_ENV)
+  assert A.resolve_manual_dir(None) is None
+
+
+def copy_of_raw(tmp_path, skip: str | None = None) -> str:
+  """A raw directory of symlinks to the real files, without `skip`."""
+  os.makedirs(tmp_path / "mnist")
+  for name in A.MNIST_FILES.values():
+    if name != skip:
+      os.symlink(os.path.join(os.path.abspath(RAW_DIR), "mnist", name), tmp_path / "mnist" / name)
+  os.makedirs(tmp_path / "fsdd")
+  os.symlink(os.path.join(os.path.abspath(RAW_DIR), "fsdd", "recordings"), tmp_path / "fsdd" / "recordings")
+  return str(tmp_path)
+
+
+def test_missing_raw_file_is_named(tmp_path):
+  raw_dir = copy_of_raw(tmp_path / "raw", skip="t10k-labels-idx1-ubyte.gz")
+  with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte.gz"):
+    data.load_sources("avmnist", config="tiny", data_dir=str(tmp_path / "tfds"), manual_dir=raw_dir)
+
+
+@pytest.mark.parametrize(
+  "content",
+  [b"not gzip at all", gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 20), gzip.compress(b"\x01\x02")],
+)
+def test_corrupt_idx_file_is_named(tmp_path, content):
+  raw_dir = copy_of_raw(tmp_path, skip="train-images-idx3-ubyte.gz")
+  (tmp_path / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(content)
+  with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz: not a valid idx file"):
+    A.read_raw(*A.manual_paths(raw_dir))
+
+
+def test_bad_wav_and_missing_recordings_are_named(tmp_path):
+  mnist, _ = A.manual_paths(RAW_DIR)
+  recordings = tmp_path / "recordings"
+  with pytest.raises(FileNotFoundError, match="recordings"):
+    A.read_raw(mnist, str(recordings))
+  os.makedirs(recordings)
+  shutil.copy(os.path.join(RAW_DIR, "fsdd", "recordings", "0_george_5.wav"), recordings)
+  (recordings / "3_theo_7.wav").write_bytes(b"RIFF....WAVEjunk")
+  with pytest.raises(ValueError, match="3_theo_7.wav: not a valid wav file"):
+    A.read_raw(mnist, str(recordings))
+  os.remove(recordings / "3_theo_7.wav")
+  with pytest.raises(ValueError, match="no train recordings"):
+    A.read_raw(mnist, str(recordings))
