@@ -8,17 +8,13 @@ import pytest
 from conftest import run_python
 
 
+def run_main(tmp_path, data_dir, *flags):
+  common = ["-m", "mmlearn.main", "--config=configs/tiny.py", f"--workdir={tmp_path}"]
+  return run_python([*common, f"--config.dataset.data_dir={data_dir}", *flags])
+
+
 def test_main_runs_end_to_end(data_dir, tmp_path):
-  result = run_python(
-    [
-      "-m",
-      "mmlearn.main",
-      "--config=configs/tiny.py",
-      f"--workdir={tmp_path}",
-      f"--config.dataset.data_dir={data_dir}",
-      "--config.optimizer.learning_rate=0.05",
-    ]
-  )
+  result = run_main(tmp_path, data_dir, "--config.optimizer.learning_rate=0.05")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "examples/s" in result.stderr and "ETA" in result.stderr
   config = json.loads((tmp_path / "config.json").read_text())
@@ -37,16 +33,7 @@ def test_main_runs_end_to_end(data_dir, tmp_path):
   ],
 )
 def test_bad_input_gives_one_error_line_and_nonzero_exit(data_dir, tmp_path, flag, message):
-  result = run_python(
-    [
-      "-m",
-      "mmlearn.main",
-      "--config=configs/tiny.py",
-      f"--workdir={tmp_path}",
-      f"--config.dataset.data_dir={data_dir}",
-      flag,
-    ]
-  )
+  result = run_main(tmp_path, data_dir, flag)
   assert result.returncode != 0
   error_lines = [line for line in result.stderr.splitlines() if message in line]
   assert error_lines, result.stderr[-3000:]

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mmlearn.data.info import local_dataset_info
 from mmlearn.data.registry import DATASETS
 
 # ---- Noise: the one number to calibrate (audio-only accuracy) ----
@@ -468,14 +469,8 @@ class Avmnist(tfds.core.GeneratorBasedBuilder):
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=__doc__.split("\n\n")[0],
-      features=features(),
-      supervised_keys=None,
-      homepage="https://github.com/pliang279/MultiBench",
-      citation=None,
-      disable_shuffling=True,  # Keep generator order, so files and `iter_split` agree index by index.
+    return local_dataset_info(
+      self, doc=__doc__, features=features(), homepage="https://github.com/pliang279/MultiBench"
     )
 
   def download_and_prepare(self, *, download_config: tfds.download.DownloadConfig | None = None, **kwargs):

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mmlearn.data.info import local_dataset_info
 from mmlearn.data.registry import DATASETS
 from mmlearn.data.text import PAD, WordTokenizer
 
@@ -317,16 +318,7 @@ class Mmshapes(tfds.core.GeneratorBasedBuilder):
   code_path = tfds.core.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    # Not `dataset_info_from_configs`: it reads package metadata files this package does not ship.
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=__doc__.split("\n\n")[0],
-      features=features(),
-      supervised_keys=None,
-      homepage=None,
-      citation=None,
-      disable_shuffling=True,  # Keep generator order, so files and `generate_split` agree index by index.
-    )
+    return local_dataset_info(self, doc=__doc__, features=features())
 
   def _split_generators(self, dl_manager):
     config = self.builder_config
