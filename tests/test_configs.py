@@ -61,3 +61,12 @@ def test_unimodal_configs_keep_one_modality():
   assert set(configs["default.py"].model.modalities) == {"image", "text"}
   assert set(configs["avmnist/image_only.py"].model.modalities) == {"image"}
   assert set(configs["avmnist/audio_only.py"].model.modalities) == {"audio"}
+
+
+def test_avmnist_base_takes_the_fusion_as_a_variant():
+  """`--config=configs/avmnist/base.py:tensor` calls get_config("tensor")."""
+  from configs.avmnist import base, tensor
+
+  assert base.get_config("tensor").model.fusion == "tensor"
+  assert base.get_config("tensor").to_dict() == tensor.get_config().to_dict()
+  assert base.get_config().model.fusion == "concat"
