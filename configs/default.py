@@ -33,6 +33,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.fusion_kwargs = ml_collections.ConfigDict()
   config.model.head_hidden = (64,)
 
+  # Used by task="retrieval" only (dual encoder on config.model.modalities; see configs/retrieval/).
+  config.retrieval = ml_collections.ConfigDict()
+  config.retrieval.loss = "clip"  # clip | siglip
+  config.retrieval.embed_dim = 64  # Joint embedding width (each tower's projection head).
+  # Features that must agree for two items to count as relevant; () = only the paired item counts.
+  config.retrieval.relevance = ()
+  config.retrieval.query_chunk = 512  # Queries ranked at once: a [query_chunk, N] similarity block.
+  config.retrieval.random_baseline = False  # Also report the metrics of random unit embeddings.
+
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "sgd"  # sgd | adam | adamw
   config.optimizer.learning_rate = 0.1

@@ -9,7 +9,7 @@ from typing import Any
 
 import ml_collections
 
-from mmlearn import optim, parallel
+from mmlearn import losses, optim, parallel
 from mmlearn.models.encoders import ENCODERS
 from mmlearn.models.fusion import FUSIONS
 
@@ -60,6 +60,8 @@ def check(config: ml_collections.ConfigDict) -> None:
     "log_every_steps",
     "checkpoint_every_steps",
     "keep_checkpoints",
+    "retrieval.embed_dim",
+    "retrieval.query_chunk",
   ):
     if config[key] <= 0:
       raise ValueError(f"config key {key!r} must be positive, got {config[key]}")
@@ -69,6 +71,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"unknown parallel.mode {config.parallel.mode!r}; known: {', '.join(parallel.MODES)}")
   optim.OPTIMIZERS.get(config.optimizer.name)
   FUSIONS.get(config.model.fusion)
+  losses.LOSSES.get(config.retrieval.loss)
   if not config.model.modalities:
     raise ValueError("config.model.modalities is empty: configure at least one modality")
   for modality, encoder in config.model.modalities.items():

@@ -27,7 +27,6 @@ from mmlearn import config_checks, data, optim
 from mmlearn import parallel as parallel_lib
 from mmlearn.checkpoint import Checkpointer
 from mmlearn.data import pipeline
-from mmlearn.evaluate import SplitEvaluator
 from mmlearn.metric_writer import MetricWriter
 from mmlearn.tasks import TASKS
 
@@ -69,6 +68,20 @@ def check_finite(history: Sequence[tuple[int, dict[str, Any]]], last_good: int |
       )
 
 
+def initial_state(
+  config: ml_collections.ConfigDict,
+  task: Any,
+  tx: optax.GradientTransformation,
+  train_source: Any,
+  batch: int,
+) -> TrainState:
+  """The step-0 state (also the template a checkpoint is restored into): params from `config.seed`."""
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  example = next(pipeline.eval_batches(train_source, batch_size=batch, max_tokens=config.dataset.max_tokens))
+  params = jax.jit(task.init)(init_rng, example)
+  return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=state_rng)
+
+
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -87,33 +100,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
   par.check_batch_size(config.batch_size)
   par.check_batch_size(config.eval_batch_size)
   splits = ("train", *config.dataset.eval_splits)
-  sources, info = data.load_sources(
-    config.dataset.name,
-    config=config.dataset.config,
-    data_dir=config.dataset.data_dir,
-    manual_dir=config.dataset.manual_dir,
-    splits=splits,
-  )
-  label = info.features["label"]
-  task = TASKS.get(config.task)(
-    config,
-    num_classes=label.num_classes,
-    vocab_size=data.vocab_size(config.dataset.name),
-    class_names=list(label.names),
-  )
+  with parallel_lib.process_zero_first("prepare dataset"):  # Processes sharing a data_dir don't race.
+    sources, info = data.load_sources(
+      config.dataset.name,
+      config=config.dataset.config,
+      data_dir=config.dataset.data_dir,
+      manual_dir=config.dataset.manual_dir,
+      splits=splits,
+    )
+  task = TASKS.get(config.task)(config, info=info, vocab_size=data.vocab_size(config.dataset.name))
   num_steps = total_train_steps(config, len(sources["train"]))
   tx = optim.make_optimizer(config.optimizer, num_steps)
   train_iter = pipeline.train_iterator(
     sources["train"], batch_size=config.batch_size, seed=config.seed, max_tokens=config.dataset.max_tokens
   )
-
-  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  example = next(
-    pipeline.eval_batches(sources["train"], batch_size=par.num_devices, max_tokens=config.dataset.max_tokens)
-  )
-  params = jax.jit(task.init)(init_rng, example)
-  state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=state_rng)
-  num_parameters = sum(x.size for x in jax.tree.leaves(params))
+  state = initial_state(config, task, tx, sources["train"], par.num_devices)
+  num_parameters = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info("parameters: %s", f"{num_parameters:,}")
 
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -155,8 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
 
   results = {"model/num_parameters": num_parameters}
   for split in config.dataset.eval_splits:
-    evaluator = SplitEvaluator(
-      task,
+    evaluator = task.evaluator(
       par,
       sources[split],
       split=split,

@@ -10,25 +10,17 @@ sub-directory; one that already finished (it holds `result.json`) is read back, 
 interrupted table resumes where it stopped.
 """
 
-import ast
-import contextlib
-import csv
-import importlib.util
 import json
 import os
 import sys
 import time
 
-import matplotlib
 import numpy as np
 from absl import app, flags
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmlearn import train  # noqa: E402
+from mmlearn import config_files, report, train  # noqa: E402
 
 flags.DEFINE_list("configs", None, "Config files to train.")
 flags.DEFINE_string(
@@ -41,19 +33,6 @@ flags.mark_flags_as_required(["configs", "workdir"])
 FLAGS = flags.FLAGS
 
 
-def load_config(path: str, overrides: list[str]):
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for override in overrides:
-    key, _, value = override.partition("=")
-    with contextlib.suppress(ValueError, SyntaxError):  # Otherwise it stays a plain string.
-      value = ast.literal_eval(value)
-    config.update_from_flattened_dict({key: value})
-  return config
-
-
 def run_once(path: str, seed: int) -> dict:
   """Trains one (config, seed), or reads back the result of a run that already finished."""
   workdir = os.path.join(FLAGS.workdir, os.path.basename(path)[:-3], f"seed{seed}")
@@ -61,7 +40,7 @@ def run_once(path: str, seed: int) -> dict:
   if os.path.exists(result_file):
     with open(result_file) as f:
       return json.load(f)
-  config = load_config(path, FLAGS.override)
+  config = config_files.load_config(path, FLAGS.override)
   config.seed = seed
   start = time.perf_counter()
   results = train.train_and_evaluate(config, workdir)
@@ -84,31 +63,30 @@ def summarize(path: str, runs: list[dict]) -> dict:
 
 
 def write_tables(rows: list[dict]) -> None:
-  with open(os.path.join(FLAGS.workdir, "results.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-  lines = [
-    f"| config | {FLAGS.metric} (mean +- std) | seeds | parameters | train wall time per run (s) |",
-    "| --- | --- | --- | --- | --- |",
+  report.write_csv(os.path.join(FLAGS.workdir, "results.csv"), rows)
+  header = ["config", f"{FLAGS.metric} (mean +- std)", "seeds", "parameters", "train wall time per run (s)"]
+  cells = [
+    [
+      f"`{r['config']}`",
+      f"{r['mean']:.2%} +- {r['std']:.2%}",
+      r["seeds"],
+      f"{r['parameters']:,}",
+      f"{r['wall_s_per_run']:.0f}",
+    ]
+    for r in rows
   ]
-  for r in rows:
-    lines.append(
-      f"| `{r['config']}` | {r['mean']:.2%} +- {r['std']:.2%} | {r['seeds']} | {r['parameters']:,} "
-      f"| {r['wall_s_per_run']:.0f} |"
-    )
+  table = report.markdown_table(header, cells)
   with open(os.path.join(FLAGS.workdir, "results.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
-
-  names = [os.path.basename(r["config"])[:-3] for r in rows]
-  fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(rows) + 2), 4))
-  ax.bar(names, [r["mean"] for r in rows], yerr=[r["std"] for r in rows], capsize=4, color="tab:blue")
-  ax.set_ylabel(FLAGS.metric)
-  ax.set_title(f"{FLAGS.metric}, mean +- std over seeds")
-  ax.tick_params(axis="x", rotation=45)
-  fig.tight_layout()
-  fig.savefig(os.path.join(FLAGS.workdir, "results.png"), dpi=120)
+    f.write(table)
+  print(table, end="")
+  report.bar_chart(
+    os.path.join(FLAGS.workdir, "results.png"),
+    [os.path.basename(r["config"])[:-3] for r in rows],
+    [r["mean"] for r in rows],
+    errors=[r["std"] for r in rows],
+    ylabel=FLAGS.metric,
+    title=f"{FLAGS.metric}, mean +- std over seeds",
+  )
 
 
 def main(argv):

@@ -1,27 +1,45 @@
-"""Every config file resolves, passes the config checks and builds a model that runs on a batch."""
+"""Every config file resolves, passes the config checks and builds its task's model, whose loss runs."""
 
 import glob
 import importlib.util
+import math
 import os
+import types
 
 import jax
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from conftest import REPO
 from mmlearn import config_checks, data
-from mmlearn.models.classifier import build_classifier
+from mmlearn import parallel as parallel_lib
+from mmlearn.tasks import TASKS
 
-# Two examples of each dataset's model inputs, as the pipeline delivers them.
+# Two examples of each dataset's model inputs and features, as the pipeline delivers them.
 DUMMY_BATCHES = {
   "mmshapes": {
     "image": np.zeros((2, 32, 32, 3), np.float32),
     "text": np.ones((2, 16), np.int32),
     "text_mask": np.ones((2, 16), bool),
+    "label": np.zeros(2, np.int32),
   },
-  "avmnist": {"image": np.zeros((2, 28, 28, 1), np.float32), "audio": np.zeros((2, 112, 112, 1), np.float32)},
+  "avmnist": {
+    "image": np.zeros((2, 28, 28, 1), np.float32),
+    "audio": np.zeros((2, 112, 112, 1), np.float32),
+    "label": np.zeros(2, np.int32),
+  },
 }
 NUM_CLASSES = {"mmshapes": 16, "avmnist": 10}
+FEATURES = {"mmshapes": ("shape", "colour", "size", "quadrant"), "avmnist": ()}
+
+
+def dataset_info(name):
+  """The parts of a DatasetInfo tasks read, without preparing the dataset."""
+  features = {"label": tfds.features.ClassLabel(num_classes=NUM_CLASSES[name])}
+  features |= {feature: tfds.features.ClassLabel(num_classes=4) for feature in FEATURES[name]}
+  return types.SimpleNamespace(features=features)
+
 
 CONFIG_FILES = sorted(
   f
@@ -47,11 +65,25 @@ def test_config_resolves_and_builds_its_model(path):
   config = load(path)
   config_checks.check(config)
   name = config.dataset.name
-  num_classes = NUM_CLASSES[name]
-  model = build_classifier(config.model, num_classes=num_classes, vocab_size=data.vocab_size(name))
+  task = TASKS.get(config.task)(config, info=dataset_info(name), vocab_size=data.vocab_size(name))
   batch = DUMMY_BATCHES[name]
-  params = model.init(jax.random.PRNGKey(0), batch)
-  assert model.apply(params, batch).shape == (2, num_classes)
+  params = task.init(jax.random.PRNGKey(0), batch)
+  # The per-device loss, on one "device" of a named axis (it may all-gather over it).
+  loss_fn = jax.vmap(lambda b: task.loss(params, b, jax.random.PRNGKey(1))[0], axis_name=parallel_lib.AXIS)
+  loss = float(loss_fn(jax.tree.map(lambda x: x[None], batch))[0])
+  assert math.isfinite(loss) and loss > 0
+
+
+def test_retrieval_configs_pair_two_modalities_with_each_loss():
+  configs = {os.path.relpath(p, os.path.join(REPO, "configs")): load(p) for p in CONFIG_FILES}
+  retrieval = {name: c for name, c in configs.items() if c.task == "retrieval"}
+  assert {"retrieval/mmshapes_clip.py", "retrieval/mmshapes_siglip.py", "retrieval/avmnist_clip.py"} <= set(
+    retrieval
+  )
+  assert all(len(c.model.modalities) == 2 for c in retrieval.values())
+  assert retrieval["retrieval/mmshapes_siglip.py"].retrieval.loss == "siglip"
+  assert set(retrieval["retrieval/avmnist_clip.py"].model.modalities) == {"image", "audio"}
+  assert retrieval["retrieval/avmnist_clip.py"].retrieval.relevance == ("label",)
 
 
 def test_unimodal_configs_keep_one_modality():

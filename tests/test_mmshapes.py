@@ -363,11 +363,11 @@ def test_failed_preparation_leaves_nothing_that_looks_prepared(monkeypatch, tmp_
   real = mmshapes.generate_split
   calls = []
 
-  def fail_on_second_split(num_examples, seed):
+  def fail_on_second_split(num_examples, seed, **kwargs):
     calls.append(num_examples)
     if len(calls) == 2:
       raise RuntimeError("interrupted")
-    return real(num_examples, seed)
+    return real(num_examples, seed, **kwargs)
 
   monkeypatch.setattr(mmshapes, "generate_split", fail_on_second_split)
   with pytest.raises(RuntimeError, match="interrupted"):

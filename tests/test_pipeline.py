@@ -72,6 +72,22 @@ def test_shuffle_is_seeded_and_state_restores(sources):
   np.testing.assert_array_equal(np.stack(expected), np.stack([next(resumed)["label"] for _ in range(3)]))
 
 
+def test_in_memory_and_streaming_paths_give_the_same_batches_and_resume(sources):
+  """A small shard is decoded once into memory; it must yield exactly the streaming path's batches."""
+  memory = pipeline.train_iterator(sources["train"], batch_size=8, seed=1, max_tokens=16)
+  stream = pipeline.train_iterator(sources["train"], batch_size=8, seed=1, max_tokens=16, memory_bytes=0)
+  for _ in range(len(sources["train"]) // 8 + 2):  # Into the second epoch.
+    a, b = next(memory), next(stream)
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+      assert a[key].dtype == b[key].dtype
+  expected = next(stream)["label"]
+  resumed = pipeline.train_iterator(sources["train"], batch_size=8, seed=1, max_tokens=16, memory_bytes=0)
+  resumed.set_state(memory.get_state())  # The two paths' states are interchangeable.
+  np.testing.assert_array_equal(next(resumed)["label"], expected)
+
+
 def test_epochs_are_reshuffled_and_complete(sources):
   n = len(sources["validation"])
   it = pipeline.train_iterator(sources["validation"], batch_size=n, seed=0, max_tokens=16)

@@ -23,6 +23,10 @@ on one modality is reading something it should not; a fused model below 100% is 
 `generate_split` is pure numpy and deterministic in its seed; `Mmshapes` is the TFDS builder that writes
 it to array_record files (no download, no TensorFlow). Attributes (`shape`, `colour`, `size`, `quadrant`,
 `position`, both flags) are stored for retrieval, generation and robustness work.
+
+The `retrieval` configs turn both flags off: every image is in colour and every caption names the shape,
+colour, size and quadrant (`FULL_TEMPLATES`), so a caption determines exactly which (shape, colour, size,
+quadrant) description it matches, and retrieval can be scored by that description.
 """
 
 import dataclasses
@@ -90,6 +94,15 @@ TEMPLATES = (
   "{place}, there is a {colour} {noun}",
   "we see a {size} {colour} {noun}",
   "one {colour} {noun} on a dark background",
+)
+# The `retrieval` configs' templates: each names every attribute, in different orders and wordings.
+FULL_TEMPLATES = (
+  "a {size} {colour} {noun} {place}",
+  "there is a {size} {colour} {noun} {place}",
+  "this picture shows a {size} {colour} {noun} {place}",
+  "{place}, there is a {size} {colour} {noun}",
+  "the image contains a {colour} {noun} that looks {size} {place}",
+  "we see a {size} {colour} {noun} {place}",
 )
 
 # Every word the templates can produce, in a fixed order: token ids are part of the dataset version.
@@ -198,8 +211,9 @@ def make_captions(
   quadrant: np.ndarray,
   shape_mentioned: np.ndarray,
   rng: np.random.Generator,
+  templates: tuple[str, ...] = TEMPLATES,
 ) -> list[str]:
-  """One caption per example; every random choice is drawn whatever the attributes are.
+  """One caption per example from `templates`; every random choice is drawn whatever the attributes are.
 
   The same uniforms are consumed for every example, so changing the shape or colour changes only the
   colour and shape words, never the template, the synonyms of other words, or the generic noun.
@@ -220,12 +234,15 @@ def make_captions(
       "noun": noun,
       "place": pick(PLACE_TEMPLATES, place).format(v=v, h=HORIZONTAL_WORDS[quadrant[i] % 2]),
     }
-    captions.append(pick(TEMPLATES, template).format(**words))
+    captions.append(pick(templates, template).format(**words))
   return captions
 
 
-def generate_split(num_examples: int, seed: int) -> dict[str, Any]:
+def generate_split(num_examples: int, seed: int, *, retrieval: bool = False) -> dict[str, Any]:
   """`num_examples` balanced examples as a dict of per-example arrays (`caption`/`tokens`: lists).
+
+  `retrieval`: every image in colour and every caption naming all four attributes (see module docstring).
+  The random streams are consumed exactly as without it, so shapes, colours and layouts are the same.
 
   Keys: image uint8 [N,32,32,3]; caption str; tokens int32 [len]; label, shape, colour, size, quadrant
   int64 [N]; position float32 [N,2] (bounding-box centre x, y in [0, 1]); grayscale, shape_mentioned
@@ -234,6 +251,8 @@ def generate_split(num_examples: int, seed: int) -> dict[str, Any]:
   check_split_size(num_examples)
   design, layout, noise, text = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
   label, grayscale, shape_mentioned = _balanced_design(num_examples, design)
+  if retrieval:
+    grayscale, shape_mentioned = np.zeros_like(grayscale), np.ones_like(shape_mentioned)
   shape, colour = np.divmod(label, len(COLOURS))
   size = layout.integers(0, len(SIZES), num_examples)
   radius = RADII[size] + layout.uniform(-RADIUS_JITTER, RADIUS_JITTER, num_examples).astype(np.float32)
@@ -244,7 +263,8 @@ def generate_split(num_examples: int, seed: int) -> dict[str, Any]:
     rows = slice(start, start + _CHUNK)
     eps = noise.standard_normal((len(shape[rows]), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
     image[rows] = render_images(shape[rows], colour[rows], radius[rows], centre[rows], grayscale[rows], eps)
-  caption = make_captions(shape, colour, size, quadrant, shape_mentioned, text)
+  templates = FULL_TEMPLATES if retrieval else TEMPLATES
+  caption = make_captions(shape, colour, size, quadrant, shape_mentioned, text, templates)
   return {
     "image": image,
     "caption": caption,
@@ -262,12 +282,14 @@ def generate_split(num_examples: int, seed: int) -> dict[str, Any]:
 
 @dataclasses.dataclass(eq=False)
 class MmshapesConfig(tfds.core.BuilderConfig):
-  """Split sizes (multiples of `BALANCE_UNIT`) and the seed every split's generator seed derives from."""
+  """Split sizes (multiples of `BALANCE_UNIT`), the seed every split's generator seed derives from, and
+  `retrieval`: colour images and captions naming every attribute (see `generate_split`)."""
 
   train_size: int = 20_480
   validation_size: int = 2_048
   test_size: int = 4_096
   seed: int = 0
+  retrieval: bool = False
 
   def __post_init__(self):
     for split, size in self.split_sizes().items():
@@ -311,6 +333,14 @@ class Mmshapes(tfds.core.GeneratorBasedBuilder):
       name="tiny", description="512 / 128 / 256 examples, for tests.", train_size=512, validation_size=128,
       test_size=256,
     ),
+    MmshapesConfig(
+      name="retrieval", description="20,480 / 2,048 / 4,096; colour images, captions name every attribute.",
+      retrieval=True,
+    ),
+    MmshapesConfig(
+      name="retrieval_tiny", description="1,024 / 256 / 256 `retrieval` examples, for tests.", retrieval=True,
+      train_size=1024, validation_size=256, test_size=256,
+    ),
   ]  # fmt: skip
   TOKENIZER = TOKENIZER
   # TFDS 4.9.10 derives this by touching `importlib_resources`, a package it only installs on Python < 3.9,
@@ -323,11 +353,11 @@ class Mmshapes(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     config = self.builder_config
     return {
-      split: self._generate_examples(size, split_seed(config.seed, split))
+      split: self._generate_examples(size, split_seed(config.seed, split), config.retrieval)
       for split, size in config.split_sizes().items()
     }
 
-  def _generate_examples(self, num_examples: int, seed: int):
-    data = generate_split(num_examples, seed)
+  def _generate_examples(self, num_examples: int, seed: int, retrieval: bool):
+    data = generate_split(num_examples, seed, retrieval=retrieval)
     for i in range(num_examples):
       yield i, {key: values[i] for key, values in data.items()}

@@ -152,15 +152,14 @@ class Classifier(nn.Module):
     return nn.Dense(self.num_classes, name="logits")(x)
 
 
-def build_classifier(model_config: Any, *, num_classes: int, vocab_size: int | None) -> Classifier:
-  """Builds a `Classifier` from `config.model` (a ConfigDict or dict) and the dataset's sizes.
+def resolve_modalities(modalities_config: Any, vocab_size: int | None) -> dict[str, dict[str, Any]]:
+  """Checked `{modality: encoder config}` from `config.model.modalities`, with the dataset's vocab_size.
 
   Encoders with a `vocab_size` argument (text encoders) that the config leaves unset get the
   dataset's, so configs stay dataset-agnostic. Config mistakes raise here, before any tracing.
   """
-  config = freeze_config(model_config)
   modalities = {}
-  for modality, encoder_config in config.get("modalities", {}).items():
+  for modality, encoder_config in freeze_config(modalities_config or {}).items():
     encoder_config = dict(encoder_config)
     if "encoder" in encoder_config and encoder_config.get("vocab_size") is None:
       accepted, _ = module_arguments(ENCODERS.get(encoder_config["encoder"]))
@@ -175,6 +174,16 @@ def build_classifier(model_config: Any, *, num_classes: int, vocab_size: int | N
     modalities[modality] = encoder_config
   if not modalities:
     raise ValueError("model config has no modalities configured")
+  return modalities
+
+
+def build_classifier(model_config: Any, *, num_classes: int, vocab_size: int | None) -> Classifier:
+  """Builds a `Classifier` from `config.model` (a ConfigDict or dict) and the dataset's sizes.
+
+  Text encoders get the dataset's vocab_size (`resolve_modalities`). Config mistakes raise here.
+  """
+  config = freeze_config(model_config)
+  modalities = resolve_modalities(config.get("modalities"), vocab_size)
 
   fusion = config.get("fusion", "concat")
   fusion_kwargs = config.get("fusion_kwargs") or {}

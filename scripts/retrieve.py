@@ -1,0 +1,171 @@
+"""Search a split of a trained retrieval run with a text query; prints the top k and saves a PNG grid.
+
+  python scripts/retrieve.py --workdir=runs/clip --query="a large red circle in the top left" --top_k=8
+
+Reads the run's resolved config (`WORKDIR/config.json`) and its latest checkpoint, embeds every item of
+`--split` and the query, prints the best `--top_k` items (score, attributes, caption) and saves their
+images as a grid (`--output`, default `WORKDIR/retrieved.png`). A word outside the dataset's vocabulary,
+a run without a checkpoint or a run of another task ends with one `error:` line and exit status 1.
+"""
+
+import json
+import os
+import sys
+
+import matplotlib
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import app, flags, logging
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mmlearn import data, optim, train  # noqa: E402
+from mmlearn import parallel as parallel_lib  # noqa: E402
+from mmlearn.checkpoint import Checkpointer  # noqa: E402
+from mmlearn.data import pipeline  # noqa: E402
+from mmlearn.tasks import TASKS  # noqa: E402
+
+flags.DEFINE_string("workdir", None, "A finished (or checkpointed) retrieval run.")
+flags.DEFINE_string("query", None, "The text to search with, in the dataset's vocabulary.")
+flags.DEFINE_integer("top_k", 5, "How many items to print and draw.")
+flags.DEFINE_string("split", "test", "The split to search.")
+flags.DEFINE_string("output", None, "PNG grid of the retrieved images; default WORKDIR/retrieved.png.")
+flags.mark_flags_as_required(["workdir", "query"])
+FLAGS = flags.FLAGS
+
+USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
+TEXT_MODALITY = pipeline.TOKEN_FEATURES["tokens"]
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} is missing; is {workdir} a training run?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_run(config: ml_collections.ConfigDict, workdir: str, split: str):
+  """(the split's source, dataset info, task, restored params) of a retrieval run."""
+  name = config.dataset.name
+  sources, info = data.load_sources(
+    name,
+    config=config.dataset.config,
+    data_dir=config.dataset.data_dir,
+    manual_dir=config.dataset.manual_dir,
+    splits=("train", split),
+  )
+  task = TASKS.get(config.task)(config, info=info, vocab_size=data.vocab_size(name))
+  if not hasattr(task, "embed"):
+    raise ValueError(f"{workdir} is a {config.task!r} run; searching needs a 'retrieval' run")
+  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+  try:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{workdir} holds no checkpoint")
+    tx = optim.make_optimizer(config.optimizer, train.total_train_steps(config, len(sources["train"])))
+    template = train.initial_state(config, task, tx, sources["train"], 1)
+    train_iter = pipeline.train_iterator(
+      sources["train"], batch_size=config.batch_size, seed=config.seed, max_tokens=config.dataset.max_tokens
+    )
+    state = checkpointer.restore(step, template, train_iter)
+  finally:
+    checkpointer.close()
+  return sources[split], info, task, state.params
+
+
+def encode_query(config: ml_collections.ConfigDict, query: str) -> dict[str, np.ndarray]:
+  """The query as a one-example text batch; unknown words and over-long queries are ValueErrors.
+
+  Checked before anything is loaded, so a typo costs no time.
+  """
+  modalities = sorted(config.model.modalities)
+  if TEXT_MODALITY not in modalities:
+    raise ValueError(
+      f"the run's modalities are {', '.join(modalities)}: there is no text tower to query with"
+    )
+  tokenizer = data.get_tokenizer(config.dataset.name)
+  ids = tokenizer.encode(query)
+  max_tokens = config.dataset.max_tokens
+  if not 0 < len(ids) <= max_tokens:
+    raise ValueError(f"the query has {len(ids)} words; the model reads 1 to {max_tokens}")
+  tokens = np.zeros((1, max_tokens), np.int32)
+  tokens[0, : len(ids)] = ids
+  return {TEXT_MODALITY: tokens, f"{TEXT_MODALITY}_mask": tokens != 0}
+
+
+def describe(example: dict, info) -> str:
+  """`name=value` for every scalar feature (class names for ClassLabels), then the caption, if any."""
+  parts, caption = [], None
+  for name, feature in info.features.items():
+    value = example[name]
+    if isinstance(feature, tfds.features.Text):
+      caption = value.decode() if isinstance(value, bytes) else str(value)
+    elif isinstance(feature, tfds.features.ClassLabel):
+      parts.append(f"{name}={feature.int2str(int(value))}")
+    elif np.ndim(value) == 0:
+      parts.append(f"{name}={value}")
+  return " ".join(parts) + (f'  "{caption}"' if caption else "")
+
+
+def save_grid(path: str, images: list[np.ndarray], titles: list[str], query: str) -> None:
+  columns = min(len(images), 5)
+  rows = -(-len(images) // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.2 * rows + 0.4), squeeze=False)
+  for ax in axes.flat:
+    ax.axis("off")
+  for ax, image, title in zip(axes.flat, images, titles, strict=False):
+    gray = image.shape[-1] == 1
+    ax.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None)
+    ax.set_title(title, fontsize=8)
+  fig.suptitle(query, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def search(workdir: str, query: str, top_k: int, split: str, output: str) -> None:
+  config = read_config(workdir)
+  query_batch = encode_query(config, query)
+  source, info, task, params = load_run(config, workdir, split)
+  query_embedding = task.embed(params, query_batch)[TEXT_MODALITY][0]
+  (target,) = [m for m in task.modalities if m != TEXT_MODALITY]
+  par = parallel_lib.DataParallel(config.parallel.mode)
+  evaluator = task.evaluator(
+    par, source, split=split, batch_size=config.eval_batch_size, max_tokens=config.dataset.max_tokens
+  )
+  items = evaluator.embed_split(params)[target]
+  scores = items @ np.asarray(query_embedding)
+  best = np.argsort(-scores, kind="stable")[:top_k]
+  print(f'query: "{query}" -> top {len(best)} of {len(scores):,} {split} {target}s')
+  examples = [source[int(i)] for i in best]
+  for rank, (i, example) in enumerate(zip(best, examples, strict=True), start=1):
+    print(f"{rank:3d}. #{i:<6d} score {scores[i]:+.3f}  {describe(example, info)}")
+  if target in info.features:
+    titles = [f"{rank}. #{i} ({scores[i]:.2f})" for rank, i in enumerate(best, start=1)]
+    save_grid(output, [np.asarray(ex[target]) for ex in examples], titles, query)
+    print(f"saved {output}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.top_k <= 0:
+    raise app.UsageError("--top_k must be positive")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log dozens of INFO lines per restore.
+  output = FLAGS.output or os.path.join(FLAGS.workdir, "retrieved.png")
+  try:
+    search(FLAGS.workdir, FLAGS.query, FLAGS.top_k, FLAGS.split, output)
+  except USER_ERRORS as e:
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"error: {type(e).__name__}: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,100 @@
+"""Runs every variant of a config file's `get_sweep(h)` in its own workdir, then tabulates one metric.
+
+  python scripts/sweep.py --config=configs/sweeps/mmshapes_lr.py --workdir=runs/lr --parallel=2
+  python scripts/sweep.py --config=configs/sweeps/mmshapes_lr.py:sum --workdir=runs/lr_sum --dry_run
+
+Each variant trains as `python -m mmlearn.main --config=CONFIG --workdir=WORKDIR/<variant>
+--config.KEY=VALUE ...`. Re-running the same command skips finished variants and resumes cut-off ones.
+Writes `summary.csv`, `summary.md` and `summary.png` (the metric by variant) into `--workdir`; a failed
+variant is listed with its error line, and the exit status is 1 if any failed.
+"""
+
+import math
+import os
+import shlex
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mmlearn import launcher, report, sweep  # noqa: E402
+
+flags.DEFINE_string("config", None, "Config file defining get_config and get_sweep, optionally FILE:ARG.")
+flags.DEFINE_string("workdir", None, "Root directory: one sub-directory per variant, plus the summary.")
+flags.DEFINE_integer("parallel", 1, "How many variants train at once.")
+flags.DEFINE_string("metric", "test/accuracy", "The final metric the summary reports.")
+flags.DEFINE_multi_string("override", [], "KEY=VALUE given to every variant, e.g. num_epochs=1.")
+flags.DEFINE_bool("dry_run", False, "List the variants and their commands; train nothing.")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def summarize(records: list[dict], variants: dict[str, dict]) -> None:
+  """Writes summary.csv (one row per variant), summary.md and summary.png into --workdir."""
+  keys = list(dict.fromkeys(k for overrides in variants.values() for k in overrides))
+  rows = [
+    {
+      "variant": name,
+      **{k: overrides.get(k, "") for k in keys},
+      "status": record["status"],
+      FLAGS.metric: record.get("metrics", {}).get(FLAGS.metric, ""),
+      "wall_s": round(record["wall_s"], 1),
+      "error": record.get("error", ""),
+    }
+    for record, (name, overrides) in zip(records, variants.items(), strict=True)
+  ]
+  values = [math.nan if r[FLAGS.metric] == "" else r[FLAGS.metric] for r in rows]
+  report.write_csv(os.path.join(FLAGS.workdir, "summary.csv"), rows)
+  status = [f"failed: {r['error'].removeprefix('error: ')}" if r["error"] else r["status"] for r in rows]
+  cells = [
+    [
+      f"`{r['variant']}`",
+      *(r[k] for k in keys),
+      report.format_metric(FLAGS.metric, v),
+      f"{r['wall_s']:.0f}",
+      s,
+    ]
+    for r, v, s in zip(rows, values, status, strict=True)
+  ]
+  table = report.markdown_table(["variant", *keys, FLAGS.metric, "wall time (s)", "status"], cells)
+  with open(os.path.join(FLAGS.workdir, "summary.md"), "w") as f:
+    f.write(table)
+  print(table, end="")
+  report.bar_chart(
+    os.path.join(FLAGS.workdir, "summary.png"),
+    [r["variant"] + ("" if r["status"] == "done" else " (failed)") for r in rows],
+    values,
+    ylabel=FLAGS.metric,
+    title=f"{FLAGS.metric} by variant",
+  )
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    fixed = sweep.parse_fixed(FLAGS.override)
+    variants = sweep.load(FLAGS.config, fixed)
+  except (ValueError, KeyError, TypeError, OSError) as e:
+    print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+    sys.exit(1)
+  if FLAGS.dry_run:
+    for name, overrides in variants.items():
+      workdir = os.path.join(os.path.abspath(FLAGS.workdir), name)
+      args = launcher.trainer_flags(FLAGS.config, workdir, {**fixed, **overrides})
+      print(f"{name} ({launcher.state(workdir)})\n  {shlex.join(['python', '-m', 'mmlearn.main', *args])}")
+    print(f"{len(variants)} variants")
+    return
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  records = launcher.run_sweep(FLAGS.config, FLAGS.workdir, variants, fixed=fixed, parallel=FLAGS.parallel)
+  summarize(records, variants)
+  if failed := sum(r["status"] != "done" for r in records):
+    print(
+      f"error: {failed} of {len(records)} variants failed (see {FLAGS.workdir}/summary.md)", file=sys.stderr
+    )
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

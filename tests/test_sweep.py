@@ -1,0 +1,225 @@
+"""Sweeps: get_sweep helpers, variant names, the launcher's skip/resume/failure logic, scripts/sweep.py."""
+
+import csv
+import json
+import os
+import re
+import shutil
+import sys
+import types
+
+import pytest
+
+from conftest import run_python
+from mmlearn import launcher, sweep
+
+H = sweep.HELPERS
+LR = H.sweep("optimizer.learning_rate", [0.1, 0.3])
+SEED = H.sweep("seed", [0, 1])
+
+
+def test_sweep_and_product_vary_the_first_sweep_slowest():
+  assert LR == [{"optimizer.learning_rate": 0.1}, {"optimizer.learning_rate": 0.3}]
+  assert [(d["optimizer.learning_rate"], d["seed"]) for d in H.product(LR, SEED)] == [
+    (0.1, 0),
+    (0.1, 1),
+    (0.3, 0),
+    (0.3, 1),
+  ]
+  assert H.product([LR, SEED]) == H.product(LR, SEED)  # Sweeps as arguments or as one list.
+
+
+def test_zip_pairs_and_chain_concatenates():
+  assert H.zip(LR, SEED) == [
+    {"optimizer.learning_rate": 0.1, "seed": 0},
+    {"optimizer.learning_rate": 0.3, "seed": 1},
+  ]
+  assert H.chain(LR, [{}], SEED) == [*LR, {}, *SEED]
+  nested = H.chain(H.product(LR, H.sweep("model.fusion", ["sum"])), [{"model.fusion": "late"}])
+  assert len(nested) == 3 and nested[-1] == {"model.fusion": "late"}
+
+
+def test_zip_of_different_lengths_and_overlapping_keys_are_errors():
+  with pytest.raises(ValueError, match=r"h\.zip: the sweeps have different lengths \[2, 3\]"):
+    H.zip(LR, H.sweep("seed", [0, 1, 2]))
+  with pytest.raises(ValueError, match=r"h\.product: more than one sweep sets \['seed'\]"):
+    H.product(SEED, SEED)
+  with pytest.raises(ValueError, match="a sweep is a list of override dicts"):
+    H.chain(LR, [0.1])
+
+
+def test_variant_names_are_readable_safe_and_stable():
+  assert (
+    sweep.variant_name({"optimizer.learning_rate": 0.1, "seed": 1}) == "optimizer.learning_rate=0.1,seed=1"
+  )
+  assert sweep.variant_name({}) == "base"
+  odd = sweep.variant_name({"model.fusion": "a/b c"})
+  assert re.fullmatch(r"model\.fusion=a_b_c-[0-9a-f]{8}", odd)  # Sanitised, with a hash of the original.
+  assert odd == sweep.variant_name({"model.fusion": "a/b c"}) != sweep.variant_name({"model.fusion": "a_b_c"})
+  long = sweep.variant_name({"k": "x" * 500})
+  assert len(long) <= sweep.MAX_NAME and long != sweep.variant_name({"k": "x" * 501})
+
+
+def test_expand_names_variants_and_rejects_bad_sweeps():
+  module = types.SimpleNamespace(__file__="x.py", get_sweep=lambda h: h.product(LR, SEED))
+  assert list(sweep.expand(module))[:2] == [
+    "optimizer.learning_rate=0.1,seed=0",
+    "optimizer.learning_rate=0.1,seed=1",
+  ]
+  for get_sweep, message in [
+    (lambda h: h.chain(LR, LR), "lists the variant 'optimizer.learning_rate=0.1' twice"),
+    (lambda h: [], "not a non-empty list"),
+    (lambda h: [{1: 2}], "a sweep is a list of override dicts"),
+  ]:
+    with pytest.raises(ValueError, match=re.escape(message)):
+      sweep.expand(types.SimpleNamespace(__file__="x.py", get_sweep=get_sweep))
+  with pytest.raises(ValueError, match="defines no get_sweep"):
+    sweep.expand(types.SimpleNamespace(__file__="x.py"))
+
+
+def test_error_line_prefers_the_trainers_error_line():
+  assert launcher.error_line("I0 log\nerror: ValueError: bad\nI1 more\n", 1) == "error: ValueError: bad"
+  assert launcher.error_line("Traceback...\nRuntimeError: boom\n", 1) == "RuntimeError: boom"
+  assert launcher.error_line("", -9) == "exit status -9"
+
+
+# A stand-in for `python -m mmlearn.main`: counts its calls, fails on fusion "nope", else logs an evaluation.
+FAKE_TRAINER = """
+import json, os, sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+workdir = args["workdir"]
+with open(os.path.join(workdir, "calls"), "a") as f:
+  f.write("call\\n")
+if args.get("config.model.fusion") == "nope":
+  sys.exit(print("I0 some log line\\nerror: ValueError: unknown fusion 'nope'", file=sys.stderr) or 1)
+with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+  f.write(json.dumps({"step": 2, "train/loss": 1.0}) + "\\n")
+  f.write(json.dumps({"step": 2, "test/accuracy": float(args["config.optimizer.learning_rate"])}) + "\\n")
+"""
+
+
+def test_launcher_skips_finished_resumes_cut_off_and_records_failures(tmp_path):
+  (tmp_path / "fake.py").write_text(FAKE_TRAINER)
+  variants = {sweep.variant_name(o): o for o in H.chain(LR, [{"model.fusion": "nope"}])}
+  root = tmp_path / "root"
+  messages = []
+
+  def run():
+    trainer = [sys.executable, str(tmp_path / "fake.py")]
+    return launcher.run_sweep("c.py", str(root), variants, parallel=2, trainer=trainer, log=messages.append)
+
+  def calls(name):
+    return len((root / name / "calls").read_text().splitlines())
+
+  good, other, bad = variants
+  records = run()
+  assert [r["status"] for r in records] == ["done", "done", "failed"]
+  assert records[0]["metrics"]["test/accuracy"] == 0.1 and records[1]["metrics"]["test/accuracy"] == 0.3
+  assert records[2]["error"] == "error: ValueError: unknown fusion 'nope'"
+  assert json.loads((root / good / "done.json").read_text())["metrics"]["test/accuracy"] == 0.1
+  assert not (root / bad / "done.json").exists()
+
+  (root / other / "done.json").unlink()  # `other` was cut off: it has checkpoints but no marker.
+  (root / other / "checkpoints").mkdir()
+  assert launcher.state(str(root / good)) == "finished" and launcher.state(str(root / other)) == "cut off"
+  records = run()
+  assert [r["skipped"] for r in records] == [True, False, False]
+  assert (calls(good), calls(other), calls(bad)) == (1, 2, 2)
+  assert f"{other}: resuming" in messages and records[1]["status"] == "done"
+
+
+def test_launcher_fails_a_variant_that_exits_0_without_an_evaluation(tmp_path):
+  records = launcher.run_sweep(
+    "c.py", str(tmp_path), {"a": {}}, trainer=[sys.executable, "-c", "pass"], log=print
+  )
+  assert records[0]["status"] == "failed" and "metrics.jsonl" in records[0]["error"]
+
+
+TINY_SWEEP = """
+from configs import tiny
+
+
+def get_config(fusion="concat"):
+  config = tiny.get_config()
+  config.model.fusion = fusion
+  config.num_train_steps = 4
+  return config
+
+
+def get_sweep(h):
+  return h.chain(h.sweep("optimizer.learning_rate", [0.05, 0.1]), [{"model.fusion": "nope"}])
+"""
+
+
+def sweep_script(tmp_path, config, *flags, data_dir=None):
+  env = {"MMLEARN_DATA_DIR": data_dir} if data_dir else None
+  return run_python(
+    ["scripts/sweep.py", f"--config={config}", f"--workdir={tmp_path / 'root'}", *flags], env=env
+  )
+
+
+def test_sweep_end_to_end_with_a_failing_variant_then_skip_and_resume(data_dir, tmp_path):
+  """Two tiny variants train (2 at once, config variant `:sum`); a bad value fails alone; a rerun resumes."""
+  (tmp_path / "tiny_sweep.py").write_text(TINY_SWEEP)
+  result = sweep_script(tmp_path, f"{tmp_path}/tiny_sweep.py:sum", "--parallel=2", data_dir=data_dir)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert result.stderr.splitlines()[-1].startswith("error: 1 of 3 variants failed")
+  root = tmp_path / "root"
+  rows = {r["variant"]: r for r in csv.DictReader(open(root / "summary.csv"))}  # noqa: SIM115
+  good, other, bad = "optimizer.learning_rate=0.05", "optimizer.learning_rate=0.1", "model.fusion=nope"
+  assert [rows[v]["status"] for v in (good, other, bad)] == ["done", "done", "failed"]
+  assert "unknown fusion 'nope'" in rows[bad]["error"] and rows[bad]["test/accuracy"] == ""
+  final = json.loads((root / good / "metrics.jsonl").read_text().splitlines()[-1])
+  assert float(rows[good]["test/accuracy"]) == final["test/accuracy"] and final["step"] == 4
+  config = json.loads((root / good / "config.json").read_text())
+  assert config["optimizer"]["learning_rate"] == 0.05 and config["model"]["fusion"] == "sum"
+  assert "failed: ValueError: unknown fusion 'nope'" in (root / "summary.md").read_text()
+  assert (root / "summary.png").stat().st_size > 0
+
+  # Cut `other` off after its step-2 checkpoint; the rerun skips `good` and resumes `other` from step 2.
+  (root / other / "done.json").unlink()
+  shutil.rmtree(root / other / "checkpoints" / "4")
+  before = {v: (root / v / "metrics.jsonl").read_text() for v in (good, other)}
+  assert sweep_script(tmp_path, f"{tmp_path}/tiny_sweep.py:sum", data_dir=data_dir).returncode == 1
+  assert (root / good / "metrics.jsonl").read_text() == before[good]
+  added = [
+    json.loads(line)
+    for line in (root / other / "metrics.jsonl").read_text()[len(before[other]) :].splitlines()
+  ]
+  assert [line["step"] for line in added] == [4, 4]  # One train line from step 3-4, then the evaluation.
+  assert (root / other / "done.json").exists()
+
+
+def test_dry_run_lists_variants_and_commands(tmp_path):
+  result = sweep_script(tmp_path, "configs/sweeps/mmshapes_lr.py:sum", "--dry_run", "--override=num_epochs=2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.splitlines()[-1] == "6 variants"
+  assert "optimizer.learning_rate=0.3,seed=1 (new)" in result.stdout
+  assert (
+    "--config=configs/sweeps/mmshapes_lr.py:sum" in result.stdout and "--config.num_epochs=2" in result.stdout
+  )
+  assert not os.path.exists(tmp_path / "root")
+
+
+@pytest.mark.parametrize(
+  "config, flags, message",
+  [
+    ("configs/tiny.py", [], "defines no get_sweep(h)"),
+    ("{tmp}/typo.py", [], "unknown config key 'optimizer.lr' in the sweep variant 'optimizer.lr=0.1'"),
+    ("configs/sweeps/mmshapes_lr.py", ["--override=optimizr.x=1"], "unknown config key 'optimizr.x'"),
+    (
+      "configs/sweeps/mmshapes_lr.py",
+      ["--override=seed=3"],
+      "--override sets ['seed'], which the sweep varies",
+    ),
+    ("configs/nope.py", [], "no config file 'configs/nope.py'"),
+  ],
+)
+def test_bad_input_gives_one_error_line_and_exit_1(tmp_path, config, flags, message):
+  typo = "from configs.tiny import get_config\n\ndef get_sweep(h):\n  return h.sweep('optimizer.lr', [0.1])\n"
+  (tmp_path / "typo.py").write_text(typo)
+  result = sweep_script(tmp_path, config.format(tmp=tmp_path), *flags)
+  assert result.returncode == 1
+  [line] = result.stderr.strip().splitlines()
+  assert line.startswith("error: ") and message in line
+  assert not os.path.exists(tmp_path / "root")
