@@ -15,7 +15,8 @@ For each batch size (`--batch_sizes`, default 32 and 256) it measures
 
 Step and loop are timed in alternating chunks (`--repeats` of `--steps` each) and each reports its
 median chunk, so a machine whose load changes during the run biases neither. Writes `benchmark.md`,
-`benchmark.csv` and `benchmark.json` into `--out` and prints the table.
+`benchmark.csv` and `benchmark.json` into `--out` and prints the table; the CSV and JSON also hold
+`input_setup_s`, the time to build the iterator (decoding a small split into memory, see `pipeline`).
 """
 
 import functools

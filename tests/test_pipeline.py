@@ -1,5 +1,6 @@
 """The grain pipeline: batch layout, masks, per-process sharding, determinism and checkpointable state."""
 
+import grain
 import numpy as np
 import pytest
 
@@ -70,6 +71,15 @@ def test_shuffle_is_seeded_and_state_restores(sources):
   resumed = pipeline.train_iterator(sources["train"], batch_size=8, seed=1, max_tokens=16)
   resumed.set_state(state)
   np.testing.assert_array_equal(np.stack(expected), np.stack([next(resumed)["label"] for _ in range(3)]))
+
+
+@pytest.mark.parametrize("n, batch_size", [(10, 4), (10, 25), (7, 7)])
+def test_epoch_shuffle_is_grains_shuffled_repeated_batches(n, batch_size):
+  """Batch by batch, the same indices (batches spanning epochs included) as grain's per-example chain."""
+  grains = grain.MapDataset.range(n).shuffle(seed=3).repeat().batch(batch_size, drop_remainder=True)
+  ours = pipeline.EpochShuffle(n, batch_size, seed=3)
+  for k in range(8):
+    np.testing.assert_array_equal(ours(k), grains[k])
 
 
 def test_in_memory_and_streaming_paths_give_the_same_batches_and_resume(sources):

@@ -200,7 +200,7 @@ class LeNet(nn.Module):
   MultiBench uses LeNet(1, 6, 3) for the image (48 features) and LeNet(1, 6, 5) for the spectrogram (192),
   i.e. `channels=6` with `num_layers=3` / `num_layers=5` here. Blocks: a 5x5 conv with `channels` outputs,
   then `num_layers` 3x3 convs, each doubling the channels; every conv ('SAME' padding, as the reference's
-  padding 2 / 1) is followed by relu and a 2x2 max-pool (floor, as PyTorch). Output width
+  padding 2 / 1) is followed by relu and a 2x2 max-pool (floor, as PyTorch; `max_pool_2x2`). Output width
   `channels * 2 ** num_layers`. On 28x28 with 4 pools (28-14-7-3-1) and 112x112 with 6 pools
   (112-...-7-3-1) the map ends at 1x1, where flattening is exactly the reference's output; a final global
   max-pool gives the same width for any other input size. One difference: the reference's convs are
@@ -233,7 +233,7 @@ class LeNet(nn.Module):
       x = nn.Conv(
         self.channels * 2**i, kernel_size=kernel, padding="SAME", kernel_init=_HE_INIT, name=f"conv{i}"
       )(x)
-      x = nn.max_pool(nn.relu(x), window_shape=(2, 2), strides=(2, 2))
+      x = max_pool_2x2(nn.relu(x))
     return x.max(axis=(1, 2))
 
 
