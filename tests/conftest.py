@@ -1,9 +1,12 @@
 """Shared fixtures: the tiny mmshapes build, prepared once per session in a temporary data dir."""
 
+import functools
 import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,3 +36,27 @@ def run_python(args: list[str], *, env: dict[str, str] | None = None, timeout: i
   return subprocess.run(
     [sys.executable, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
   )
+
+
+def run_steps(par, task, tx, params, batches):
+  """Trains from `params` with the real per-device `train_step` mapped by `par`; one step per batch.
+
+  Returns the host copy of the final parameters and the loss of every step.
+  """
+  from mmlearn import train
+
+  state = train.TrainState(
+    step=np.int32(0), params=params, opt_state=tx.init(params), rng=jax.random.PRNGKey(1)
+  )
+  step = par.map(functools.partial(train.train_step, task=task, tx=tx), sharded_args=(1,))
+  state = par.replicate(state)
+  losses = []
+  for batch in batches:
+    state, metrics = step(state, par.shard(batch))
+    losses.append(float(metrics["loss"]))
+  return jax.device_get(state.params), losses
+
+
+def max_diff(a, b) -> float:
+  """Largest absolute difference between two pytrees of arrays with the same structure."""
+  return max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))

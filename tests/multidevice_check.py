@@ -4,33 +4,17 @@ Prints one JSON line with the largest parameter difference of `shard_map` and `p
 from a single-device run, and between the two modes.
 """
 
-import functools
 import json
 import sys
 
 import jax
-import numpy as np
 
 from configs import tiny
-from mmlearn import data, optim, train
+from conftest import max_diff, run_steps
+from mmlearn import data, optim
 from mmlearn import parallel as parallel_lib
 from mmlearn.data import pipeline
 from mmlearn.tasks import TASKS
-
-
-def run(par, task, tx, batches, params):
-  state = train.TrainState(
-    step=np.int32(0), params=params, opt_state=tx.init(params), rng=jax.random.PRNGKey(1)
-  )
-  step = par.map(functools.partial(train.train_step, task=task, tx=tx), sharded_args=(1,))
-  state = par.replicate(state)
-  for batch in batches:
-    state, _ = step(state, par.shard(batch))
-  return jax.device_get(state.params)
-
-
-def max_diff(a, b):
-  return max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def main(data_dir):
@@ -43,9 +27,10 @@ def main(data_dir):
   batches = [next(it) for _ in range(3)]
   tx = optim.make_optimizer(config.optimizer, 10)
   params = task.init(jax.random.PRNGKey(0), batches[0])
-  single = run(parallel_lib.DataParallel("shard_map", devices=jax.devices()[:1]), task, tx, batches, params)
-  sharded = run(parallel_lib.DataParallel("shard_map"), task, tx, batches, params)
-  pmapped = run(parallel_lib.DataParallel("pmap"), task, tx, batches, params)
+  single_device = parallel_lib.DataParallel("shard_map", devices=jax.devices()[:1])
+  single = run_steps(single_device, task, tx, params, batches)[0]
+  sharded = run_steps(parallel_lib.DataParallel("shard_map"), task, tx, params, batches)[0]
+  pmapped = run_steps(parallel_lib.DataParallel("pmap"), task, tx, params, batches)[0]
   print(
     json.dumps(
       {

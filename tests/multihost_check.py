@@ -7,7 +7,6 @@ the largest parameter difference between the modes and a checksum of its own rep
 trains the same global batches on one of its devices alone (a single-process run) and compares.
 """
 
-import functools
 import json
 import sys
 
@@ -15,27 +14,13 @@ import jax
 import numpy as np
 
 from configs import tiny
-from mmlearn import data, optim, train
+from conftest import max_diff, run_steps
+from mmlearn import data, optim
 from mmlearn import parallel as parallel_lib
 from mmlearn.data import pipeline
 from mmlearn.tasks import TASKS
 
 GLOBAL_BATCH = 32
-
-
-def run(par, task, tx, batches, params):
-  state = train.TrainState(
-    step=np.int32(0), params=params, opt_state=tx.init(params), rng=jax.random.PRNGKey(1)
-  )
-  step = par.map(functools.partial(train.train_step, task=task, tx=tx), sharded_args=(1,))
-  state = par.replicate(state)
-  for batch in batches:
-    state, _ = step(state, par.shard(batch))
-  return jax.device_get(state.params)
-
-
-def max_diff(a, b):
-  return max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def main(data_dir, coordinator_address, num_processes, process_id):
@@ -56,7 +41,7 @@ def main(data_dir, coordinator_address, num_processes, process_id):
   tx = optim.make_optimizer(config.optimizer, 10)
   params = task.init(jax.random.PRNGKey(0), global_batches[0])
   results = {
-    mode: run(parallel_lib.DataParallel(mode), task, tx, local_batches, params)
+    mode: run_steps(parallel_lib.DataParallel(mode), task, tx, params, local_batches)[0]
     for mode in ("shard_map", "pmap")
   }
   report = {
@@ -67,7 +52,8 @@ def main(data_dir, coordinator_address, num_processes, process_id):
     "checksum": sum(float(np.abs(x).sum()) for x in jax.tree.leaves(results["shard_map"])),
   }
   if jax.process_index() == 0:  # Only one process pays for the reference run (the CPU has 2 cores).
-    single = run(parallel_lib.DataParallel(devices=jax.local_devices()[:1]), task, tx, global_batches, params)
+    single_device = parallel_lib.DataParallel(devices=jax.local_devices()[:1])
+    single = run_steps(single_device, task, tx, params, global_batches)[0]
     report["shard_map_vs_single"] = max_diff(results["shard_map"], single)
     report["pmap_vs_single"] = max_diff(results["pmap"], single)
     report["moved"] = max_diff(single, params)

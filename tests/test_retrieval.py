@@ -1,6 +1,5 @@
 """Retrieval: the mmshapes `retrieval` build, the dual encoder, the task, a tiny run that learns, the CLI."""
 
-import functools
 import json
 import re
 
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs.retrieval import tiny
-from conftest import run_python
+from conftest import run_python, run_steps
 from mmlearn import config_checks, data, optim, train
 from mmlearn import parallel as parallel_lib
 from mmlearn.data import mmshapes, pipeline
@@ -121,16 +120,7 @@ def test_steps_lower_the_contrastive_loss_on_a_fixed_batch(retrieval_data, loss)
   config.optimizer.update(name="adam", learning_rate=3e-3, warmup_steps=0, schedule="constant")
   tx = optim.make_optimizer(config.optimizer, 100)
   params = task.init(jax.random.PRNGKey(0), batch)
-  state = train.TrainState(
-    step=np.int32(0), params=params, opt_state=tx.init(params), rng=jax.random.PRNGKey(1)
-  )
-  par = parallel_lib.DataParallel("shard_map")
-  step = par.map(functools.partial(train.train_step, task=task, tx=tx), sharded_args=(1,))
-  state, batch = par.replicate(state), par.shard(batch)
-  losses = []
-  for _ in range(15):
-    state, metrics = step(state, batch)
-    losses.append(float(metrics["loss"]))
+  _, losses = run_steps(parallel_lib.DataParallel("shard_map"), task, tx, params, [batch] * 15)
   assert losses[-1] < 0.5 * losses[0], losses
 
 

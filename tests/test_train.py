@@ -1,6 +1,5 @@
 """The training core on tiny configs: learning, checkpoint/resume, NaN guard and config errors."""
 
-import functools
 import json
 import math
 import os
@@ -11,6 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import run_steps
 from mmlearn import data, optim, train
 from mmlearn import parallel as parallel_lib
 from mmlearn.data import pipeline
@@ -39,16 +39,7 @@ def test_steps_lower_the_loss_on_a_fixed_batch(tiny_config):
   config.optimizer.update(name="adam", learning_rate=0.01, warmup_steps=0)
   tx = optim.make_optimizer(config.optimizer, 100)
   params = task.init(jax.random.PRNGKey(0), batch)
-  state = train.TrainState(
-    step=np.int32(0), params=params, opt_state=tx.init(params), rng=jax.random.PRNGKey(1)
-  )
-  par = parallel_lib.DataParallel("shard_map")
-  step = par.map(functools.partial(train.train_step, task=task, tx=tx), sharded_args=(1,))
-  state, batch = par.replicate(state), par.shard(batch)
-  losses = []
-  for _ in range(20):
-    state, metrics = step(state, batch)
-    losses.append(float(metrics["loss"]))
+  _, losses = run_steps(parallel_lib.DataParallel("shard_map"), task, tx, params, [batch] * 20)
   assert losses[-1] < 0.5 * losses[0], losses
 
 
