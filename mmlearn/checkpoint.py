@@ -40,17 +40,17 @@ class Checkpointer:
       force=True,
     )
 
-  def restore(self, step: int, template: Any, data_iterator: grain.DatasetIterator) -> Any:
-    """Returns the state saved at `step` (structured like `template`); restores the iterator in place."""
-    self._check_process_count(step)
-    restored = self.manager.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(jax.device_get(template)),
-        data=grain.checkpoint.CheckpointRestore(data_iterator),
-      ),
-    )
-    return restored.state
+  def restore(self, step: int, template: Any, data_iterator: grain.DatasetIterator | None = None) -> Any:
+    """Returns the state saved at `step` (structured like `template`); restores the iterator in place.
+
+    Without `data_iterator` (e.g. a tool that only needs the parameters) the iterator item is not read,
+    so the caller need not build a training pipeline.
+    """
+    items = {"state": ocp.args.StandardRestore(jax.device_get(template))}
+    if data_iterator is not None:
+      self._check_process_count(step)
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    return self.manager.restore(step, args=ocp.args.Composite(**items)).state
 
   def _check_process_count(self, step: int) -> None:
     """Names a process-count mismatch, which grain would report as one missing file."""

@@ -69,10 +69,7 @@ def load_run(config: ml_collections.ConfigDict, workdir: str, split: str):
       raise FileNotFoundError(f"{workdir} holds no checkpoint")
     tx = optim.make_optimizer(config.optimizer, train.total_train_steps(config, len(sources["train"])))
     template = train.initial_state(config, task, tx, sources["train"], 1)
-    train_iter = pipeline.train_iterator(
-      sources["train"], batch_size=config.batch_size, seed=config.seed, max_tokens=config.dataset.max_tokens
-    )
-    state = checkpointer.restore(step, template, train_iter)
+    state = checkpointer.restore(step, template)  # Parameters only: no training pipeline to build.
   finally:
     checkpointer.close()
   return sources[split], info, task, state.params
