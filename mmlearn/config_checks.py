@@ -9,12 +9,22 @@ from typing import Any
 
 import ml_collections
 
-from mmlearn import losses, optim, parallel
+from mmlearn import class_losses, losses, optim, parallel
+from mmlearn.data import imbalance, missing
+from mmlearn.data.augment import Augment
 from mmlearn.models.encoders import ENCODERS
 from mmlearn.models.fusion import FUSIONS
 
-# Sub-trees whose keys are the user's to choose (modality names, encoder and fusion arguments).
-FREE_FORM = ("model.modalities", "model.fusion_kwargs")
+# Sub-trees whose keys are the user's to choose: modality names (the encoders, the missing rates, the
+# MVAE's decoders and likelihood weights) and fusion arguments.
+FREE_FORM = (
+  "model.modalities",
+  "model.fusion_kwargs",
+  "missing.train_rates",
+  "missing.test_rates",
+  "mvae.decoders",
+  "mvae.likelihood_weights",
+)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -72,9 +82,71 @@ def check(config: ml_collections.ConfigDict) -> None:
   optim.OPTIMIZERS.get(config.optimizer.name)
   FUSIONS.get(config.model.fusion)
   losses.LOSSES.get(config.retrieval.loss)
+  imbalance.check(config.dataset.imbalance_ratio, config.dataset.sampler)
+  Augment.from_config(config.augment)  # Raises on negative or out-of-range strengths.
+  class_losses.check_config(config.classification)
+  check_missing(config)
+  check_eval_every_steps(config)
+  check_mvae(config)
   if not config.model.modalities:
     raise ValueError("config.model.modalities is empty: configure at least one modality")
   for modality, encoder in config.model.modalities.items():
     if "encoder" not in encoder:
       raise ValueError(f"config.model.modalities.{modality} names no 'encoder'")
     ENCODERS.get(encoder["encoder"])
+
+
+def check_missing(config: ml_collections.ConfigDict) -> None:
+  """Rates in [0, 1) for modalities the model has; missing modalities are a classification option."""
+  settings = config.missing
+  if settings.imputation not in missing.IMPUTATIONS:
+    raise ValueError(
+      f"unknown missing.imputation {settings.imputation!r}; known: {', '.join(missing.IMPUTATIONS)}"
+    )
+  if not 0 <= settings.modality_dropout < 1:
+    raise ValueError(f"missing.modality_dropout must be in [0, 1), got {settings.modality_dropout}")
+  used = settings.modality_dropout > 0
+  for which in ("train_rates", "test_rates"):
+    for modality, rate in settings[which].items():
+      if not isinstance(rate, int | float) or not 0 <= rate < 1:
+        raise ValueError(f"missing.{which}.{modality} must be a rate in [0, 1), got {rate!r}")
+      if rate > 0 and modality not in config.model.modalities:
+        raise ValueError(f"missing.{which}.{modality}: the model has no modality {modality!r}")
+      used |= rate > 0
+  if used and config.task != "classification":
+    raise ValueError(f"missing modalities are a classification option; task is {config.task!r}")
+
+
+def check_eval_every_steps(config: ml_collections.ConfigDict) -> None:
+  if config.eval_every_steps < 0:
+    raise ValueError(
+      f"eval_every_steps must be >= 0 (0: evaluate at the end only), got {config.eval_every_steps}"
+    )
+
+
+def check_mvae(config: ml_collections.ConfigDict) -> None:
+  """`config.mvae`: sizes and weights in range; for task "mvae", a decoder and a weight per modality."""
+  from mmlearn.models.decoders import DECODERS
+
+  settings = config.mvae
+  if settings.latent_dim <= 0:
+    raise ValueError(f"mvae.latent_dim must be positive, got {settings.latent_dim}")
+  for key in ("kl_anneal_steps", "beta", "temperature", "grid_conditions", "grid_samples"):
+    if settings[key] < 0:
+      raise ValueError(f"mvae.{key} must be >= 0, got {settings[key]}")
+  for modality, weight in settings.likelihood_weights.items():
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+      raise ValueError(f"mvae.likelihood_weights.{modality} must be a number >= 0, got {weight!r}")
+  if config.task != "mvae":
+    return
+  if not (settings.joint_elbo or settings.unimodal_elbos):
+    raise ValueError("mvae.joint_elbo and mvae.unimodal_elbos are both off: the MVAE has nothing to train")
+  for modality in config.model.modalities:
+    decoder = settings.decoders.get(modality)
+    if decoder is None or "decoder" not in decoder:
+      raise ValueError(
+        f"config.mvae.decoders.{modality} names no 'decoder' (known: {', '.join(DECODERS.names())})"
+      )
+    DECODERS.get(decoder["decoder"])
+    if modality not in settings.likelihood_weights:
+      raise ValueError(f"config.mvae.likelihood_weights has no weight for modality {modality!r}")

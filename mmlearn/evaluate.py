@@ -31,14 +31,17 @@ class SplitEvaluator:
     split: str,
     batch_size: int,
     max_tokens: int,
+    transform: Any = None,
   ):
     self.task, self.par, self.source, self.split = task, par, source, split
-    self.batch_size, self.max_tokens = batch_size, max_tokens
+    self.batch_size, self.max_tokens, self.transform = batch_size, max_tokens, transform
     self._step = par.map(functools.partial(eval_step, task=task), sharded_args=(1,))
 
   def run(self, params: Any) -> Iterator[tuple[str, Any]]:
     totals = None
-    batches = pipeline.eval_batches(self.source, batch_size=self.batch_size, max_tokens=self.max_tokens)
+    batches = pipeline.eval_batches(
+      self.source, batch_size=self.batch_size, max_tokens=self.max_tokens, transform=self.transform
+    )
     for batch in batches:
       sums = self._step(params, self.par.shard(batch))
       totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)

@@ -3,10 +3,15 @@
 `train_step` is per-device code (it sees its slice of the global batch and averages with `pmean`);
 `DataParallel` maps it over all devices with `shard_map` or `pmap`. The loop restores the latest
 checkpoint if there is one, trains, logs, guards against non-finite losses, checkpoints the state
-together with the data iterator, and evaluates every configured split at the end.
+together with the data iterator, and evaluates every configured split at the end (and, with
+`config.eval_every_steps` > 0, every that many steps: e.g. to follow a generative model's sample grids).
+
+A task's loss is `loss(params, batch, rng)`; a loss with a `step` keyword also gets the step
+(`task_loss`), for schedules inside the loss such as KL annealing.
 """
 
 import functools
+import inspect
 import json
 import math
 import os
@@ -26,7 +31,8 @@ from jax import lax
 from mmlearn import config_checks, data, optim
 from mmlearn import parallel as parallel_lib
 from mmlearn.checkpoint import Checkpointer
-from mmlearn.data import pipeline
+from mmlearn.data import missing, pipeline
+from mmlearn.data.augment import Augment
 from mmlearn.metric_writer import MetricWriter
 from mmlearn.tasks import TASKS
 
@@ -39,10 +45,17 @@ class TrainState:
   rng: jax.Array  # Base key; step keys are derived with fold_in(step), so restarts replay them exactly.
 
 
+def task_loss(task: Any, step: jax.Array) -> Callable:
+  """`task.loss`, given `step=step` if it has a `step` keyword (a schedule inside the loss); else as is."""
+  if "step" in inspect.signature(task.loss).parameters:
+    return functools.partial(task.loss, step=step)
+  return task.loss
+
+
 def train_step(state: TrainState, batch: dict[str, Any], *, task: Any, tx: optax.GradientTransformation):
   """Per-device step: local gradient, `pmean` over devices, optax update. Returns (state, metrics)."""
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(parallel_lib.AXIS))
-  grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+  grad_fn = jax.value_and_grad(task_loss(task, state.step), has_aux=True)
   (_, metrics), grads = grad_fn(state.params, batch, rng)
   grads = lax.pmean(grads, parallel_lib.AXIS)
   metrics = lax.pmean(metrics, parallel_lib.AXIS)
@@ -82,6 +95,20 @@ def initial_state(
   return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=state_rng)
 
 
+def build_task(config: ml_collections.ConfigDict, train_source: Any, info: Any) -> tuple[Any, np.ndarray]:
+  """The configured task, given the class counts of the (possibly long-tailed) training set it trains on."""
+  class_counts = data.class_counts(
+    train_source,
+    data.num_classes(info),
+    imbalance_ratio=config.dataset.imbalance_ratio,
+    imbalance_seed=config.dataset.imbalance_seed,
+  )
+  logging.info("training examples per class: %s", class_counts.tolist())
+  vocab_size = data.vocab_size(config.dataset.name)
+  task = TASKS.get(config.task)(config, info=info, vocab_size=vocab_size, class_counts=class_counts)
+  return task, class_counts
+
+
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -108,11 +135,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
       manual_dir=config.dataset.manual_dir,
       splits=splits,
     )
-  task = TASKS.get(config.task)(config, info=info, vocab_size=data.vocab_size(config.dataset.name))
-  num_steps = total_train_steps(config, len(sources["train"]))
+  task, class_counts = build_task(config, sources["train"], info)
+  num_steps = total_train_steps(config, int(class_counts.sum()))  # An epoch of the (sub)set trained on.
   tx = optim.make_optimizer(config.optimizer, num_steps)
+  absent = missing.from_config(config, sources["train"])
   train_iter = pipeline.train_iterator(
-    sources["train"], batch_size=config.batch_size, seed=config.seed, max_tokens=config.dataset.max_tokens
+    sources["train"],
+    batch_size=config.batch_size,
+    seed=config.seed,
+    max_tokens=config.dataset.max_tokens,
+    imbalance_ratio=config.dataset.imbalance_ratio,
+    imbalance_seed=config.dataset.imbalance_seed,
+    sampler=config.dataset.sampler,
+    transforms=(Augment.from_config(config.augment), absent),
   )
   state = initial_state(config, task, tx, sources["train"], par.num_devices)
   num_parameters = sum(x.size for x in jax.tree.leaves(state.params))
@@ -125,6 +160,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
     state = checkpointer.restore(last_saved, state, train_iter)
   state = par.replicate(state)
 
+  evaluators = [
+    task.evaluator(
+      par,
+      sources[split],
+      split=split,
+      batch_size=config.eval_batch_size,
+      max_tokens=config.dataset.max_tokens,
+      transform=absent.evaluate(),
+    )
+    for split in config.dataset.eval_splits
+  ]
   writer = MetricWriter(workdir)
   p_train_step = par.map(
     functools.partial(train_step, task=task, tx=tx), sharded_args=(1,), donate_argnums=(0,)
@@ -152,24 +198,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
         last_saved = step
       if at_log or at_checkpoint:
         history = []
+      if config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and step < num_steps:
+        log_evaluation(writer, step, evaluate(evaluators, state.params))  # The final one follows the loop.
   finally:
     checkpointer.close()
 
-  results = {"model/num_parameters": num_parameters}
-  for split in config.dataset.eval_splits:
-    evaluator = task.evaluator(
-      par,
-      sources[split],
-      split=split,
-      batch_size=config.eval_batch_size,
-      max_tokens=config.dataset.max_tokens,
-    )
-    results.update(evaluator.run(state.params))
-  writer.write(step, results)
+  results = {"model/num_parameters": num_parameters, **evaluate(evaluators, state.params)}
+  log_evaluation(writer, step, results)
   writer.close()
-  headline = {k: round(v, 4) for k, v in results.items() if "class_accuracy" not in k and "model/" not in k}
-  logging.info("step %d evaluation: %s", step, json.dumps(headline))
   return results
+
+
+def evaluate(evaluators: Sequence[Any], params: Any) -> dict[str, Any]:
+  """Every evaluator's `(name, value)` pairs, one dict."""
+  results = {}
+  for evaluator in evaluators:
+    results.update(evaluator.run(params))
+  return results
+
+
+def log_evaluation(writer: MetricWriter, step: int, results: dict[str, Any]) -> None:
+  """Writes the evaluation results and logs their headline scalars."""
+  writer.write(step, results)
+  headline = {
+    k: round(v, 4)
+    for k, v in results.items()
+    if np.ndim(v) == 0 and "class_recall" not in k and "model/" not in k
+  }
+  logging.info("step %d evaluation: %s", step, json.dumps(headline))
 
 
 def log_progress(writer, history, timer, step, num_steps, batch_size):

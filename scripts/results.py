@@ -20,7 +20,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmlearn import config_files, report, train  # noqa: E402
+from mmlearn import config_files, metric_writer, report, train  # noqa: E402
 
 flags.DEFINE_list("configs", None, "Config files to train.")
 flags.DEFINE_string(
@@ -44,7 +44,8 @@ def run_once(path: str, seed: int) -> dict:
   config.seed = seed
   start = time.perf_counter()
   results = train.train_and_evaluate(config, workdir)
-  result = {**results, "wall_s": time.perf_counter() - start}
+  # Scalars only, as in metrics.jsonl; the confusion matrices are the run's confusion_<split>.png.
+  result = {**metric_writer.scalars(results), "wall_s": time.perf_counter() - start}
   with open(result_file, "w") as f:
     json.dump(result, f)
   return result

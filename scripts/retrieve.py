@@ -8,7 +8,6 @@ images as a grid (`--output`, default `WORKDIR/retrieved.png`). A word outside t
 a run without a checkpoint or a run of another task ends with one `error:` line and exit status 1.
 """
 
-import json
 import os
 import sys
 
@@ -23,11 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmlearn import data, optim, train  # noqa: E402
+from mmlearn import data, restore  # noqa: E402
 from mmlearn import parallel as parallel_lib  # noqa: E402
-from mmlearn.checkpoint import Checkpointer  # noqa: E402
 from mmlearn.data import pipeline  # noqa: E402
-from mmlearn.tasks import TASKS  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A finished (or checkpointed) retrieval run.")
 flags.DEFINE_string("query", None, "The text to search with, in the dataset's vocabulary.")
@@ -41,38 +38,12 @@ USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
 TEXT_MODALITY = pipeline.TOKEN_FEATURES["tokens"]
 
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} is missing; is {workdir} a training run?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def load_run(config: ml_collections.ConfigDict, workdir: str, split: str):
   """(the split's source, dataset info, task, restored params) of a retrieval run."""
-  name = config.dataset.name
-  sources, info = data.load_sources(
-    name,
-    config=config.dataset.config,
-    data_dir=config.dataset.data_dir,
-    manual_dir=config.dataset.manual_dir,
-    splits=("train", split),
-  )
-  task = TASKS.get(config.task)(config, info=info, vocab_size=data.vocab_size(name))
-  if not hasattr(task, "embed"):
+  if config.task != "retrieval":
     raise ValueError(f"{workdir} is a {config.task!r} run; searching needs a 'retrieval' run")
-  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-  try:
-    step = checkpointer.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"{workdir} holds no checkpoint")
-    tx = optim.make_optimizer(config.optimizer, train.total_train_steps(config, len(sources["train"])))
-    template = train.initial_state(config, task, tx, sources["train"], 1)
-    state = checkpointer.restore(step, template)  # Parameters only: no training pipeline to build.
-  finally:
-    checkpointer.close()
-  return sources[split], info, task, state.params
+  sources, info, task, params = restore.load_run(config, workdir, (split,))
+  return sources[split], info, task, params
 
 
 def encode_query(config: ml_collections.ConfigDict, query: str) -> dict[str, np.ndarray]:
@@ -126,7 +97,7 @@ def save_grid(path: str, images: list[np.ndarray], titles: list[str], query: str
 
 
 def search(workdir: str, query: str, top_k: int, split: str, output: str) -> None:
-  config = read_config(workdir)
+  config = restore.read_config(workdir)
   query_batch = encode_query(config, query)
   source, info, task, params = load_run(config, workdir, split)
   query_embedding = task.embed(params, query_batch)[TEXT_MODALITY][0]

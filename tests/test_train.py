@@ -48,7 +48,10 @@ def test_train_and_evaluate_writes_logs_and_metrics(tiny_config, tmp_path):
   for split in ("validation", "test"):
     assert 0.0 <= results[f"{split}/accuracy"] <= 1.0
     assert math.isfinite(results[f"{split}/loss"])
-    assert len([k for k in results if k.startswith(f"{split}/class_accuracy/")]) == 16
+    assert len([k for k in results if k.startswith(f"{split}/class_recall/")]) == 16
+    assert 0.0 <= results[f"{split}/balanced_accuracy"] <= 1.0
+    assert results[f"{split}/confusion_matrix"].counts.shape == (16, 16)
+    assert (tmp_path / f"confusion_{split}.png").stat().st_size > 0
   lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [line["step"] for line in lines if "train/loss" in line] == [2, 4, 6]
   assert lines[-1]["test/accuracy"] == pytest.approx(results["test/accuracy"])

@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
 from mmlearn.data import avmnist, mmshapes  # noqa: F401  (register "avmnist", "mmshapes")
+from mmlearn.data.imbalance import class_counts  # noqa: F401  (the training set's class prior)
 from mmlearn.data.registry import DATASETS
 from mmlearn.data.text import WordTokenizer
 

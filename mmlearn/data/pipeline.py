@@ -10,22 +10,43 @@ pipeline shares the cores with the train step: grain's per-example shuffle and d
 from one permutation per epoch (`EpochShuffle`, grain's own shuffle, the same batches as
 `shuffle(seed).repeat().batch()`), and a process's share of a split that is small enough is decoded
 once into memory (`DecodedArrays`) and gathered by index; a larger one is decoded batch by batch.
+
+Options for class imbalance and augmentation (see `imbalance` and `augment`), all off by default, in
+which case the batches are exactly those without them: a long-tailed subset of the training split,
+chosen before process sharding so the processes share out the same subset; class-balanced instead of
+shuffled batches; and augmentation of training batches, seeded by batch number like everything else.
 """
 
 import math
 import sys
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import grain
 import jax
 import numpy as np
+
+from mmlearn.data import imbalance
+from mmlearn.data.augment import Augment  # noqa: F401  (re-exported: `pipeline.Augment`)
 
 # Features the pipeline turns into model inputs; everything else (attributes, captions) is dropped.
 TOKEN_FEATURES = {"tokens": "text"}  # feature name -> modality name (padded, with a `<modality>_mask`).
 ARRAY_FEATURES = ("image", "audio")  # uint8 arrays, scaled to [-1, 1] floats.
 # A training shard whose decoded model inputs take at most this many bytes is decoded once, into memory.
 MEMORY_BYTES = 256 << 20
+
+
+class BatchTransform(Protocol):
+  """A seeded change to whole training batches (augmentation, missing modalities).
+
+  The pipeline calls it on batch `k` with a generator seeded by (`stream`, seed, process, k), so the
+  stream it draws is a function of the batch number, which is all the iterator's state holds.
+  """
+
+  stream: int  # Keeps transforms' random streams apart (and apart from the sampler's).
+  active: bool  # False: the pipeline skips it, so a transform that is off costs nothing and changes nothing.
+
+  def __call__(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]: ...
 
 
 class DecodeExample(grain.transforms.Map):
@@ -120,22 +141,42 @@ def train_iterator(
   process_index: int | None = None,
   process_count: int | None = None,
   memory_bytes: int = MEMORY_BYTES,
+  imbalance_ratio: float = 1.0,
+  imbalance_seed: int = 0,
+  sampler: str = "uniform",
+  transforms: Sequence[BatchTransform] = (),
 ) -> grain.DatasetIterator:
   """Endless shuffled batches of this process's share of the global batch (`batch_size` is global).
 
   The shard is decoded into memory first if it takes at most `memory_bytes` (0: always decode per batch).
+  `imbalance_ratio` > 1 trains on `imbalance.long_tail_indices` of the split (seeded by `imbalance_seed`);
+  `sampler="class_balanced"` draws every class equally often instead of walking shuffled epochs;
+  `transforms` change each batch, in order. Each is a function of the batch number, as the state is.
   """
+  imbalance.check(imbalance_ratio, sampler)
+  index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
   if batch_size % count:
     raise ValueError(f"batch size {batch_size} is not divisible by the {count} processes")
-  decoded = process_shard(source, process_index, count).map(DecodeExample(max_tokens))
-  order = EpochShuffle(len(decoded), batch_size // count, seed)
+  subset = imbalance.training_indices(source, imbalance_ratio, imbalance_seed)
+  # Subsetted before sharding, so the processes share out the same subset.
+  train_set = source if len(subset) == len(source) else imbalance.Subset(source, subset)
+  decoded = process_shard(train_set, index, count).map(DecodeExample(max_tokens))
+  if sampler == "class_balanced":
+    labels = imbalance.read_labels(source)[subset][index::count]  # The labels of `decoded`, in order.
+    order = imbalance.ClassBalancedSampler(labels, batch_size // count, seed, stream=index)
+  else:
+    order = EpochShuffle(len(decoded), batch_size // count, seed)
   arrays = DecodedArrays(decoded) if decoded_bytes(decoded) <= memory_bytes else None
+  transforms = [t for t in transforms if t.active]
 
   def batch(k: int) -> dict[str, np.ndarray]:
     indices = order(k)
     examples = arrays.gather(indices) if arrays else stack_examples([decoded[int(i)] for i in indices])
-    return normalise_batch(examples)
+    examples = normalise_batch(examples)
+    for transform in transforms:
+      examples = transform(examples, np.random.default_rng([transform.stream, seed % 2**32, index, k]))
+    return examples
 
   # Gathering from memory takes ~0.1 ms a batch, so it runs inline: prefetch threads would only contend
   # with the step for the cores, and grain's default (16 threads, 500 batches ahead) costs ~5 ms a batch
@@ -153,15 +194,18 @@ def eval_batches(
   max_tokens: int,
   process_index: int | None = None,
   process_count: int | None = None,
+  transform: Callable[[dict[str, np.ndarray], np.ndarray], dict[str, np.ndarray]] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """One ordered pass over this process's share; `weight` is 1 for real examples, 0 for padding.
 
   Every process yields the same number of batches (padding as needed), because each batch is a
-  collective step across all processes.
+  collective step across all processes. `transform(batch, indices)` may change each batch, given its
+  examples' positions in the split (so what it draws per example does not depend on the batching).
   """
+  index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
   local_batch = batch_size // count
-  ds = process_shard(source, process_index, count).map(DecodeExample(max_tokens))
+  ds = process_shard(source, index, count).map(DecodeExample(max_tokens))
   num_batches = math.ceil(math.ceil(len(source) / count) / local_batch)
   for b in range(num_batches):
     examples = [ds[i] for i in range(b * local_batch, min((b + 1) * local_batch, len(ds)))]
@@ -171,4 +215,8 @@ def eval_batches(
     examples += [template] * (local_batch - len(examples))
     batch = stack_examples(examples)
     batch["weight"] = weight
-    yield normalise_batch(batch)
+    batch = normalise_batch(batch)
+    if transform is not None:
+      positions = np.minimum(np.arange(b * local_batch, (b + 1) * local_batch), len(ds) - 1)
+      batch = transform(batch, index + count * positions)  # Padding repeats the last real position.
+    yield batch

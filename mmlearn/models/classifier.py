@@ -7,7 +7,10 @@ image-only, text-only and multimodal models are one class, and comparing them ch
                            "text": {"encoder": "lstm", "vocab_size": 40, "hidden": 64}},
                fusion="concat", head_hidden=(64,), num_classes=16)
 
-Modality `m` reads `batch[m]` and, if present, the padding mask `batch[f"{m}_mask"]`.
+Modality `m` reads `batch[m]` and, if present, the padding mask `batch[f"{m}_mask"]` and the presence
+mask `batch[f"{m}_present"]` (bool [B]; `mmlearn.data.missing`), which goes to the fusion as `present`.
+With `learned_missing`, an absent modality's features are replaced by a learned embedding of the absence
+(parameter `<m>_missing`), the `learned` imputation strategy.
 
 A fusion that outputs logits (`late`: one head per modality) takes the classifier's `num_classes` and
 `head_hidden` and replaces the classifier's head, so `head_hidden` means the same thing either way.
@@ -113,6 +116,7 @@ class Classifier(nn.Module):
     fusion_kwargs: keyword arguments of the fusion module.
     head_hidden: widths of the head's hidden layers (relu); () is a linear head on the fused features.
       For a fusion that outputs logits, the widths of its per-modality heads.
+    learned_missing: replace the features of absent modalities by a learned embedding per modality.
   """
 
   modalities: Mapping[str, Mapping[str, Any]]
@@ -120,6 +124,7 @@ class Classifier(nn.Module):
   fusion: str = "concat"
   fusion_kwargs: Mapping[str, Any] = FrozenDict()
   head_hidden: Sequence[int] = ()
+  learned_missing: bool = False
 
   def __post_init__(self):
     # Freeze plain dicts/lists given by callers: jit and Linen hash modules, and a dict is unhashable.
@@ -132,18 +137,25 @@ class Classifier(nn.Module):
     """Maps a batch with one input per configured modality to logits [B, num_classes]."""
     if not self.modalities:
       raise ValueError("Classifier has no modalities configured")
-    features = []
+    features, present = [], []
     for modality in sorted(self.modalities):
       encoder_class, kwargs = split_encoder_config(modality, self.modalities[modality])
       if modality not in batch:
         raise KeyError(f"batch has no input for modality {modality!r}; batch keys: {sorted(batch)}")
       encoder = encoder_class(**kwargs, name=f"{modality}_encoder")
-      features.append(encoder(batch[modality], batch.get(f"{modality}_mask"), train=train))
+      encoded = encoder(batch[modality], batch.get(f"{modality}_mask"), train=train)
+      is_present = batch.get(f"{modality}_present", jnp.ones(encoded.shape[0], bool))
+      if self.learned_missing:
+        missing = self.param(f"{modality}_missing", nn.initializers.zeros, encoded.shape[1:])
+        encoded = jnp.where(is_present[:, None], encoded, missing)
+      features.append(encoded)
+      present.append(is_present)
 
     fusion_class, fusion_kwargs = resolve_fusion(
       self.fusion, self.fusion_kwargs, num_classes=self.num_classes, head_hidden=self.head_hidden
     )
-    x = fusion_class(**fusion_kwargs, name="fusion")(features, train=train)
+    fusion = fusion_class(**fusion_kwargs, name="fusion")
+    x = fusion(features, present=jnp.stack(present, axis=1), train=train)
     if outputs_logits(fusion_class):
       return x
 
@@ -177,7 +189,9 @@ def resolve_modalities(modalities_config: Any, vocab_size: int | None) -> dict[s
   return modalities
 
 
-def build_classifier(model_config: Any, *, num_classes: int, vocab_size: int | None) -> Classifier:
+def build_classifier(
+  model_config: Any, *, num_classes: int, vocab_size: int | None, learned_missing: bool = False
+) -> Classifier:
   """Builds a `Classifier` from `config.model` (a ConfigDict or dict) and the dataset's sizes.
 
   Text encoders get the dataset's vocab_size (`resolve_modalities`). Config mistakes raise here.
@@ -195,4 +209,5 @@ def build_classifier(model_config: Any, *, num_classes: int, vocab_size: int | N
     fusion=fusion,
     fusion_kwargs=fusion_kwargs,
     head_hidden=head_hidden,
+    learned_missing=learned_missing,
   )

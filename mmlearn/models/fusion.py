@@ -14,9 +14,15 @@ Late fusions decide per modality and combine decisions, so their output is alrea
 fusion sets the class attribute `outputs_logits = True` and has fields `num_classes` and `head_hidden`,
 which the classifier fills from its own and then adds no head of its own (see `outputs_logits` below).
 
-Optional inputs added later (e.g. a per-example modality-presence mask `present: [B, M] bool`) become
-keyword-only arguments with a `None` default, added to every fusion at once, so existing callers and
-configs keep working unchanged.
+Every fusion also takes `present`: None (every modality present) or a [B, M] bool mask of which
+modalities each example really has (`mmlearn.data.missing`). What an absent modality means depends on
+the fusion's shape:
+  - fusions that pool over modalities (`sum`, `late`, `gated`, `attention`) pool over the present ones
+    only, so an absent modality's features, whatever the imputation put there, never enter;
+  - fusions with one fixed slot per modality (`concat`, `tensor`, `low_rank_tensor`, `multiplicative`)
+    cannot leave a slot out and use the features as given: the classifier's imputation strategy (zero or
+    mean input, or a learned embedding) decides what fills an absent modality's slot.
+With every modality present the mask changes nothing (tested against `present=None`).
 """
 
 import functools
@@ -39,6 +45,17 @@ def check_features(features: Sequence[jnp.ndarray]) -> None:
     raise ValueError(f"fusion expects [B, D_i] features with one B, got shapes {[f.shape for f in features]}")
 
 
+def presence(present: jnp.ndarray | None, features: Sequence[jnp.ndarray]) -> jnp.ndarray:
+  """The mask as float [B, M] (all ones when None), to weight per-modality terms."""
+  if present is None:
+    return jnp.ones((features[0].shape[0], len(features)), jnp.float32)
+  if present.shape != (features[0].shape[0], len(features)):
+    raise ValueError(
+      f"presence mask of shape {present.shape} for {len(features)} modalities of {features[0].shape[0]}"
+    )
+  return present.astype(jnp.float32)
+
+
 def outputs_logits(fusion_class: type[nn.Module]) -> bool:
   """Whether a fusion's output is the final logits, so the classifier must not add a head after it."""
   return getattr(fusion_class, "outputs_logits", False)
@@ -54,8 +71,10 @@ class ConcatFusion(nn.Module):
   """Early fusion by concatenation: [B, sum(D_i)]. No parameters; the head learns the interactions."""
 
   @nn.compact
-  def __call__(self, features: Sequence[jnp.ndarray], *, train: bool = False) -> jnp.ndarray:
-    del train
+  def __call__(
+    self, features: Sequence[jnp.ndarray], *, present: jnp.ndarray | None = None, train: bool = False
+  ) -> jnp.ndarray:
+    del present, train  # One slot per modality: an absent one is filled by the imputation.
     check_features(features)
     return jnp.concatenate(list(features), axis=-1)
 
@@ -74,11 +93,14 @@ class SumFusion(nn.Module):
   dim: int = 64
 
   @nn.compact
-  def __call__(self, features: Sequence[jnp.ndarray], *, train: bool = False) -> jnp.ndarray:
+  def __call__(
+    self, features: Sequence[jnp.ndarray], *, present: jnp.ndarray | None = None, train: bool = False
+  ) -> jnp.ndarray:
     del train
     check_features(features)
+    weights = presence(present, features)
     projected = [nn.Dense(self.dim, name=f"project{i}")(f) for i, f in enumerate(features)]
-    return sum(projected[1:], projected[0])
+    return sum(weights[:, i : i + 1] * p for i, p in enumerate(projected))
 
 
 class MLP(nn.Module):
@@ -113,13 +135,16 @@ class LateFusion(nn.Module):
   head_hidden: Sequence[int] = ()
 
   @nn.compact
-  def __call__(self, features: Sequence[jnp.ndarray], *, train: bool = False) -> jnp.ndarray:
+  def __call__(
+    self, features: Sequence[jnp.ndarray], *, present: jnp.ndarray | None = None, train: bool = False
+  ) -> jnp.ndarray:
     del train
     check_features(features)
+    weights = presence(present, features)
     logits = [
       MLP(tuple(self.head_hidden), self.num_classes, name=f"head{i}")(f) for i, f in enumerate(features)
     ]
-    return jnp.mean(jnp.stack(logits), axis=0)
+    return jnp.einsum("bm,mbc->bc", weights / weights.sum(-1, keepdims=True), jnp.stack(logits))
 
 
 @FUSIONS.register("gated")
@@ -139,15 +164,19 @@ class GatedFusion(nn.Module):
   dim: int = 64
 
   @nn.compact
-  def __call__(self, features: Sequence[jnp.ndarray], *, train: bool = False) -> jnp.ndarray:
+  def __call__(
+    self, features: Sequence[jnp.ndarray], *, present: jnp.ndarray | None = None, train: bool = False
+  ) -> jnp.ndarray:
     del train
     check_features(features)
-    everything = jnp.concatenate(list(features), axis=-1)
+    weights = presence(present, features)
+    # The gates read every present modality; an absent one enters them as zeros.
+    everything = jnp.concatenate([weights[:, i : i + 1] * f for i, f in enumerate(features)], axis=-1)
     fused = 0.0
     for i, f in enumerate(features):
       hidden = jnp.tanh(nn.Dense(self.dim, name=f"project{i}")(f))
       gate = nn.sigmoid(nn.Dense(self.dim, name=f"gate{i}")(everything))
-      fused = fused + gate * hidden
+      fused = fused + weights[:, i : i + 1] * gate * hidden
     return fused
 
 
@@ -168,9 +197,12 @@ class AttentionFusion(nn.Module):
   num_heads: int = 4
 
   @nn.compact
-  def __call__(self, features: Sequence[jnp.ndarray], *, train: bool = False) -> jnp.ndarray:
+  def __call__(
+    self, features: Sequence[jnp.ndarray], *, present: jnp.ndarray | None = None, train: bool = False
+  ) -> jnp.ndarray:
     del train
     check_features(features)
+    weights = presence(present, features)
     if self.dim % self.num_heads:
       raise ValueError(f"attention fusion: dim={self.dim} is not divisible by num_heads={self.num_heads}")
     tokens = jnp.stack([nn.Dense(self.dim, name=f"project{i}")(f) for i, f in enumerate(features)], axis=1)
@@ -178,8 +210,10 @@ class AttentionFusion(nn.Module):
       "modality_embedding", nn.initializers.normal(0.02), (len(features), self.dim)
     )
     tokens = tokens + modality_embedding
-    tokens = tokens + nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name="attention")(tokens)
-    return jnp.mean(tokens, axis=1)
+    mask = nn.make_attention_mask(weights, weights) > 0  # Absent tokens are neither read nor pooled.
+    attention = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name="attention")
+    tokens = tokens + attention(tokens, mask=mask)
+    return jnp.einsum("bm,bmd->bd", weights / weights.sum(-1, keepdims=True), tokens)
 
 
 @FUSIONS.register("tensor")
@@ -193,8 +227,10 @@ class TensorFusion(nn.Module):
   """
 
   @nn.compact
-  def __call__(self, features: Sequence[jnp.ndarray], *, train: bool = False) -> jnp.ndarray:
-    del train
+  def __call__(
+    self, features: Sequence[jnp.ndarray], *, present: jnp.ndarray | None = None, train: bool = False
+  ) -> jnp.ndarray:
+    del present, train  # One slot per modality: an absent one is filled by the imputation.
     check_features(features)
     batch_size = features[0].shape[0]
     return functools.reduce(
@@ -222,8 +258,10 @@ class LowRankTensorFusion(nn.Module):
   rank: int = 4
 
   @nn.compact
-  def __call__(self, features: Sequence[jnp.ndarray], *, train: bool = False) -> jnp.ndarray:
-    del train
+  def __call__(
+    self, features: Sequence[jnp.ndarray], *, present: jnp.ndarray | None = None, train: bool = False
+  ) -> jnp.ndarray:
+    del present, train  # One slot per modality: an absent one is filled by the imputation.
     check_features(features)
     factor_init = nn.initializers.glorot_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
     product = 1.0
@@ -253,8 +291,10 @@ class MultiplicativeFusion(nn.Module):
   dim: int = 64
 
   @nn.compact
-  def __call__(self, features: Sequence[jnp.ndarray], *, train: bool = False) -> jnp.ndarray:
-    del train
+  def __call__(
+    self, features: Sequence[jnp.ndarray], *, present: jnp.ndarray | None = None, train: bool = False
+  ) -> jnp.ndarray:
+    del present, train  # One slot per modality: an absent one is filled by the imputation.
     check_features(features)
     x = features[0]
     first_kernel = self.param("first_kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.dim))

@@ -1,17 +1,23 @@
-"""Multimodal classification: encoders per modality -> fusion -> MLP head, softmax cross-entropy.
+"""Multimodal classification: encoders per modality -> fusion -> MLP head, a loss from `class_losses`.
 
 The task contract every task follows (the trainer relies on nothing else):
-  - `Task(config, *, info, vocab_size)`: `info` is the dataset's `tfds.core.DatasetInfo` (features, class
-    names), `vocab_size` its tokenizer's size (None without text).
+  - `Task(config, *, info, vocab_size, class_counts)`: `info` is the dataset's `tfds.core.DatasetInfo`
+    (features, class names), `vocab_size` its tokenizer's size (None without text), `class_counts` the
+    training split's count of each class (None for a dataset without labels).
   - `init(rng, batch) -> params`
   - `loss(params, batch, rng) -> (scalar loss, metrics dict)`: per-device code, the device's share of the
     global-batch loss, so that the mean over devices is the global loss; the trainer `pmean`s gradients.
-  - `evaluator(par, source, *, split, batch_size, max_tokens) -> Evaluator` whose `run(params)` yields
-    `(metric_name, value)` pairs for one split.
+  - `evaluator(par, source, *, split, batch_size, max_tokens, transform=None) -> Evaluator` whose
+    `run(params)` yields `(metric_name, value)` pairs for one split; `transform` is `eval_batches`'
+    (e.g. test-time missing modalities).
 
 Classification evaluates with `SplitEvaluator`, which sums per-batch statistics:
   - `eval_sums(params, batch) -> dict of per-device sums`, weighted by `batch["weight"]` (0 = padding).
   - `summarize(sums) -> dict of metrics` from sums accumulated over a whole split.
+Classification's only sums are the cross-entropy and a weighted confusion matrix [C, C]; every metric
+(accuracy, balanced accuracy, macro-F1, per-class recall) comes from the matrix, which is also reported
+itself as a `ConfusionMatrix` (the metric writer draws it). The evaluation loss is the plain
+cross-entropy whatever the training loss, so runs trained with different losses compare.
 """
 
 from typing import Any
@@ -22,6 +28,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from mmlearn import class_losses
+from mmlearn import classification_metrics as cm
 from mmlearn import parallel as parallel_lib
 from mmlearn.evaluate import SplitEvaluator
 from mmlearn.models.classifier import build_classifier
@@ -30,7 +38,11 @@ from mmlearn.tasks.registry import TASKS
 
 @TASKS.register("classification")
 class ClassificationTask:
-  """Classes come from the dataset's `label` feature (`info`), or explicitly from `num_classes`."""
+  """Classes come from the dataset's `label` feature (`info`), or explicitly from `num_classes`.
+
+  `class_counts` ([C], the training split's count of each class) is needed only by losses that weight or
+  shift classes (`config.classification.loss`); the trainer takes it from the dataset.
+  """
 
   def __init__(
     self,
@@ -40,6 +52,7 @@ class ClassificationTask:
     vocab_size: int | None,
     num_classes: int | None = None,
     class_names: list[str] | None = None,
+    class_counts: np.ndarray | None = None,
   ):
     if num_classes is None:
       if info is None:
@@ -48,12 +61,18 @@ class ClassificationTask:
       num_classes, class_names = label.num_classes, class_names or list(label.names)
     self.num_classes = num_classes
     self.class_names = class_names or [str(i) for i in range(num_classes)]
-    self.model = build_classifier(config.model, num_classes=num_classes, vocab_size=vocab_size)
+    self.model = build_classifier(
+      config.model,
+      num_classes=num_classes,
+      vocab_size=vocab_size,
+      learned_missing=config.missing.imputation == "learned",
+    )
+    if class_counts is not None and np.shape(class_counts) != (num_classes,):
+      raise ValueError(f"class_counts has shape {np.shape(class_counts)}, expected ({num_classes},)")
+    self.class_loss = class_losses.build(config.classification, class_counts)
 
-  def evaluator(
-    self, par: parallel_lib.DataParallel, source: Any, *, split: str, batch_size: int, max_tokens: int
-  ) -> SplitEvaluator:
-    return SplitEvaluator(self, par, source, split=split, batch_size=batch_size, max_tokens=max_tokens)
+  def evaluator(self, par: parallel_lib.DataParallel, source: Any, **kwargs: Any) -> SplitEvaluator:
+    return SplitEvaluator(self, par, source, **kwargs)
 
   def init(self, rng: jax.Array, batch: dict[str, Any]) -> Any:
     return self.model.init(rng, batch, train=False)["params"]
@@ -66,30 +85,28 @@ class ClassificationTask:
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     del rng  # The classifier has no stochastic layers yet; the key is here for those that will.
     logits = self.logits(params, batch, train=True)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    loss = self.class_loss(logits, batch["label"]).mean()
     accuracy = (logits.argmax(-1) == batch["label"]).mean()
     return loss, {"loss": loss, "accuracy": accuracy}
 
   def eval_sums(self, params: Any, batch: dict[str, Any]) -> dict[str, jax.Array]:
     logits = self.logits(params, batch, train=False)
-    weight = batch["weight"]
+    weight = batch["weight"].astype(jnp.float32)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    correct = (logits.argmax(-1) == batch["label"]).astype(jnp.float32) * weight
-    onehot = jax.nn.one_hot(batch["label"], self.num_classes) * weight[:, None]
+    confusion = jnp.zeros((self.num_classes, self.num_classes), jnp.float32)
     return {
       "loss": (losses * weight).sum(),
-      "correct": correct.sum(),
-      "count": weight.sum(),
-      "class_correct": (onehot * correct[:, None]).sum(0),
-      "class_count": onehot.sum(0),
+      "confusion": confusion.at[batch["label"], logits.argmax(-1)].add(weight),  # Exact, padding adds 0.
     }
 
   def summarize(self, sums: dict[str, np.ndarray]) -> dict[str, Any]:
-    class_accuracy = sums["class_correct"] / np.maximum(sums["class_count"], 1)
+    confusion = np.asarray(sums["confusion"], np.float64)
+    recall = cm.recall(confusion)
     return {
-      "loss": float(sums["loss"] / sums["count"]),
-      "accuracy": float(sums["correct"] / sums["count"]),
-      **{
-        f"class_accuracy/{name}": float(a) for name, a in zip(self.class_names, class_accuracy, strict=True)
-      },
+      "loss": float(sums["loss"] / confusion.sum()),
+      "accuracy": cm.accuracy(confusion),
+      "balanced_accuracy": cm.balanced_accuracy(confusion),
+      "macro_f1": cm.macro_f1(confusion),
+      **{f"class_recall/{name}": float(r) for name, r in zip(self.class_names, recall, strict=True)},
+      "confusion_matrix": cm.ConfusionMatrix(confusion, tuple(self.class_names)),
     }

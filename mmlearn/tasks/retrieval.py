@@ -33,7 +33,15 @@ RANDOM_BASELINE_SEED = 0
 
 @TASKS.register("retrieval")
 class RetrievalTask:
-  def __init__(self, config: ml_collections.ConfigDict, *, info: Any = None, vocab_size: int | None = None):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    *,
+    info: Any = None,
+    vocab_size: int | None = None,
+    class_counts: np.ndarray | None = None,
+  ):
+    del class_counts  # Pairs have no classes to weight.
     settings = config.retrieval
     self.loss_fn = LOSSES.get(settings.loss)()
     modalities = resolve_modalities(config.model.modalities, vocab_size)
@@ -99,10 +107,8 @@ class RetrievalTask:
     examples = [source[i] for i in range(len(source))]
     return retrieval_metrics.description_keys([np.stack([ex[f] for ex in examples]) for f in self.relevance])
 
-  def evaluator(
-    self, par: parallel_lib.DataParallel, source: Any, *, split: str, batch_size: int, max_tokens: int
-  ) -> "RetrievalEvaluator":
-    return RetrievalEvaluator(self, par, source, split=split, batch_size=batch_size, max_tokens=max_tokens)
+  def evaluator(self, par: parallel_lib.DataParallel, source: Any, **kwargs: Any) -> "RetrievalEvaluator":
+    return RetrievalEvaluator(self, par, source, **kwargs)
 
 
 def embed_step(params: Any, batch: dict[str, Any], *, task: RetrievalTask) -> dict[str, jax.Array]:
@@ -124,9 +130,10 @@ class RetrievalEvaluator:
     split: str,
     batch_size: int,
     max_tokens: int,
+    transform: Any = None,
   ):
     self.task, self.par, self.source, self.split = task, par, source, split
-    self.batch_size, self.max_tokens = batch_size, max_tokens
+    self.batch_size, self.max_tokens, self.transform = batch_size, max_tokens, transform
     self._step = par.map(functools.partial(embed_step, task=task), sharded_args=(1,))
 
   def embed_split(self, params: Any) -> dict[str, np.ndarray]:
@@ -138,7 +145,9 @@ class RetrievalEvaluator:
     count, process = jax.process_count(), jax.process_index()
     local_batch = self.batch_size // count
     parts = []
-    batches = pipeline.eval_batches(self.source, batch_size=self.batch_size, max_tokens=self.max_tokens)
+    batches = pipeline.eval_batches(
+      self.source, batch_size=self.batch_size, max_tokens=self.max_tokens, transform=self.transform
+    )
     for b, batch in enumerate(batches):
       position = b * local_batch + np.arange(local_batch)
       batch["index"] = np.where(batch["weight"] > 0, process + count * position, -1).astype(np.int32)

@@ -1,0 +1,34 @@
+"""MVAE on AV-MNIST (`noisy` build): spoken digit -> digit image generation with a shared latent space.
+
+Encoders: MultiBench's LeNets (configs/avmnist/base.py); decoders: transposed convs from 7x7 to the
+28x28 image and to the 112x112 spectrogram. The spectrogram is mostly noise, so its decoder learns its
+likelihood's deviation (`learn_std`): a fixed 0.1 would weigh its 12,544 noisy levels against the image's
+784 as if they were all signal. Audio -> image coherence is judged by `judge_avmnist.py`.
+"""
+
+import ml_collections
+
+from configs import default
+from configs.avmnist import base
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.task = "mvae"
+  config.dataset.name = "avmnist"
+  config.dataset.config = "noisy"
+  config.model.modalities = ml_collections.ConfigDict({"image": base.IMAGE, "audio": base.AUDIO})
+  config.missing.train_rates = ml_collections.ConfigDict({"image": 0.0, "audio": 0.0})
+  config.missing.test_rates = ml_collections.ConfigDict({"image": 0.0, "audio": 0.0})
+  config.mvae.latent_dim = 32
+  config.mvae.decoders.image.update(shape=(28, 28, 1), widths=(64, 32), std=0.1)
+  config.mvae.decoders.audio.update(shape=(112, 112, 1), widths=(64, 32, 16, 8), std=0.2, learn_std=True)
+  config.mvae.kl_anneal_steps = 1000
+  config.optimizer.update(name="adam", learning_rate=1e-3, warmup_steps=100, schedule="cosine")
+  config.batch_size = 128
+  config.eval_batch_size = 500
+  config.num_epochs = 5.0  # 2,150 steps.
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 1000
+  config.eval_every_steps = 1000
+  return config

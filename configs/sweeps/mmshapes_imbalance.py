@@ -1,0 +1,26 @@
+"""mmshapes at imbalance ratio 100: each re-weighting loss (and class-balanced sampling) x 2 seeds.
+
+  python scripts/sweep.py --config=configs/sweeps/mmshapes_imbalance.py --workdir=runs/imbalance \\
+    --metric=test/balanced_accuracy
+
+Validation and test stay balanced, so balanced accuracy measures how well the tail classes are learned.
+The config after ':' sets the ratio (`configs/sweeps/mmshapes_imbalance.py:10`).
+"""
+
+from configs import default
+
+
+def get_config(ratio: str = "100"):
+  config = default.get_config()
+  config.dataset.imbalance_ratio = float(ratio)
+  return config
+
+
+def get_sweep(h):
+  losses = h.sweep(
+    "classification.loss", ["cross_entropy", "inverse_frequency", "class_balanced", "focal", "logit_adjusted"]
+  )
+  sampled = h.zip(
+    h.sweep("classification.loss", ["cross_entropy"]), h.sweep("dataset.sampler", ["class_balanced"])
+  )
+  return h.product(h.chain(losses, sampled), h.sweep("seed", [0, 1]))

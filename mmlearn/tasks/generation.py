@@ -1,0 +1,397 @@
+"""Multimodal generation: the MVAE trained on the sub-sampled ELBO, conditional sampling and imputation.
+
+Task `"mvae"` follows the task contract of `mmlearn.tasks.classification`. Its model is
+`mmlearn.models.mvae.MVAE` on `config.model.modalities` (encoders) and `config.mvae.decoders`.
+
+The objective (Wu & Goodman 2018) sums ELBOs over subsets of the modalities: the joint ELBO, with the
+posterior of every modality, and one per modality, with that modality's posterior alone, so every
+single-modality posterior learns to stand in for the joint one (which conditional generation and
+imputation need). Each subset's term is
+
+    sum_m w_m E_q(z | x_S)[log p(x_m | z)] - beta_t KL(q(z | x_S) || N(0, I)),
+
+one sample of z, over the modalities the subset reconstructs: its own, or every modality with
+`mvae.cross_reconstruction` (any q bounds log p(x), so this is still an ELBO of all the modalities, and
+it trains the single-modality posteriors at conditional generation directly). `w_m` are
+`mvae.likelihood_weights`; beta_t rises linearly from 0 to `mvae.beta` over `mvae.kl_anneal_steps`.
+
+The KL weight depends on the step. The trainer passes `step=` to a task loss that has that keyword
+(`train.task_loss`), so the schedule needs neither a copy of the step in the batch nor a guess from the
+RNG; `loss(params, batch, rng)` without a step (tools, tests) uses the final weight.
+
+Reported (training and evaluation): `elbo`, the joint ELBO with unit weights and beta = 1 (the bound on
+log p(x), in nats per example: likelihoods are probabilities of the stored data, so it is <= 0), and per
+subset `<subset>/elbo`, `<subset>/kl`, `<subset>/recon_<m>` (subsets `joint`, `from_<m>`).
+
+`GenerationEvaluator` sums those over a split with fixed RNG keys, then yields sample grids as
+`metric_writer.Image`s, `<split>/samples/<c>_to_<t>`: for the first `mvae.grid_conditions` examples of
+the split, the real x_t, then `mvae.grid_samples` samples of x_t given x_c alone, for every array target t.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax import lax
+
+from mmlearn import parallel as parallel_lib
+from mmlearn.data import pipeline
+from mmlearn.metric_writer import Image
+from mmlearn.models import mvae
+from mmlearn.models.classifier import resolve_modalities
+from mmlearn.tasks.registry import TASKS
+
+EVAL_SEED = 0  # Of evaluation's z samples: every evaluation of the same parameters gives the same numbers.
+GRID_SEED = 1
+GRID_TILE = 64  # Grid tiles are upscaled by an integer factor to at least this many pixels.
+
+
+@dataclasses.dataclass(frozen=True)
+class Subset:
+  """One ELBO term: z from the product of `posterior`'s experts, scored on `reconstruct`."""
+
+  name: str
+  posterior: tuple[str, ...]
+  reconstruct: tuple[str, ...]
+  weight: float  # 1: part of the objective; 0: reported only.
+
+
+def elbo_subsets(modalities: Sequence[str], *, joint: bool, unimodal: bool, cross: bool) -> list[Subset]:
+  """The joint subset (always computed: it is the reported ELBO) and one per modality if `unimodal`."""
+  modalities = tuple(sorted(modalities))
+  subsets = [Subset("joint", modalities, modalities, float(joint))]
+  if unimodal and len(modalities) > 1:
+    subsets += [Subset(f"from_{m}", (m,), modalities if cross else (m,), 1.0) for m in modalities]
+  return subsets
+
+
+def kl_weight(step: Any, beta: float, anneal_steps: int) -> Any:
+  """beta * min(1, step / anneal_steps); beta throughout without annealing or without a step."""
+  if step is None or anneal_steps <= 0:
+    return jnp.float32(beta)
+  return beta * jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / anneal_steps)
+
+
+@TASKS.register("mvae")
+class MVAETask:
+  """The MVAE as a task. Beyond the task contract (`init`, `loss`, `evaluator`):
+
+  - `posterior(params, batch, present=None) -> (mu, logvar)`: q(z | the modalities present).
+  - `sample(params, batch, rng, temperature, *, condition, target, num_samples) -> (x, mask)`, jitted:
+    `num_samples` samples of `target` given only the `condition` modalities (a tuple) of each example,
+    [B, num_samples, ...], with a token mask for a sequence target (else None). Deterministic in `rng`;
+    `temperature` scales the posterior's spread and the token softmax (0: the mean, greedy tokens).
+  - `impute(params, batch, present, rng, temperature=1.0) -> batch`: generative imputation.
+  - `array_modalities`: the modalities decoded to arrays (decoders with a `shape`), e.g. for grids.
+  """
+
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    *,
+    info: Any = None,
+    vocab_size: int | None = None,
+    class_counts: np.ndarray | None = None,
+  ):
+    del class_counts  # Generation weights no classes.
+    settings = config.mvae
+    encoders = resolve_modalities(config.model.modalities, vocab_size)
+    self.modalities = tuple(sorted(encoders))
+    self.decoders = mvae.resolve_decoders(
+      settings.decoders, self.modalities, vocab_size=vocab_size, max_tokens=config.dataset.max_tokens
+    )
+    features = getattr(info, "features", {})
+    for m, decoder in self.decoders.items():
+      stored = getattr(features[m], "shape", None) if m in features else None
+      if "shape" in decoder and stored is not None and tuple(decoder["shape"]) != tuple(stored):
+        raise ValueError(
+          f"config.mvae.decoders.{m}.shape is {tuple(decoder['shape'])}, the dataset's {m} is {tuple(stored)}"
+        )
+    self.model = mvae.MVAE(encoders, self.decoders, settings.latent_dim)
+    weights = dict(settings.likelihood_weights)
+    missing = [m for m in self.modalities if m not in weights]
+    if missing:
+      raise ValueError(f"config.mvae.likelihood_weights has no weight for {missing}")
+    self.weights = {m: float(weights[m]) for m in self.modalities}
+    self.beta, self.anneal_steps = float(settings.beta), int(settings.kl_anneal_steps)
+    self.subsets = elbo_subsets(
+      self.modalities,
+      joint=settings.joint_elbo,
+      unimodal=settings.unimodal_elbos,
+      cross=settings.cross_reconstruction,
+    )
+    self.temperature = float(settings.temperature)
+    self.grid_conditions, self.grid_samples = int(settings.grid_conditions), int(settings.grid_samples)
+    self.array_modalities = tuple(m for m in self.modalities if "shape" in self.decoders[m])
+    self.sample = jax.jit(self._sample, static_argnames=("condition", "target", "num_samples"))
+
+  # ---- Model pieces ----
+
+  def init(self, rng: jax.Array, batch: dict[str, Any]) -> Any:
+    missing = [m for m in self.modalities if m not in batch]
+    if missing:
+      raise KeyError(f"batch has no input for modalities {missing}; batch keys: {sorted(batch)}")
+    return self.model.init(rng, batch)["params"]
+
+  def experts(self, params: Any, batch: dict[str, Any]) -> dict[str, tuple[jax.Array, jax.Array]]:
+    return self.model.apply({"params": params}, batch, method=mvae.MVAE.encode)
+
+  def posterior(
+    self, params: Any, batch: dict[str, Any], present: Mapping[str, Any] | None = None
+  ) -> tuple[jax.Array, jax.Array]:
+    """q(z | the modalities present): the product of their experts and the prior, (mu, logvar) [B, D].
+
+    `present[m]` (bool [B], or a scalar for all) says which examples have modality m; by default an
+    input in the batch is present where its `<m>_present` says so (everywhere without one). Modalities
+    not in the batch are absent.
+    """
+    experts = self.experts(params, batch)
+    size = next(iter(experts.values()))[0].shape[0]
+    mus, logvars, mask = [], [], []
+    for m, (mu, logvar) in experts.items():
+      default = batch.get(f"{m}_present", True)
+      is_present = present.get(m, False) if present is not None else default
+      (
+        mus.append(mu),
+        logvars.append(logvar),
+        mask.append(jnp.broadcast_to(jnp.asarray(is_present, bool), (size,))),
+      )
+    return mvae.product_of_experts(jnp.stack(mus), jnp.stack(logvars), jnp.stack(mask))
+
+  def log_likelihood(self, params: Any, modality: str, z: jax.Array, batch: dict[str, Any]) -> jax.Array:
+    return self.model.apply(
+      {"params": params},
+      modality,
+      z,
+      batch[modality],
+      batch.get(f"{modality}_mask"),
+      method=mvae.MVAE.log_likelihood,
+    )
+
+  def decode(
+    self, params: Any, modality: str, z: jax.Array, rng: jax.Array, temperature: Any = 1.0
+  ) -> tuple[jax.Array, jax.Array | None]:
+    """A sample of `modality` per row of z (a token mask with it for sequences, else None)."""
+    return self.model.apply({"params": params}, modality, z, rng, temperature, method=mvae.MVAE.generate)
+
+  # ---- The objective ----
+
+  def elbo_terms(
+    self, params: Any, batch: dict[str, Any], rng: jax.Array, beta: Any
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(objective [B] to maximise, {metric: [B]}) with one z sample per subset.
+
+    An absent modality (`<m>_present` False) is neither an expert nor scored, and a subset with none of
+    its modalities present adds nothing. Decoders run once per modality on the z's of every subset
+    that scores it, stacked, rather than once per subset.
+    """
+    experts = self.experts(params, batch)
+    size = batch[self.modalities[0]].shape[0]
+    present = {
+      m: jnp.broadcast_to(jnp.asarray(batch.get(f"{m}_present", True), bool), (size,))
+      for m in self.modalities
+    }
+    mus = jnp.stack([experts[m][0] for m in self.modalities])
+    logvars = jnp.stack([experts[m][1] for m in self.modalities])
+    zs, kls, active = {}, {}, {}
+    for subset, key in zip(self.subsets, jax.random.split(rng, len(self.subsets)), strict=True):
+      mask = jnp.stack([present[m] & (m in subset.posterior) for m in self.modalities])
+      mu, logvar = mvae.product_of_experts(mus, logvars, mask)
+      zs[subset.name] = mvae.reparameterize(key, mu, logvar)
+      kls[subset.name] = mvae.gaussian_kl(mu, logvar)
+      active[subset.name] = mask.any(axis=0).astype(jnp.float32)
+    recon: dict[tuple[str, str], jax.Array] = {}
+    for m in self.modalities:
+      scoring = [s.name for s in self.subsets if m in s.reconstruct]
+      tiled = {k: jnp.concatenate([batch[k]] * len(scoring)) for k in (m, f"{m}_mask") if k in batch}
+      ll = self.log_likelihood(params, m, jnp.concatenate([zs[name] for name in scoring]), tiled)
+      for name, part in zip(scoring, jnp.split(ll, len(scoring)), strict=True):
+        recon[name, m] = part * present[m]
+    objective = jnp.zeros(size, jnp.float32)
+    metrics = {}
+    for subset in self.subsets:
+      name = subset.name
+      scored = sum(recon[name, m] for m in subset.reconstruct)
+      weighted = sum(self.weights[m] * recon[name, m] for m in subset.reconstruct)
+      objective += subset.weight * active[name] * (weighted - beta * kls[name])
+      metrics[f"{name}/elbo"] = active[name] * (scored - kls[name])
+      metrics[f"{name}/kl"] = active[name] * kls[name]
+      metrics |= {f"{name}/recon_{m}": active[name] * recon[name, m] for m in subset.reconstruct}
+    metrics["elbo"] = metrics["joint/elbo"]
+    return objective, metrics
+
+  def loss(
+    self, params: Any, batch: dict[str, Any], rng: jax.Array, *, step: Any = None
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Per-device negative sub-sampled ELBO (mean over the device's examples); `step` sets the KL weight."""
+    beta = kl_weight(step, self.beta, self.anneal_steps)
+    objective, metrics = self.elbo_terms(params, batch, rng, beta)
+    loss = -objective.mean()
+    return loss, {"loss": loss, "kl_weight": beta, **{k: v.mean() for k, v in metrics.items()}}
+
+  # ---- Evaluation ----
+
+  def eval_sums(self, params: Any, batch: dict[str, Any], rng: jax.Array) -> dict[str, jax.Array]:
+    """Weighted sums of every per-example metric at beta = 1, and the example count."""
+    _, metrics = self.elbo_terms(params, batch, rng, 1.0)
+    weight = batch["weight"].astype(jnp.float32)
+    return {"count": weight.sum(), **{k: (v * weight).sum() for k, v in metrics.items()}}
+
+  def summarize(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
+    count = float(sums["count"])
+    return {k: float(v) / count for k, v in sums.items() if k != "count"}
+
+  def evaluator(self, par: parallel_lib.DataParallel, source: Any, **kwargs: Any) -> "GenerationEvaluator":
+    return GenerationEvaluator(self, par, source, **kwargs)
+
+  # ---- Generation and imputation ----
+
+  def _sample(
+    self,
+    params: Any,
+    batch: dict[str, Any],
+    rng: jax.Array,
+    temperature: Any = 1.0,
+    *,
+    condition: tuple[str, ...],
+    target: str,
+    num_samples: int = 1,
+  ) -> tuple[jax.Array, jax.Array | None]:
+    inputs = {k: batch[k] for m in condition for k in (m, f"{m}_mask") if k in batch}  # Encode only these.
+    mu, logvar = self.posterior(params, inputs, {m: True for m in condition})
+    z_key, decode_key = jax.random.split(rng)
+    mu, logvar = (jnp.repeat(x, num_samples, axis=0) for x in (mu, logvar))
+    x, mask = self.decode(
+      params, target, mvae.reparameterize(z_key, mu, logvar, temperature), decode_key, temperature
+    )
+    unflatten = lambda a: None if a is None else a.reshape(-1, num_samples, *a.shape[1:])  # noqa: E731
+    return unflatten(x), unflatten(mask)
+
+  def impute(
+    self,
+    params: Any,
+    batch: dict[str, Any],
+    present: Mapping[str, Any],
+    rng: jax.Array,
+    temperature: Any = 1.0,
+  ) -> dict[str, Any]:
+    """Generative imputation: `batch` with every absent input replaced by a sample given the present ones.
+
+    `present[m]`: bool [B] per modality of the model (a modality not listed, or not in the batch, is
+    absent everywhere). z is drawn from the product of the present experts (the prior alone for an
+    example with none) at `temperature`, and every absent modality is decoded from it; present inputs
+    are returned unchanged, and so are all other keys (`<m>_present` included: the caller decides what
+    an imputed input counts as). Pure and traceable: call it inside a jitted step or wrap it in jax.jit.
+    """
+    size = next(np.shape(batch[m])[0] for m in self.modalities if m in batch)
+    flags = {
+      m: jnp.broadcast_to(jnp.asarray(present.get(m, False), bool), (size,))
+      if m in batch
+      else jnp.zeros(size, bool)
+      for m in self.modalities
+    }
+    mu, logvar = self.posterior(params, batch, flags)
+    z_key, *decode_keys = jax.random.split(rng, len(self.modalities) + 1)
+    z = mvae.reparameterize(z_key, mu, logvar, temperature)
+    out = dict(batch)
+    for m, key in zip(self.modalities, decode_keys, strict=True):
+      x, mask = self.decode(params, m, z, key, temperature)
+      keep = flags[m].reshape(-1, *([1] * (x.ndim - 1)))
+      out[m] = jnp.where(keep, batch[m], x.astype(jnp.asarray(batch[m]).dtype)) if m in batch else x
+      if mask is not None:
+        out[f"{m}_mask"] = jnp.where(flags[m][:, None], batch[f"{m}_mask"], mask) if m in batch else mask
+    return out
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+  """[-1, 1] floats -> uint8 RGB (a single channel is repeated)."""
+  x = np.rint((np.clip(np.asarray(x, np.float32), -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+  return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+
+def sample_grid(real: np.ndarray | None, samples: np.ndarray, border: int = 2) -> np.ndarray:
+  """An RGB uint8 grid: one row per condition, its real item first (if given), then its samples.
+
+  real: [R, H, W, C] or None; samples: [R, S, H, W, C], in [-1, 1]. Tiles are upscaled to >= `GRID_TILE`
+  pixels and separated by gray borders.
+  """
+  rows = samples if real is None else np.concatenate([np.asarray(real)[:, None], samples], axis=1)
+  scale = max(1, -(-GRID_TILE // rows.shape[2]))
+  tiles = to_uint8(rows).repeat(scale, axis=2).repeat(scale, axis=3)
+  r, c, h, w, _ = tiles.shape
+  grid = np.full((r * (h + border) + border, c * (w + border) + border, 3), 128, np.uint8)
+  for i in range(r):
+    for j in range(c):
+      top, left = border + i * (h + border), border + j * (w + border)
+      grid[top : top + h, left : left + w] = tiles[i, j]
+  return grid
+
+
+def eval_step(params: Any, batch: dict[str, Any], rng: jax.Array, *, task: MVAETask) -> dict[str, jax.Array]:
+  """Per-device: the task's weighted sums (z drawn from a key of this batch and device), over all devices."""
+  rng = jax.random.fold_in(rng, lax.axis_index(parallel_lib.AXIS))
+  return lax.psum(task.eval_sums(params, batch, rng), parallel_lib.AXIS)
+
+
+class GenerationEvaluator:
+  """Test ELBO (and its parts) over a whole split, then sample grids from its first examples."""
+
+  def __init__(
+    self,
+    task: MVAETask,
+    par: parallel_lib.DataParallel,
+    source: Any,
+    *,
+    split: str,
+    batch_size: int,
+    max_tokens: int,
+    transform: Any = None,
+  ):
+    self.task, self.par, self.source, self.split = task, par, source, split
+    self.batch_size, self.max_tokens, self.transform = batch_size, max_tokens, transform
+    self._step = par.map(functools.partial(eval_step, task=task), sharded_args=(1,))
+
+  def run(self, params: Any) -> Iterator[tuple[str, Any]]:
+    totals = None
+    batches = pipeline.eval_batches(
+      self.source, batch_size=self.batch_size, max_tokens=self.max_tokens, transform=self.transform
+    )
+    for b, batch in enumerate(batches):
+      rng = jax.random.fold_in(jax.random.PRNGKey(EVAL_SEED), b)
+      sums = self._step(params, self.par.shard(batch), rng)
+      totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    for name, value in self.task.summarize(jax.device_get(totals)).items():
+      yield f"{self.split}/{name}", value
+    yield from self.sample_grids(params)
+
+  def sample_grids(self, params: Any) -> Iterator[tuple[str, Image]]:
+    """`<split>/samples/<condition>_to_<target>` for every array target and every other modality."""
+    task, count = self.task, min(self.task.grid_conditions, len(self.source))
+    if count <= 0 or task.grid_samples <= 0:
+      return
+    # The first examples of the split, the same on every process (only process 0 writes them).
+    batch = next(
+      pipeline.eval_batches(
+        self.source, batch_size=count, max_tokens=self.max_tokens, process_index=0, process_count=1
+      )
+    )
+    batch = {k: v for k, v in batch.items() if k != "weight"}
+    params = jax.device_get(params)
+    for target in task.array_modalities:
+      for condition in (m for m in task.modalities if m != target):
+        samples, _ = task.sample(
+          params,
+          batch,
+          jax.random.PRNGKey(GRID_SEED),
+          task.temperature,
+          condition=(condition,),
+          target=target,
+          num_samples=task.grid_samples,
+        )
+        grid = sample_grid(batch[target], np.asarray(samples))
+        yield f"{self.split}/samples/{condition}_to_{target}", Image(grid)

@@ -1,0 +1,226 @@
+"""Conditional generation from a trained MVAE run; with `--judge`, its coherence over a split.
+
+  python scripts/generate.py --workdir=runs/mvae --caption="a small blue triangle" --num=16
+  python scripts/generate.py --workdir=runs/mvae_av --index=7 --condition=audio  # test example 7's digit
+  python scripts/generate.py --workdir=runs/mvae --judge=runs/judge              # coherence on --split
+
+Reads the run's resolved config (`WORKDIR/config.json`) and its latest checkpoint. `--caption` (or
+`--index`: example N of `--split`, its `--condition` modality alone) infers z from that one modality,
+draws `--num` samples at `--temperature` (default: the run's `mvae.temperature`) and saves them as a PNG
+grid (`--output`, default `WORKDIR/generated.png`; with `--index` the example's real image comes first).
+
+`--judge=RUN` names a classification run of the same dataset on images alone (configs/mvae/judge_*.py).
+For every other modality c, each example of `--split` gets one image generated from its c alone; the
+coherence is the share the judge labels with the example's label (mmshapes: also shape and colour
+separately; `mmlearn.coherence`), reported beside the judge's accuracy on the real images, printed and
+saved to `WORKDIR/coherence.json`. A word outside the vocabulary, a run without a checkpoint or a run of
+another task ends with one `error:` line and exit status 1.
+"""
+
+import json
+import os
+import sys
+
+import matplotlib
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+from mmlearn import coherence, data, restore  # noqa: E402
+from mmlearn.data import pipeline  # noqa: E402
+from mmlearn.tasks.generation import to_uint8  # noqa: E402
+
+flags.DEFINE_string("workdir", None, "A finished (or checkpointed) mvae run.")
+flags.DEFINE_string("caption", None, "Generate from this text, in the dataset's vocabulary.")
+flags.DEFINE_integer("index", None, "Generate from example INDEX of --split (its --condition modality).")
+flags.DEFINE_string(
+  "condition", None, "With --index: the modality to condition on; default the non-target one."
+)
+flags.DEFINE_string("target", "image", "The modality to generate.")
+flags.DEFINE_integer("num", 16, "How many samples to draw.")
+flags.DEFINE_float("temperature", None, "Posterior temperature; default the run's mvae.temperature.")
+flags.DEFINE_integer("seed", 0, "Seed of the samples.")
+flags.DEFINE_string("split", "test", "The split --index and --judge read.")
+flags.DEFINE_string("output", None, "PNG grid of the samples; default WORKDIR/generated.png.")
+flags.DEFINE_string("judge", None, "A classification run on images: report coherence over --split.")
+flags.mark_flags_as_required(["workdir"])
+FLAGS = flags.FLAGS
+
+USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
+TEXT_MODALITY = pipeline.TOKEN_FEATURES["tokens"]
+COLUMNS = 8
+
+
+def read_mvae_config(workdir: str) -> ml_collections.ConfigDict:
+  config = restore.read_config(workdir)
+  if config.task != "mvae":
+    raise ValueError(f"{workdir} is a {config.task!r} run; generating needs an 'mvae' run")
+  return config
+
+
+def encode_caption(config: ml_collections.ConfigDict, caption: str) -> dict[str, np.ndarray]:
+  """The caption as a one-example text batch; checked before anything is loaded, so a typo costs no time."""
+  if TEXT_MODALITY not in config.model.modalities:
+    raise ValueError(f"the run's modalities are {', '.join(sorted(config.model.modalities))}: no text")
+  ids = data.get_tokenizer(config.dataset.name).encode(caption)
+  max_tokens = config.dataset.max_tokens
+  if not 0 < len(ids) <= max_tokens:
+    raise ValueError(f"the caption has {len(ids)} words; the model reads 1 to {max_tokens}")
+  tokens = np.zeros((1, max_tokens), np.int32)
+  tokens[0, : len(ids)] = ids
+  return {TEXT_MODALITY: tokens, f"{TEXT_MODALITY}_mask": tokens != 0}
+
+
+def save_grid(path: str, images: list[np.ndarray], titles: list[str], title: str) -> None:
+  columns = min(len(images), COLUMNS)
+  rows = -(-len(images) // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.5), squeeze=False)
+  for ax in axes.flat:
+    ax.axis("off")
+  for ax, image, name in zip(axes.flat, images, titles, strict=False):
+    ax.imshow(to_uint8(image))
+    ax.set_title(name, fontsize=7)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def draw(task, params, batch, condition: str, target: str, num: int, temperature: float, seed: int):
+  samples, _ = task.sample(
+    params,
+    batch,
+    jax.random.PRNGKey(seed),
+    temperature,
+    condition=(condition,),
+    target=target,
+    num_samples=num,
+  )
+  return list(np.asarray(samples)[0])
+
+
+def generate(workdir: str, output: str) -> None:
+  config = read_mvae_config(workdir)
+  caption_batch = encode_caption(config, FLAGS.caption) if FLAGS.caption is not None else None
+  temperature = config.mvae.temperature if FLAGS.temperature is None else FLAGS.temperature
+  sources, info, task, params = restore.load_run(config, workdir, (FLAGS.split,))
+  if FLAGS.target not in task.array_modalities:
+    raise ValueError(f"--target={FLAGS.target}: the run decodes arrays of {', '.join(task.array_modalities)}")
+  if caption_batch is not None:
+    samples = draw(
+      task, params, caption_batch, TEXT_MODALITY, FLAGS.target, FLAGS.num, temperature, FLAGS.seed
+    )
+    images, titles, title = samples, [f"sample {i + 1}" for i in range(len(samples))], f'"{FLAGS.caption}"'
+  else:
+    condition = FLAGS.condition or next((m for m in task.modalities if m != FLAGS.target), None)
+    if condition not in task.modalities or condition == FLAGS.target:
+      raise ValueError(
+        f"--condition={condition}: the run's other modalities are {', '.join(task.modalities)}"
+      )
+    source = sources[FLAGS.split]
+    if not 0 <= FLAGS.index < len(source):
+      raise ValueError(f"--index={FLAGS.index} is outside {FLAGS.split} (0 to {len(source) - 1})")
+    example = pipeline.normalise_batch(
+      pipeline.stack_examples([pipeline.DecodeExample(config.dataset.max_tokens).map(source[FLAGS.index])])
+    )
+    samples = draw(task, params, example, condition, FLAGS.target, FLAGS.num, temperature, FLAGS.seed)
+    label = info.features["label"].int2str(int(example["label"][0]))
+    images = [example[FLAGS.target][0], *samples]
+    titles = [f"real ({label})", *(f"sample {i + 1}" for i in range(len(samples)))]
+    caption = source[FLAGS.index].get("caption") if condition == TEXT_MODALITY else None
+    said = f' "{caption.decode() if isinstance(caption, bytes) else caption}"' if caption is not None else ""
+    title = f"{FLAGS.split} #{FLAGS.index} ({label}): its {condition}{said} -> {FLAGS.target}"
+  save_grid(output, images, titles, f"{title}, temperature {temperature:g}")
+  print(f"saved {len(samples)} samples to {output}")
+
+
+def load_judge(judge_workdir: str, dataset: str, split: str):
+  """(judge_fn(images) -> logits, the judge's config): an image-only classification run of `dataset`."""
+  config = restore.read_config(judge_workdir)
+  if config.task != "classification" or set(config.model.modalities) != {"image"}:
+    raise ValueError(f"the judge {judge_workdir} must be an image-only classification run")
+  if config.dataset.name != dataset:
+    raise ValueError(f"the judge was trained on {config.dataset.name!r}, the generator on {dataset!r}")
+  _, _, task, params = restore.load_run(config, judge_workdir, (split,))
+  return jax.jit(lambda images: task.logits(params, {"image": images}, train=False)), config
+
+
+def measure_coherence(workdir: str, judge_workdir: str, split: str, seed: int) -> dict[str, float]:
+  config = read_mvae_config(workdir)
+  judge_fn, judge_config = load_judge(judge_workdir, config.dataset.name, split)
+  sources, _, task, params = restore.load_run(config, workdir, (split,))
+  if "image" not in task.array_modalities:
+    raise ValueError("coherence judges generated images; the run has no image decoder")
+  temperature = config.mvae.temperature if FLAGS.temperature is None else FLAGS.temperature
+  conditions = [m for m in task.modalities if m != "image"]
+  labels, real, generated = [], [], {c: [] for c in conditions}
+  batches = pipeline.eval_batches(
+    sources[split],
+    batch_size=config.eval_batch_size,
+    max_tokens=config.dataset.max_tokens,
+    process_index=0,
+    process_count=1,
+  )
+  for b, batch in enumerate(batches):
+    keep = batch.pop("weight") > 0
+    labels.append(batch["label"][keep])
+    real.append(coherence.judge_labels(batch["image"], judge_fn)[keep])
+    for c in conditions:
+      rng = jax.random.fold_in(jax.random.PRNGKey(seed), b)
+      images, _ = task.sample(params, batch, rng, temperature, condition=(c,), target="image", num_samples=1)
+      generated[c].append(coherence.judge_labels(np.asarray(images)[:, 0], judge_fn)[keep])
+  labels = np.concatenate(labels)
+  dataset = config.dataset.name
+  results = {
+    f"judge/{split}/{k}": v for k, v in coherence.agreement(np.concatenate(real), labels, dataset).items()
+  }
+  for c in conditions:
+    agree = coherence.agreement(np.concatenate(generated[c]), labels, dataset)
+    results |= {f"coherence/{split}/{c}_to_image/{k}": v for k, v in agree.items()}
+  record = {
+    "workdir": workdir,
+    "judge": judge_workdir,
+    "judge_dataset_config": judge_config.dataset.config,
+    "temperature": temperature,
+    "seed": seed,
+    "examples": len(labels),
+    **results,
+  }
+  with open(os.path.join(workdir, "coherence.json"), "w") as f:
+    json.dump(record, f, indent=2)
+  for name, value in results.items():
+    print(f"{name}: {value:.4f}")
+  print(f"saved {os.path.join(workdir, 'coherence.json')}")
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  modes = [name for name in ("caption", "index", "judge") if FLAGS[name].value is not None]
+  if len(modes) != 1:
+    raise app.UsageError("give exactly one of --caption, --index and --judge")
+  if FLAGS.num <= 0:
+    raise app.UsageError("--num must be positive")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log dozens of INFO lines per restore.
+  try:
+    if FLAGS.judge is not None:
+      measure_coherence(FLAGS.workdir, FLAGS.judge, FLAGS.split, FLAGS.seed)
+    else:
+      generate(FLAGS.workdir, FLAGS.output or os.path.join(FLAGS.workdir, "generated.png"))
+  except USER_ERRORS as e:
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"error: {type(e).__name__}: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

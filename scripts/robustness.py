@@ -1,0 +1,105 @@
+"""Robustness suite of a trained classification run: accuracy against missing rate and input noise.
+
+  python scripts/robustness.py --workdir=runs/avmnist_concat [--split=test] [--no_noise]
+
+Restores the run's latest checkpoint and evaluates `--split` with each modality, and all of them, missing
+at rates 0, 0.1, ..., 0.9 (filled by the run's own `missing.imputation`), and with Gaussian noise of
+std 0, 0.1, ..., 0.9 added to each array modality (see `mmlearn.robustness`). Writes into
+`--output` (default WORKDIR/robustness): `robustness.csv` (one row per curve: area, then each level),
+`robustness.md`, and `robustness.png` (accuracy against level, one panel per kind). A missing run, a run
+of another task or a bad flag ends with one `error:` line and exit status 1.
+"""
+
+import os
+import sys
+
+import matplotlib
+from absl import app, flags, logging
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mmlearn import parallel as parallel_lib  # noqa: E402
+from mmlearn import report, restore, robustness  # noqa: E402
+from mmlearn.data import missing  # noqa: E402
+
+flags.DEFINE_string("workdir", None, "A finished (or checkpointed) classification run.")
+flags.DEFINE_string("split", "test", "The split to evaluate.")
+flags.DEFINE_bool("noise", True, "Also measure the Gaussian-noise curves.")
+flags.DEFINE_string("output", None, "Directory of the outputs; default WORKDIR/robustness.")
+flags.mark_flags_as_required(["workdir"])
+FLAGS = flags.FLAGS
+USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
+
+
+def measure(workdir: str, split: str, noise: bool) -> list[robustness.Curve]:
+  config = restore.read_config(workdir)
+  if config.task != "classification":
+    raise ValueError(f"{workdir} is a {config.task!r} run; the robustness suite needs a classification run")
+  sources, _, task, params = restore.load_run(config, workdir, (split,))
+  absent = missing.from_config(config, sources["train"])
+  par = parallel_lib.DataParallel(config.parallel.mode)
+
+  def accuracy(transform) -> float:
+    evaluator = task.evaluator(
+      par,
+      sources[split],
+      split=split,
+      batch_size=config.eval_batch_size,
+      max_tokens=config.dataset.max_tokens,
+      transform=transform,
+    )
+    value = dict(evaluator.run(params))[f"{split}/accuracy"]
+    logging.info("%s accuracy %.4f", split, value)
+    return value
+
+  return list(robustness.curves(accuracy, absent, noise=noise, seed=config.missing.seed))
+
+
+def write(curves: list[robustness.Curve], output: str, title: str) -> None:
+  os.makedirs(output, exist_ok=True)
+  rows = robustness.rows(curves)
+  report.write_csv(os.path.join(output, "robustness.csv"), rows)
+  header = ["curve", "area", *[f"{level:g}" for level in curves[0].levels]]
+  cells = [
+    [row["curve"], report.format_metric("accuracy", row["area"])]
+    + [report.format_metric("accuracy", row[h]) for h in header[2:]]
+    for row in rows
+  ]
+  with open(os.path.join(output, "robustness.md"), "w") as f:
+    f.write(f"Accuracy ({title}) against the level; area = mean accuracy over the curve.\n\n")
+    f.write(report.markdown_table(header, cells))
+  kinds = sorted({c.kind for c in curves})
+  fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4), squeeze=False)
+  for ax, kind in zip(axes[0], kinds, strict=True):
+    for c in curves:
+      if c.kind == kind:
+        ax.plot(c.levels, c.values, marker="o", label=f"{c.target} (area {c.area:.3f})")
+    ax.set_xlabel("missing rate" if kind == "missing" else "noise std ([-1, 1] units)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{kind}: {title}")
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(output, "robustness.png"), dpi=110)
+  plt.close(fig)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  output = FLAGS.output or os.path.join(FLAGS.workdir, "robustness")
+  try:
+    curves = measure(FLAGS.workdir, FLAGS.split, FLAGS.noise)
+  except USER_ERRORS as e:
+    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(1)
+  write(curves, output, f"{os.path.basename(os.path.normpath(FLAGS.workdir))}, {FLAGS.split}")
+  for c in curves:
+    print(f"{c.name:24s} area {c.area:.4f}  " + " ".join(f"{v:.3f}" for v in c.values))
+  print(f"wrote {output}/robustness.{{csv,md,png}}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,252 @@
+"""Missing modalities: presence masks, input imputation, fusions and the classifier under a mask."""
+
+import jax
+import numpy as np
+import pytest
+from test_fusion import FUSION_KWARGS, classifier, features, image_text_batch, random_params
+
+from configs import default
+from mmlearn import config_checks
+from mmlearn.data import missing
+from mmlearn.models.fusion import FUSIONS
+
+POOLING = ("sum", "late", "gated", "attention")
+SLOTS = ("concat", "tensor", "low_rank_tensor", "multiplicative")
+MODALITIES = ("audio", "image")
+
+
+def test_every_fusion_is_pooling_or_slots():
+  assert sorted(POOLING + SLOTS) == FUSIONS.names()
+
+
+def apply_fusion(fusion, inputs, present):
+  module = FUSIONS.get(fusion)(**FUSION_KWARGS[fusion])
+  params, _ = random_params(module, inputs)
+  return np.asarray(module.apply({"params": params}, inputs, present=present))
+
+
+@pytest.mark.parametrize("fusion", sorted(FUSION_KWARGS))
+def test_all_present_mask_changes_nothing(fusion):
+  inputs = features((2, 3, 4))
+  all_present = np.ones((len(inputs[0]), 3), bool)
+  np.testing.assert_allclose(
+    apply_fusion(fusion, inputs, all_present), apply_fusion(fusion, inputs, None), rtol=1e-6, atol=1e-6
+  )
+
+
+@pytest.mark.parametrize("fusion", sorted(FUSION_KWARGS))
+def test_pooling_fusions_ignore_absent_features_and_slot_fusions_use_them(fusion):
+  inputs = features((2, 3, 4))
+  present = np.array([[True, False, True], [True, True, True], [False, True, True]])
+  changed = [x.copy() for x in inputs]
+  changed[1][0] += 5.0  # Example 0's second modality is absent.
+  changed[0][2] -= 3.0  # Example 2's first modality is absent.
+  before, after = apply_fusion(fusion, inputs, present), apply_fusion(fusion, changed, present)
+  np.testing.assert_allclose(before[1], after[1], rtol=1e-6)  # Example 1 is untouched either way.
+  if fusion in POOLING:
+    np.testing.assert_allclose(before, after, rtol=1e-5, atol=1e-6)
+  else:
+    assert np.abs(before[[0, 2]] - after[[0, 2]]).max() > 1e-3
+
+
+def test_late_fusion_averages_the_present_heads_only():
+  inputs = features((2, 3))
+  module = FUSIONS.get("late")(**FUSION_KWARGS["late"])
+  params, _ = random_params(module, inputs)
+  present = np.array([[True, False], [False, True], [True, True]])
+  out = np.asarray(module.apply({"params": params}, inputs, present=present))
+  only = [np.eye(2, dtype=bool)[[i] * 3] for i in (0, 1)]  # Modality i alone, every example.
+  full = [np.asarray(module.apply({"params": params}, inputs, present=p)) for p in only]
+  np.testing.assert_allclose(out[0], full[0][0], rtol=1e-6)
+  np.testing.assert_allclose(out[1], full[1][1], rtol=1e-6)
+  np.testing.assert_allclose(out[2], (full[0][2] + full[1][2]) / 2, rtol=1e-5)
+
+
+def test_presence_mask_of_the_wrong_shape_is_an_error():
+  inputs = features((2, 3))
+  with pytest.raises(ValueError, match="presence mask of shape"):
+    apply_fusion("sum", inputs, np.ones((3, 3), bool))
+
+
+def test_learned_missing_embedding_replaces_an_absent_encoder_output():
+  model = classifier("concat", learned_missing=True)
+  batch = image_text_batch()
+  params = model.init(jax.random.key(0), batch)["params"]
+  assert params["image_missing"].shape == (6,) and params["text_missing"].shape == (5,)
+  batch["image_present"] = np.array([False, True, True])
+  other = dict(batch, image=batch["image"] + 0.7)
+  out, out_other = (np.asarray(model.apply({"params": params}, b)) for b in (batch, other))
+  np.testing.assert_allclose(out[0], out_other[0], rtol=1e-6)  # Absent: the input cannot matter.
+  assert np.abs(out[1:] - out_other[1:]).max() > 1e-4  # Present: it does.
+  params = dict(params, image_missing=params["image_missing"] + 1.0)
+  assert np.abs(np.asarray(model.apply({"params": params}, batch))[0] - out[0]).max() > 1e-4
+
+
+def test_classifier_without_learned_missing_has_no_missing_parameters():
+  params = classifier("concat").init(jax.random.key(0), image_text_batch())["params"]
+  assert not [name for name in params if name.endswith("_missing")]
+
+
+# --- Masks ------------------------------------------------------------------------------------------------
+
+
+def test_train_masks_keep_a_modality_follow_the_rate_and_replay_per_step():
+  rng = lambda step: np.random.default_rng([3, step])  # noqa: E731  (as the pipeline seeds batch `step`)
+  rates = {"audio": 0.3, "image": 0.6}
+  present = missing.train_masks(MODALITIES, rates, 0.0, batch_size=4000, rng=rng(5))
+  assert present.any(axis=1).all()
+  realised = missing.realised_rates(MODALITIES, present)
+  # The keep-one rule gives back the rows where both went (0.3 * 0.6 = 18%), half to each modality.
+  assert realised["audio"] == pytest.approx(0.3 - 0.09, abs=0.03)
+  assert realised["image"] == pytest.approx(0.6 - 0.09, abs=0.03)
+  again = missing.train_masks(MODALITIES, rates, 0.0, batch_size=4000, rng=rng(5))
+  np.testing.assert_array_equal(present, again)
+  other = missing.train_masks(MODALITIES, rates, 0.0, batch_size=4000, rng=rng(6))
+  assert (present != other).any()
+
+
+def test_modality_dropout_drops_one_modality_never_the_last():
+  present = missing.train_masks(("a", "b", "c"), {}, 0.5, batch_size=2000, rng=np.random.default_rng(0))
+  counts = present.sum(axis=1)
+  assert set(np.unique(counts)) == {2, 3}
+  assert (counts == 2).mean() == pytest.approx(0.5, abs=0.04)
+  one = missing.train_masks(("a",), {}, 0.9, batch_size=100, rng=np.random.default_rng(0))
+  assert one.all()
+
+
+def test_eval_masks_are_nested_across_rates_and_independent_of_batching():
+  indices = np.arange(3000)
+  masks = [missing.eval_masks(MODALITIES, {"audio": r}, indices=indices, seed=1) for r in (0.1, 0.2, 0.5)]
+  for lower, higher in zip(masks, masks[1:], strict=False):
+    assert (higher <= lower).all()  # Missing at a lower rate -> missing at every higher rate.
+  assert missing.realised_rates(MODALITIES, masks[1])["audio"] == pytest.approx(0.2, abs=0.025)
+  assert masks[1][:, 1].all()
+  split = np.concatenate(
+    [missing.eval_masks(MODALITIES, {"audio": 0.2}, indices=i, seed=1) for i in (indices[:7], indices[7:])]
+  )
+  np.testing.assert_array_equal(split, masks[1])
+  both = missing.eval_masks(MODALITIES, {"audio": 0.9, "image": 0.9}, indices=indices, seed=1)
+  assert both.any(axis=1).all()
+
+
+# --- Imputation --------------------------------------------------------------------------------------------
+
+
+def batch_of_three():
+  rng = np.random.default_rng(0)
+  return {
+    "audio": rng.uniform(-1, 1, (3, 4, 4, 1)).astype(np.float32),
+    "text": np.array([[3, 4, 0], [5, 0, 0], [6, 7, 8]], np.int32),
+    "text_mask": np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1]], bool),
+    "label": np.array([0, 1, 2], np.int32),
+  }
+
+
+def test_zero_imputation_clears_absent_inputs_only():
+  batch = batch_of_three()
+  present = np.array([[True, False], [False, True], [True, True]])
+  out = missing.impute(batch, present, ("audio", "text"), imputation="zero")
+  np.testing.assert_array_equal(out["audio_present"], [True, False, True])
+  np.testing.assert_array_equal(out["text_present"], [False, True, True])
+  assert (out["audio"][1] == 0).all()
+  np.testing.assert_array_equal(out["audio"][[0, 2]], batch["audio"][[0, 2]])
+  np.testing.assert_array_equal(out["text_mask"][0], [False, False, False])  # An absent caption is empty.
+  np.testing.assert_array_equal(out["text_mask"][1:], batch["text_mask"][1:])
+  np.testing.assert_array_equal(out["label"], batch["label"])
+  assert (batch["audio"][1] != 0).all()  # The caller's batch is not modified.
+
+
+def test_mean_imputation_fills_the_training_mean():
+  batch = batch_of_three()
+  means = {"audio": np.full((4, 4, 1), 0.25, np.float32)}
+  present = np.array([[False], [True], [False]])
+  out = missing.impute(batch, present, ("audio",), imputation="mean", means=means)
+  assert (out["audio"][[0, 2]] == 0.25).all()
+  np.testing.assert_array_equal(out["audio"][1], batch["audio"][1])
+
+
+def test_imputation_errors_name_the_problem():
+  present = np.ones((3, 1), bool)
+  with pytest.raises(ValueError, match="unknown imputation 'median'"):
+    missing.impute(batch_of_three(), present, ("audio",), imputation="median")
+  with pytest.raises(ValueError, match="mean imputation needs array inputs; text"):
+    missing.check_imputable(("audio", "text"), "mean")
+
+
+def test_input_means_average_a_seeded_sample():
+  data = np.arange(10_000, dtype=np.float32).reshape(10_000, 1)
+  gather = lambda idx: {"x": data[idx]}  # noqa: E731
+  means = missing.input_means(gather, 10_000, ("x",), seed=0)
+  assert means["x"].shape == (1,) and means["x"][0] == pytest.approx(4999.5, rel=0.03)
+  np.testing.assert_array_equal(means["x"], missing.input_means(gather, 10_000, ("x",), seed=0)["x"])
+
+
+# --- Config -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "change, message",
+  [
+    (lambda c: c.missing.update(imputation="median"), "unknown missing.imputation 'median'"),
+    (
+      lambda c: c.missing.train_rates.update(image=1.0),
+      r"missing.train_rates.image must be a rate in \[0, 1\)",
+    ),
+    (lambda c: c.missing.test_rates.update(audio=0.2), "the model has no modality 'audio'"),
+    (lambda c: c.missing.update(modality_dropout=-0.1), "missing.modality_dropout must be in"),
+    (lambda c: (c.missing.update(modality_dropout=0.3), c.update(task="retrieval")), "classification option"),
+  ],
+)
+def test_bad_missing_settings_name_the_problem(change, message):
+  config = default.get_config()
+  config.missing.test_rates = {"image": 0.0, "text": 0.0, "audio": 0.0}
+  change(config)
+  with pytest.raises(ValueError, match=message):
+    config_checks.check(config)
+
+
+# --- Generative imputation ------------------------------------------------------------------------------
+
+
+def test_generative_imputation_fills_absent_inputs_from_the_generator():
+  batch = batch_of_three()
+  present = np.array([[True], [False], [True]])
+  seen = {}
+
+  def generate(inputs, flags, seed):
+    seen.update(flags=flags, seed=seed)
+    return {"audio": np.where(flags["audio"][:, None, None, None], inputs["audio"], 7.0)}
+
+  out = missing.impute(
+    batch, present, ("audio",), imputation="generative", generate=generate, rng=np.random.default_rng(0)
+  )
+  np.testing.assert_array_equal(seen["flags"]["audio"], [True, False, True])
+  assert (out["audio"][1] == 7.0).all()
+  np.testing.assert_array_equal(out["audio"][[0, 2]], batch["audio"][[0, 2]])
+  assert "audio_present" not in out  # A generated input counts as present.
+  with pytest.raises(ValueError, match="generative_workdir"):
+    missing.impute(batch, present, ("audio",), imputation="generative")
+
+
+def test_generative_imputation_with_a_trained_mvae_end_to_end(data_dir, tmp_path):
+  from configs import tiny
+  from configs.mvae import tiny as mvae_tiny
+  from mmlearn import train
+
+  mvae_config = mvae_tiny.get_config()
+  mvae_config.dataset.data_dir = data_dir
+  mvae_config.num_train_steps, mvae_config.eval_every_steps = 10, 0
+  train.train_and_evaluate(mvae_config, str(tmp_path / "mvae"))
+
+  config = tiny.get_config()
+  config.dataset.data_dir = data_dir
+  config.dataset.config = "retrieval_tiny"  # The MVAE's build: the same inputs.
+  config.missing.update(imputation="generative", generative_workdir=str(tmp_path / "mvae"))
+  config.missing.train_rates.image = 0.5
+  config.missing.test_rates.text = 0.5
+  results = train.train_and_evaluate(config, str(tmp_path / "classifier"))
+  assert 0 <= results["test/accuracy"] <= 1
+
+  config.missing.generative_workdir = str(tmp_path / "classifier")
+  with pytest.raises(ValueError, match="is a 'classification' run, not an 'mvae' run"):
+    train.train_and_evaluate(config, str(tmp_path / "classifier2"))

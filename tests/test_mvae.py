@@ -1,0 +1,373 @@
+"""The MVAE: PoE and ELBO pieces against numpy, decoders, sampling, imputation, a tiny run, generate.py."""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from scipy import stats
+
+from configs.mvae import tiny
+from conftest import run_python
+from mmlearn import coherence, config_checks, data, optim, train
+from mmlearn import parallel as parallel_lib
+from mmlearn.data import mmshapes, pipeline
+from mmlearn.metric_writer import Image, MetricWriter
+from mmlearn.models import decoders, mvae
+from mmlearn.tasks import TASKS
+from mmlearn.tasks.generation import kl_weight, sample_grid
+
+VOCAB = len(mmshapes.VOCABULARY)
+
+
+@pytest.fixture(scope="module")
+def mvae_data(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp("tfds"))
+  sources, info = data.load_sources("mmshapes", config="retrieval_tiny", data_dir=directory)
+  return directory, sources, info
+
+
+def tiny_config(data_dir):
+  config = tiny.get_config()
+  config.dataset.data_dir = data_dir
+  return config
+
+
+@pytest.fixture(scope="module")
+def task_and_batch(mvae_data):
+  directory, sources, info = mvae_data
+  task = TASKS.get("mvae")(tiny_config(directory), info=info, vocab_size=VOCAB)
+  batch = next(pipeline.train_iterator(sources["train"], batch_size=8, seed=0, max_tokens=16))
+  params = jax.jit(task.init)(jax.random.PRNGKey(0), batch)
+  return task, batch, params
+
+
+# ---- The ELBO's pieces against numpy ----
+
+
+def test_product_of_experts_matches_the_precision_weighted_formula():
+  rng = np.random.default_rng(0)
+  mus = rng.normal(size=(2, 4, 3)).astype(np.float32)
+  logvars = rng.normal(size=(2, 4, 3)).astype(np.float32)
+  present = np.array([[True, True, False, False], [True, False, True, False]])
+  mu, logvar = mvae.product_of_experts(mus, logvars, present)
+  precisions = np.exp(-logvars.astype(np.float64)) * present[..., None]
+  total = 1.0 + precisions.sum(0)  # The N(0, I) prior expert has precision 1 and mean 0.
+  np.testing.assert_allclose(mu, (precisions * mus).sum(0) / total, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(logvar, -np.log(total), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(mu[3], 0.0, atol=1e-7)  # No expert: exactly the prior.
+  np.testing.assert_allclose(logvar[3], 0.0, atol=1e-7)
+  # An absent expert gets no gradient, even a non-finite one from garbage inputs.
+  grad = jax.grad(lambda m: mvae.product_of_experts(m, logvars, present)[0].sum())(mus)
+  assert np.isfinite(grad).all()
+  np.testing.assert_array_equal(grad[~present], 0.0)
+
+
+def test_gaussian_kl_and_reparameterisation():
+  rng = np.random.default_rng(1)
+  mu, logvar = rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
+  var = np.exp(logvar)
+  expected = (np.log(1.0 / np.sqrt(var)) + (var + mu**2) / 2 - 0.5).sum(-1)  # KL(N(mu, var) || N(0, 1))
+  np.testing.assert_allclose(mvae.gaussian_kl(jnp.asarray(mu), jnp.asarray(logvar)), expected, rtol=1e-5)
+  np.testing.assert_allclose(mvae.gaussian_kl(jnp.zeros((1, 3)), jnp.zeros((1, 3))), 0.0, atol=1e-7)
+  key = jax.random.PRNGKey(0)
+  z = mvae.reparameterize(key, jnp.full((20000, 2), 1.5), jnp.full((20000, 2), np.log(0.25)))
+  np.testing.assert_allclose(z.mean(0), 1.5, atol=0.02)
+  np.testing.assert_allclose(z.std(0), 0.5, atol=0.02)
+  cold = mvae.reparameterize(key, jnp.full((3, 2), 1.5), jnp.zeros((3, 2)), temperature=0.0)
+  np.testing.assert_array_equal(cold, 1.5)
+
+
+def test_discretized_gaussian_is_a_distribution_over_the_levels():
+  levels = np.arange(256) * (2.0 / 255.0) - 1.0
+  for mean, std in ((0.3, 0.1), (-0.9, 0.02), (0.0, 1.5)):
+    log_p = np.asarray(
+      decoders.discretized_gaussian_log_likelihood(jnp.asarray(levels, jnp.float32), mean, np.log(std))
+    )
+    edges = np.concatenate([[-np.inf], (levels[:-1] + levels[1:]) / 2, [np.inf]])
+    lower, upper = edges[:-1], edges[1:]
+    expected = np.where(  # In float64, from the side of the mean where the subtraction is exact enough.
+      lower >= mean,
+      stats.norm.sf(lower, mean, std) - stats.norm.sf(upper, mean, std),
+      stats.norm.cdf(upper, mean, std) - stats.norm.cdf(lower, mean, std),
+    )
+    big = expected > 1e-30
+    np.testing.assert_allclose(log_p[big], np.log(expected[big]), rtol=2e-3, atol=2e-4)
+    assert abs(np.exp(log_p.astype(np.float64)).sum() - 1.0) < 1e-3
+  # Far from the mean: finite log-probability and gradient (no clamping that would stop learning).
+  value, grad = jax.value_and_grad(
+    lambda m: decoders.discretized_gaussian_log_likelihood(0.9, m, np.log(0.01))
+  )(-0.9)
+  assert np.isfinite(value) and value < -1000 and np.isfinite(grad) and grad > 0
+
+
+def test_token_likelihood_scores_real_tokens_and_the_end():
+  decoder = decoders.LSTMDecoder(vocab_size=7, max_tokens=5, embed_dim=4, hidden=8)
+  z = jax.random.normal(jax.random.PRNGKey(0), (2, 3))
+  tokens = np.array([[3, 1, 4, 0, 0], [2, 6, 5, 1, 2]], np.int32)
+  mask = tokens != 0
+  params = decoder.init(jax.random.PRNGKey(1), z, tokens, mask, method=decoder.log_likelihood)
+  logits = np.asarray(decoder.apply(params, z, tokens, mask), np.float64)
+  assert logits.shape == (2, 5, 7)
+  log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  expected = [
+    sum(log_softmax[0, t, tokens[0, t]] for t in range(3)) + log_softmax[0, 3, 0],  # 3 tokens + the end.
+    sum(log_softmax[1, t, tokens[1, t]] for t in range(5)),  # Full length: no end fits.
+  ]
+  np.testing.assert_allclose(
+    decoder.apply(params, z, tokens, mask, method=decoder.log_likelihood), expected, rtol=1e-5
+  )
+  # Teacher forcing: step t sees tokens before t only, so changing token 2 leaves steps 0-2 unchanged.
+  changed = tokens.copy()
+  changed[:, 2] = 1
+  np.testing.assert_allclose(
+    decoder.apply(params, z, changed, mask)[:, :3], logits[:, :3], rtol=1e-5, atol=1e-6
+  )
+
+
+@pytest.mark.parametrize(
+  ("shape", "widths"), [((32, 32, 3), (16, 8)), ((28, 28, 1), (8, 4)), ((112, 112, 1), (8, 4, 4, 4))]
+)
+def test_deconv_decoder_shapes(shape, widths):
+  decoder = decoders.DeconvDecoder(shape=shape, widths=widths, learn_std=True)
+  z = jnp.ones((2, 6))
+  params = decoder.init(jax.random.PRNGKey(0), z)
+  mean, log_std = decoder.apply(params, z)
+  assert mean.shape == (2, *shape) and np.abs(mean).max() <= 1.0
+  assert float(log_std) == pytest.approx(np.log(0.1)) and "log_std" in params["params"]
+  x = jnp.zeros((2, *shape))
+  assert decoder.apply(params, z, x, method=decoder.log_likelihood).shape == (2,)
+  with pytest.raises(ValueError, match="not divisible"):
+    decoders.DeconvDecoder(shape=(30, 30, 1), widths=(8, 4)).init(jax.random.PRNGKey(0), z)
+
+
+def test_token_decoder_generates_masked_prefixes():
+  decoder = decoders.LSTMDecoder(vocab_size=5, max_tokens=6, embed_dim=4, hidden=8)
+  z = jax.random.normal(jax.random.PRNGKey(0), (16, 3))
+  params = decoder.init(jax.random.PRNGKey(1), z, jnp.ones((16, 6), jnp.int32))
+  tokens, mask = decoder.apply(params, z, jax.random.PRNGKey(2), 1.0, method=decoder.generate)
+  assert tokens.shape == mask.shape == (16, 6) and tokens.dtype == jnp.int32
+  np.testing.assert_array_equal(mask, tokens != 0)
+  np.testing.assert_array_equal(
+    np.asarray(mask), np.cumprod(np.asarray(mask), axis=1).astype(bool)
+  )  # Prefix.
+  greedy = [decoder.apply(params, z, jax.random.PRNGKey(k), 0.0, method=decoder.generate)[0] for k in (3, 4)]
+  np.testing.assert_array_equal(greedy[0], greedy[1])  # Temperature 0 ignores the key.
+
+
+def test_kl_weight_warms_up_linearly():
+  assert [float(kl_weight(s, 2.0, 4)) for s in (0, 1, 2, 4, 9)] == [0.0, 0.5, 1.0, 2.0, 2.0]
+  assert float(kl_weight(None, 2.0, 4)) == 2.0 and float(kl_weight(3, 2.0, 0)) == 2.0
+
+
+# ---- The task: loss, sampling, imputation ----
+
+
+def test_loss_is_the_negative_sub_sampled_elbo(task_and_batch):
+  task, batch, params = task_and_batch
+  assert [s.name for s in task.subsets] == ["joint", "from_image", "from_text"]
+  loss, metrics = jax.jit(task.loss)(params, batch, jax.random.PRNGKey(3))
+  m = {k: float(v) for k, v in metrics.items()}
+  assert m["loss"] == pytest.approx(float(loss)) and 0 < m["loss"] < np.inf
+  assert m["elbo"] == m["joint/elbo"] < 0  # Likelihoods of stored levels and tokens: a bound <= 0.
+  assert m["joint/elbo"] == pytest.approx(
+    m["joint/recon_image"] + m["joint/recon_text"] - m["joint/kl"], rel=1e-5
+  )
+  assert m["from_text/elbo"] == pytest.approx(m["from_text/recon_text"] - m["from_text/kl"], rel=1e-5)
+  assert "from_text/recon_image" not in m  # Each single-modality term scores its own modality only.
+  total = sum(m[f"{s}/elbo"] for s in ("joint", "from_image", "from_text"))
+  assert m["loss"] == pytest.approx(-total, rel=1e-4)  # Unit weights, final KL weight (no step given).
+
+
+def test_step_reaches_the_loss_through_train_step(task_and_batch, mvae_data):
+  """train_step passes the step to a loss with a `step` keyword: the KL weight warms up over 20 steps."""
+  task, batch, params = task_and_batch
+  assert train.task_loss(task, 5).keywords == {"step": 5}
+  classifier = TASKS.get("classification")(tiny_config(mvae_data[0]), num_classes=16, vocab_size=VOCAB)
+  assert train.task_loss(classifier, 5) == classifier.loss  # A loss without `step` is unchanged.
+  config = tiny_config(mvae_data[0])
+  tx = optim.make_optimizer(config.optimizer, 100)
+  par = parallel_lib.DataParallel("shard_map")
+  state = train.TrainState(
+    step=np.int32(0), params=params, opt_state=tx.init(params), rng=jax.random.PRNGKey(1)
+  )
+  state = par.replicate(state)
+  step = par.map(functools.partial(train.train_step, task=task, tx=tx), sharded_args=(1,))
+  weights = []
+  for _ in range(3):
+    state, metrics = step(state, par.shard(batch))
+    weights.append(float(metrics["kl_weight"]))
+  np.testing.assert_allclose(weights, [0.0, 0.05, 0.1], atol=1e-7)
+
+
+def test_sampling_is_deterministic_under_a_fixed_key(task_and_batch):
+  task, batch, params = task_and_batch
+  for target, condition in (("image", "text"), ("text", "image")):
+    draw = functools.partial(task.sample, params, batch, condition=(condition,), target=target, num_samples=3)
+    first, mask = draw(jax.random.PRNGKey(0), 1.0)
+    again, _ = draw(jax.random.PRNGKey(0), 1.0)
+    other, _ = draw(jax.random.PRNGKey(1), 1.0)
+    assert first.shape[:2] == (8, 3) and first.shape[2:] == batch[target].shape[1:]
+    assert (mask is None) == (target == "image")
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_impute_keeps_present_inputs_and_fills_absent_ones(task_and_batch):
+  task, batch, params = task_and_batch
+  present = {"image": np.array([True] * 4 + [False] * 4), "text": np.array([False, True] * 4)}
+  out = jax.jit(task.impute)(params, batch, present, jax.random.PRNGKey(0))
+  assert set(out) == set(batch)
+  for m in ("image", "text", "text_mask"):
+    assert out[m].shape == batch[m].shape and out[m].dtype == batch[m].dtype
+  np.testing.assert_array_equal(out["image"][:4], batch["image"][:4])
+  np.testing.assert_array_equal(out["text"][1::2], batch["text"][1::2])
+  np.testing.assert_array_equal(out["text_mask"][1::2], batch["text_mask"][1::2])
+  assert not np.array_equal(out["image"][4:], batch["image"][4:]) and np.abs(out["image"]).max() <= 1.0
+  np.testing.assert_array_equal(out["text_mask"], out["text"] != 0)
+  np.testing.assert_array_equal(out["label"], batch["label"])
+  # A modality missing from the batch altogether is decoded for every example.
+  images_only = {k: batch[k] for k in ("image", "label")}
+  filled = task.impute(params, images_only, {"image": np.ones(8, bool)}, jax.random.PRNGKey(1), 0.0)
+  assert filled["text"].shape == (8, 16) and filled["text_mask"].shape == (8, 16)
+
+
+def test_config_errors_are_named(mvae_data):
+  directory, _, info = mvae_data
+  config = tiny_config(directory)
+  config.mvae.latent_dim = 0
+  with pytest.raises(ValueError, match="latent_dim must be positive"):
+    config_checks.check(config)
+  config = tiny_config(directory)
+  del config.mvae.decoders["text"]
+  with pytest.raises(ValueError, match=r"decoders.text names no 'decoder'"):
+    config_checks.check(config)
+  config = tiny_config(directory)
+  config.mvae.likelihood_weights.text = -1.0
+  with pytest.raises(ValueError, match="likelihood_weights.text must be a number >= 0"):
+    config_checks.check(config)
+  config = tiny_config(directory)
+  config.mvae.decoders.image.shape = (28, 28, 1)
+  with pytest.raises(ValueError, match=r"shape is \(28, 28, 1\), the dataset's image is \(32, 32, 3\)"):
+    TASKS.get("mvae")(config, info=info, vocab_size=VOCAB)
+
+
+# ---- Coherence and image metrics ----
+
+
+def test_coherence_with_a_fake_judge():
+  labels = np.arange(16) % 16
+  images = np.zeros((16, 4, 4, 3), np.float32) + labels[:, None, None, None]  # Pixel value = label.
+  wrong = labels.copy()
+  wrong[:4] = (labels[:4] + 1) % 16  # 4 of 16 generated with the next label: the colour is wrong.
+  judged = images + (wrong - labels)[:, None, None, None]
+
+  def judge(x):
+    return jax.nn.one_hot(np.asarray(x)[:, 0, 0, 0].astype(int), 16)  # Logits.
+
+  assert coherence.coherence(judged, labels, judge, batch_size=5) == 0.75
+  assert coherence.coherence(judged, labels, lambda x: np.asarray(x)[:, 0, 0, 0].astype(int)) == 0.75
+  # mmshapes labels are shape * 4 + colour: label + 1 keeps the shape unless the colour wraps around.
+  agree = coherence.agreement(wrong, labels, "mmshapes")
+  assert agree == {"label": 0.75, "shape": 1 - 1 / 16, "colour": 0.75}
+  with pytest.raises(ValueError):
+    coherence.coherence(judged[:3], labels, judge)
+
+
+def test_image_metrics_are_saved_as_png_and_tensorboard_images(tmp_path):
+  grid = sample_grid(np.zeros((2, 8, 8, 1)), np.ones((2, 3, 8, 8, 1)) * 0.5)
+  assert grid.dtype == np.uint8 and grid.shape == (2 + 2 * 66, 2 + 4 * 66, 3)  # 8 px tiles -> 64.
+  writer = MetricWriter(str(tmp_path))
+  writer.write(3, {"test/elbo": -1.0, "test/samples/text_to_image": Image(grid)})
+  writer.close()
+  saved = np.asarray(PILImage.open(tmp_path / "test_samples_text_to_image.png"))
+  np.testing.assert_array_equal(saved, grid)
+  assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 3, "test/elbo": -1.0}
+  with pytest.raises(ValueError, match="uint8"):
+    Image(np.zeros((4, 4, 3), np.float32))
+
+
+# ---- A tiny run: the ELBO rises, grids are written, the CLI generates from it ----
+
+
+@pytest.fixture(scope="module")
+def trained_run(mvae_data, tmp_path_factory):
+  directory, _, _ = mvae_data
+  workdir = tmp_path_factory.mktemp("mvae_run")
+  return workdir, train.train_and_evaluate(tiny_config(directory), str(workdir))
+
+
+def test_training_raises_the_elbo_and_writes_sample_grids(trained_run):
+  workdir, results = trained_run
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  train_elbo = {line["step"]: line["train/elbo"] for line in lines if "train/elbo" in line}
+  assert sorted(train_elbo) == [10, 20, 30, 40]
+  # Nats per example (seed 0): train -90,500 at step 10 -> -31,900 at 40; test -35,700 at 20 -> -32,300 at 40.
+  assert train_elbo[40] > train_elbo[10] + 1000, train_elbo
+  weights = [line["train/kl_weight"] for line in lines if "train/kl_weight" in line]
+  assert weights[0] < 0.5 and weights[-1] == 1.0  # Annealed over the first 20 steps.
+  test_elbo = {line["step"]: line["test/elbo"] for line in lines if "test/elbo" in line}
+  assert sorted(test_elbo) == [20, 40]  # Every eval_every_steps, and at the end.
+  assert test_elbo[40] > test_elbo[20], test_elbo
+  assert results["test/elbo"] == pytest.approx(test_elbo[40])
+  for split in ("validation", "test"):
+    assert -np.inf < results[f"{split}/elbo"] < 0
+    grid = results[f"{split}/samples/text_to_image"]
+    assert isinstance(grid, Image) and grid.pixels.shape == (2 + 4 * 66, 2 + 4 * 66, 3)  # 4 rows: real + 3.
+    assert (workdir / f"{split}_samples_text_to_image.png").stat().st_size > 0
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir / "tensorboard"))
+
+
+def generate(workdir, *flags):
+  return run_python(["scripts/generate.py", f"--workdir={workdir}", *flags])
+
+
+def test_generate_writes_a_png_grid_from_a_caption_or_an_example(trained_run, tmp_path):
+  workdir, _ = trained_run
+  for flag in ("--caption=a small blue triangle", "--index=3"):
+    grid = tmp_path / "grid.png"
+    result = generate(workdir, flag, "--num=4", "--temperature=0.5", f"--output={grid}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and grid.stat().st_size > 1000
+    grid.unlink()
+
+
+def test_generate_reports_user_errors_in_one_line(trained_run, tmp_path):
+  workdir, _ = trained_run
+  result = generate(workdir, "--caption=a purple triangle")
+  assert result.returncode == 1
+  assert "error: ValueError: unknown word 'purple'" in result.stderr and "Traceback" not in result.stderr
+  result = generate(tmp_path / "nowhere", "--caption=a red circle")
+  assert result.returncode == 1 and "config.json is missing" in result.stderr
+  config = json.loads((workdir / "config.json").read_text())
+  (tmp_path / "config.json").write_text(json.dumps({**config, "task": "classification"}))
+  result = generate(tmp_path, "--caption=a red circle")
+  assert result.returncode == 1 and "is a 'classification' run" in result.stderr
+
+
+def test_coherence_cli_judges_generated_images(trained_run, mvae_data, tmp_path):
+  workdir, _ = trained_run
+  from configs.mvae import judge_mmshapes
+
+  config = judge_mmshapes.get_config()
+  config.dataset.update(config="retrieval_tiny", data_dir=mvae_data[0], eval_splits=("test",))
+  config.model.modalities.image.update(widths=(8,), dense=16)
+  config.update(
+    num_train_steps=4, batch_size=32, eval_batch_size=128, log_every_steps=2, checkpoint_every_steps=4
+  )
+  train.train_and_evaluate(config, str(tmp_path / "judge"))
+  result = generate(workdir, f"--judge={tmp_path / 'judge'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads((workdir / "coherence.json").read_text())
+  assert record["examples"] == 256
+  for key in (
+    "judge/test/label",
+    "coherence/test/text_to_image/label",
+    "coherence/test/text_to_image/colour",
+  ):
+    assert 0.0 <= record[key] <= 1.0
+  assert "coherence/test/text_to_image/shape" in result.stdout

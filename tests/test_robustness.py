@@ -1,0 +1,73 @@
+"""The robustness suite: curve areas, seeded noise, the curves measured, and the script end to end."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from conftest import run_python
+from mmlearn import robustness, train
+from mmlearn.data import missing
+
+
+def test_area_is_the_mean_of_the_curve():
+  assert robustness.area([0, 0.5, 1], [1, 1, 1]) == pytest.approx(1.0)
+  assert robustness.area(robustness.LEVELS, [1 - x for x in robustness.LEVELS]) == pytest.approx(0.55)
+  assert robustness.area([0, 1, 3], [0, 1, 1]) == pytest.approx((0.5 + 2) / 3)
+
+
+def test_noise_is_seeded_per_example_and_clipped():
+  batch = {"image": np.zeros((4, 8, 8, 1), np.float32), "label": np.arange(4)}
+  noisy = robustness.noise_transform("image", 0.5, seed=1)
+  a = noisy(batch, np.array([0, 1, 2, 3]))["image"]
+  b = noisy(batch, np.array([2, 3, 4, 5]))["image"]
+  np.testing.assert_array_equal(a[2:], b[:2])  # Example 2's noise does not depend on its batch.
+  assert a.std() == pytest.approx(0.5, rel=0.15)
+  assert (batch["image"] == 0).all()  # The input batch is left alone.
+  loud = robustness.noise_transform("image", 5.0, seed=1)(batch, np.arange(4))["image"]
+  assert loud.min() == -1.0 and loud.max() == 1.0
+
+
+def test_curves_measure_each_modality_all_together_and_noise():
+  absent = missing.MissingModalities(("audio", "image"), {}, {}, imputation="zero")
+  batch = {"audio": np.full((2000, 2, 2, 1), 0.5, np.float32), "image": np.ones((2000, 3, 3, 1), np.float32)}
+  batch["label"] = np.zeros(2000, np.int32)
+  calls = []
+
+  def accuracy(transform):  # A stand-in model: the fraction of audio inputs still intact.
+    calls.append(transform)
+    out = batch if transform is None else transform(batch, np.arange(2000))
+    return float((out["audio"] == 0.5).all(axis=(1, 2, 3)).mean())
+
+  curves = {c.name: c for c in robustness.curves(accuracy, absent)}
+  assert sorted(curves) == ["missing/all", "missing/audio", "missing/image", "noise/audio", "noise/image"]
+  assert len(calls) == 1 + 5 * 9  # The clean point is shared.
+  np.testing.assert_allclose(curves["missing/audio"].values, [1 - r for r in robustness.LEVELS], atol=0.03)
+  assert curves["missing/image"].values == (1.0,) * 10
+  # Both at rate r: audio goes unless it is the one kept (the keep-one rule), so more survives than 1 - r.
+  assert all(v >= 1 - r - 0.03 for v, r in zip(curves["missing/all"].values, robustness.LEVELS, strict=True))
+  assert curves["noise/audio"].values[0] == 1.0 and curves["noise/audio"].values[1] < 0.01
+
+
+def test_script_writes_the_curves_of_a_run_with_missing_modalities(tiny_config, tmp_path):
+  tiny_config.missing.train_rates.image = 0.3
+  tiny_config.missing.modality_dropout = 0.2
+  tiny_config.missing.test_rates.text = 0.5
+  tiny_config.missing.imputation = "learned"
+  results = train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+  assert 0 <= results["test/accuracy"] <= 1
+  result = run_python(["scripts/robustness.py", f"--workdir={tmp_path / 'run'}", "--split=validation"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / "run" / "robustness" / "robustness.csv") as f:
+    rows = {row["curve"]: row for row in csv.DictReader(f)}
+  assert sorted(rows) == ["missing/all", "missing/image", "missing/text", "noise/image"]
+  for row in rows.values():
+    assert 0 <= float(row["area"]) <= 1 and len(row) == 2 + 10
+  assert (tmp_path / "run" / "robustness" / "robustness.png").stat().st_size > 0
+  assert "| missing/text |" in (tmp_path / "run" / "robustness" / "robustness.md").read_text()
+
+
+def test_script_without_a_run_is_one_error_line(tmp_path):
+  result = run_python(["scripts/robustness.py", f"--workdir={tmp_path}"])
+  assert result.returncode == 1 and "error: FileNotFoundError" in result.stderr
+  assert "Traceback" not in result.stderr
