@@ -7,7 +7,8 @@
 Writes `results.md`, `results.csv` (one row per config) and `results.png` (a bar chart with the
 seed-to-seed standard deviation as error bars) into `--workdir`. Each (config, seed) trains in its own
 sub-directory; one that already finished (it holds `result.json`) is read back, not retrained, so an
-interrupted table resumes where it stopped.
+interrupted table resumes where it stopped. A seed whose loss goes non-finite is recorded as diverged
+(in its `result.json`, so it is not retried) and left out of the mean; the table counts it.
 """
 
 import json
@@ -43,23 +44,30 @@ def run_once(path: str, seed: int) -> dict:
   config = config_files.load_config(path, FLAGS.override)
   config.seed = seed
   start = time.perf_counter()
-  results = train.train_and_evaluate(config, workdir)
-  # Scalars only, as in metrics.jsonl; the confusion matrices are the run's confusion_<split>.png.
-  result = {**metric_writer.scalars(results), "wall_s": time.perf_counter() - start}
+  try:
+    results = train.train_and_evaluate(config, workdir)
+  except FloatingPointError as e:  # A diverged seed is a result of the config, recorded, not retried.
+    result = {"diverged": str(e), "wall_s": time.perf_counter() - start}
+  else:
+    # Scalars only, as in metrics.jsonl; the confusion matrices are the run's confusion_<split>.png.
+    result = {**metric_writer.scalars(results), "wall_s": time.perf_counter() - start}
   with open(result_file, "w") as f:
     json.dump(result, f)
   return result
 
 
 def summarize(path: str, runs: list[dict]) -> dict:
-  values = np.array([run[FLAGS.metric] for run in runs])
+  """Mean and std over the seeds that finished; seeds whose loss went non-finite are counted apart."""
+  finished = [run for run in runs if "diverged" not in run]
+  values = np.array([run[FLAGS.metric] for run in finished])
   return {
     "config": path,
-    "seeds": len(runs),
-    "mean": values.mean(),
+    "seeds": len(finished),
+    "diverged": len(runs) - len(finished),
+    "mean": values.mean() if finished else float("nan"),
     "std": values.std(ddof=1) if len(values) > 1 else 0.0,
-    "parameters": int(runs[0]["model/num_parameters"]),
-    "wall_s_per_run": float(np.mean([run["wall_s"] for run in runs])),
+    "parameters": int(finished[0]["model/num_parameters"]) if finished else 0,
+    "wall_s_per_run": float(np.mean([run["wall_s"] for run in finished])) if finished else float("nan"),
   }
 
 
@@ -70,7 +78,7 @@ def write_tables(rows: list[dict]) -> None:
     [
       f"`{r['config']}`",
       f"{r['mean']:.2%} +- {r['std']:.2%}",
-      r["seeds"],
+      f"{r['seeds']}" + (f" ({r['diverged']} diverged)" if r["diverged"] else ""),
       f"{r['parameters']:,}",
       f"{r['wall_s_per_run']:.0f}",
     ]

@@ -36,3 +36,21 @@ def test_results_table_over_seeds(data_dir, tmp_path):
   assert run_python(args, env={"MMLEARN_DATA_DIR": data_dir}).returncode == 0
   assert (tmp_path / "tiny" / "seed0" / "metrics.jsonl").read_text() == before
   assert os.path.exists(tmp_path / "results.md")
+
+
+def test_a_diverged_seed_is_recorded_and_counted_not_averaged(data_dir, tmp_path):
+  args = [
+    "scripts/results.py",
+    f"--workdir={tmp_path}",
+    "--configs=configs/tiny.py",
+    "--seeds=1",
+    "--override=num_train_steps=4",
+    "--override=optimizer.learning_rate=1e30",  # The loss goes non-finite within a few steps.
+  ]
+  result = run_python(args, env={"MMLEARN_DATA_DIR": data_dir})
+  assert result.returncode == 0, result.stderr[-3000:]
+  recorded = json.loads((tmp_path / "tiny" / "seed0" / "result.json").read_text())
+  assert "non-finite loss" in recorded["diverged"]
+  rows = list(csv.DictReader(open(tmp_path / "results.csv")))  # noqa: SIM115
+  assert rows[0]["seeds"] == "0" and rows[0]["diverged"] == "1"
+  assert "0 (1 diverged)" in (tmp_path / "results.md").read_text()
