@@ -4,7 +4,7 @@ The trainer only logs what evaluators yield, so a task brings its metrics withou
 """
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -19,8 +19,13 @@ def eval_step(params: Any, batch: dict[str, Any], *, task: Any) -> dict[str, jax
   return lax.psum(task.eval_sums(params, batch), parallel_lib.AXIS)
 
 
-class SplitEvaluator:
-  """Evaluates a task on a whole split, every example exactly once."""
+class SplitPass:
+  """What every evaluator shares: one ordered pass over a split, and its per-device step mapped once.
+
+  Subclasses set `per_device_step(params, batch, ..., *, task)` and write `run(params)`.
+  """
+
+  per_device_step: Callable
 
   def __init__(
     self,
@@ -35,14 +40,23 @@ class SplitEvaluator:
   ):
     self.task, self.par, self.source, self.split = task, par, source, split
     self.batch_size, self.max_tokens, self.transform = batch_size, max_tokens, transform
-    self._step = par.map(functools.partial(eval_step, task=task), sharded_args=(1,))
+    self._step = par.map(functools.partial(type(self).per_device_step, task=task), sharded_args=(1,))
+
+  def batches(self) -> Iterator[dict[str, Any]]:
+    """This process's share of the split, padded batches with `weight` (see `pipeline.eval_batches`)."""
+    return pipeline.eval_batches(
+      self.source, batch_size=self.batch_size, max_tokens=self.max_tokens, transform=self.transform
+    )
+
+
+class SplitEvaluator(SplitPass):
+  """Evaluates a task on a whole split, every example exactly once, from the task's summed statistics."""
+
+  per_device_step = staticmethod(eval_step)
 
   def run(self, params: Any) -> Iterator[tuple[str, Any]]:
     totals = None
-    batches = pipeline.eval_batches(
-      self.source, batch_size=self.batch_size, max_tokens=self.max_tokens, transform=self.transform
-    )
-    for batch in batches:
+    for batch in self.batches():
       sums = self._step(params, self.par.shard(batch))
       totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     for name, value in self.task.summarize(jax.device_get(totals)).items():

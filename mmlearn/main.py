@@ -19,6 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mmlearn import parallel, train
+from mmlearn.errors import USER_ERRORS, fail
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the resolved config.")
@@ -30,18 +31,6 @@ flags.DEFINE_integer("process_id", None, "Multi-process run: this process's inde
 flags.DEFINE_bool(
   "distributed", False, "Multi-process run: let JAX detect the unset values from the cluster."
 )
-
-USER_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OSError, FloatingPointError)
-
-
-def fail(error: BaseException, prefix: str = "") -> None:
-  """Ends the run with one line on stderr naming the problem (the traceback goes to the debug log)."""
-  message = error
-  while isinstance(message, BaseException) and message.args:  # Unwrap AttributeError(KeyError(str)).
-    message = message.args[0]
-  message = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
-  print(f"error: {prefix}{type(error).__name__}: {message}", file=sys.stderr)
-  sys.exit(1)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

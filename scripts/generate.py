@@ -35,6 +35,7 @@ import jax  # noqa: E402
 
 from mmlearn import coherence, data, restore  # noqa: E402
 from mmlearn.data import pipeline  # noqa: E402
+from mmlearn.errors import USER_ERRORS, fail  # noqa: E402
 from mmlearn.tasks.generation import to_uint8  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A finished (or checkpointed) mvae run.")
@@ -53,7 +54,6 @@ flags.DEFINE_string("judge", None, "A classification run on images: report coher
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
-USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
 TEXT_MODALITY = pipeline.TOKEN_FEATURES["tokens"]
 COLUMNS = 8
 
@@ -217,9 +217,7 @@ def main(argv):
     else:
       generate(FLAGS.workdir, FLAGS.output or os.path.join(FLAGS.workdir, "generated.png"))
   except USER_ERRORS as e:
-    message = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"error: {type(e).__name__}: {message}", file=sys.stderr)
-    sys.exit(1)
+    fail(e)
 
 
 if __name__ == "__main__":

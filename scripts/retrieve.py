@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmlearn import data, restore  # noqa: E402
 from mmlearn import parallel as parallel_lib  # noqa: E402
 from mmlearn.data import pipeline  # noqa: E402
+from mmlearn.errors import USER_ERRORS, fail  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A finished (or checkpointed) retrieval run.")
 flags.DEFINE_string("query", None, "The text to search with, in the dataset's vocabulary.")
@@ -34,7 +35,6 @@ flags.DEFINE_string("output", None, "PNG grid of the retrieved images; default W
 flags.mark_flags_as_required(["workdir", "query"])
 FLAGS = flags.FLAGS
 
-USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
 TEXT_MODALITY = pipeline.TOKEN_FEATURES["tokens"]
 
 
@@ -130,9 +130,7 @@ def main(argv):
   try:
     search(FLAGS.workdir, FLAGS.query, FLAGS.top_k, FLAGS.split, output)
   except USER_ERRORS as e:
-    message = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"error: {type(e).__name__}: {message}", file=sys.stderr)
-    sys.exit(1)
+    fail(e)
 
 
 if __name__ == "__main__":

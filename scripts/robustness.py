@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmlearn import parallel as parallel_lib  # noqa: E402
 from mmlearn import report, restore, robustness  # noqa: E402
 from mmlearn.data import missing  # noqa: E402
+from mmlearn.errors import USER_ERRORS, fail  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A finished (or checkpointed) classification run.")
 flags.DEFINE_string("split", "test", "The split to evaluate.")
@@ -31,7 +32,6 @@ flags.DEFINE_bool("noise", True, "Also measure the Gaussian-noise curves.")
 flags.DEFINE_string("output", None, "Directory of the outputs; default WORKDIR/robustness.")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
-USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
 
 
 def measure(workdir: str, split: str, noise: bool) -> list[robustness.Curve]:
@@ -93,8 +93,7 @@ def main(argv):
   try:
     curves = measure(FLAGS.workdir, FLAGS.split, FLAGS.noise)
   except USER_ERRORS as e:
-    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-    sys.exit(1)
+    fail(e)
   write(curves, output, f"{os.path.basename(os.path.normpath(FLAGS.workdir))}, {FLAGS.split}")
   for c in curves:
     print(f"{c.name:24s} area {c.area:.4f}  " + " ".join(f"{v:.3f}" for v in c.values))

@@ -29,7 +29,6 @@ the split, the real x_t, then `mvae.grid_samples` samples of x_t given x_c alone
 """
 
 import dataclasses
-import functools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -41,6 +40,7 @@ from jax import lax
 
 from mmlearn import parallel as parallel_lib
 from mmlearn.data import pipeline
+from mmlearn.evaluate import SplitPass
 from mmlearn.metric_writer import Image
 from mmlearn.models import mvae
 from mmlearn.models.classifier import resolve_modalities
@@ -338,30 +338,14 @@ def eval_step(params: Any, batch: dict[str, Any], rng: jax.Array, *, task: MVAET
   return lax.psum(task.eval_sums(params, batch, rng), parallel_lib.AXIS)
 
 
-class GenerationEvaluator:
+class GenerationEvaluator(SplitPass):
   """Test ELBO (and its parts) over a whole split, then sample grids from its first examples."""
 
-  def __init__(
-    self,
-    task: MVAETask,
-    par: parallel_lib.DataParallel,
-    source: Any,
-    *,
-    split: str,
-    batch_size: int,
-    max_tokens: int,
-    transform: Any = None,
-  ):
-    self.task, self.par, self.source, self.split = task, par, source, split
-    self.batch_size, self.max_tokens, self.transform = batch_size, max_tokens, transform
-    self._step = par.map(functools.partial(eval_step, task=task), sharded_args=(1,))
+  per_device_step = staticmethod(eval_step)
 
   def run(self, params: Any) -> Iterator[tuple[str, Any]]:
     totals = None
-    batches = pipeline.eval_batches(
-      self.source, batch_size=self.batch_size, max_tokens=self.max_tokens, transform=self.transform
-    )
-    for b, batch in enumerate(batches):
+    for b, batch in enumerate(self.batches()):
       rng = jax.random.fold_in(jax.random.PRNGKey(EVAL_SEED), b)
       sums = self._step(params, self.par.shard(batch), rng)
       totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)

@@ -11,7 +11,6 @@ features all agree (rule "same_shape_colour_size_quadrant", "same_label"). The r
 metric name, e.g. `test/same_label/audio_to_image/R@1`, so a number never travels without its rule.
 """
 
-import functools
 from typing import Any
 
 import jax
@@ -22,7 +21,7 @@ from jax import lax
 
 from mmlearn import parallel as parallel_lib
 from mmlearn import retrieval_metrics
-from mmlearn.data import pipeline
+from mmlearn.evaluate import SplitPass
 from mmlearn.losses import LOSSES
 from mmlearn.models.classifier import resolve_modalities
 from mmlearn.models.dual_encoder import DualEncoder
@@ -118,23 +117,10 @@ def embed_step(params: Any, batch: dict[str, Any], *, task: RetrievalTask) -> di
   return jax.tree.map(lambda x: lax.all_gather(x, parallel_lib.AXIS, tiled=True), out)
 
 
-class RetrievalEvaluator:
+class RetrievalEvaluator(SplitPass):
   """Embeds a whole split once, then reports R@1/5/10, median rank and mAP both ways."""
 
-  def __init__(
-    self,
-    task: RetrievalTask,
-    par: parallel_lib.DataParallel,
-    source: Any,
-    *,
-    split: str,
-    batch_size: int,
-    max_tokens: int,
-    transform: Any = None,
-  ):
-    self.task, self.par, self.source, self.split = task, par, source, split
-    self.batch_size, self.max_tokens, self.transform = batch_size, max_tokens, transform
-    self._step = par.map(functools.partial(embed_step, task=task), sharded_args=(1,))
+  per_device_step = staticmethod(embed_step)
 
   def embed_split(self, params: Any) -> dict[str, np.ndarray]:
     """`{modality: [N, D]}` for every example of the split, in source order, padding dropped.
@@ -145,10 +131,7 @@ class RetrievalEvaluator:
     count, process = jax.process_count(), jax.process_index()
     local_batch = self.batch_size // count
     parts = []
-    batches = pipeline.eval_batches(
-      self.source, batch_size=self.batch_size, max_tokens=self.max_tokens, transform=self.transform
-    )
-    for b, batch in enumerate(batches):
+    for b, batch in enumerate(self.batches()):
       position = b * local_batch + np.arange(local_batch)
       batch["index"] = np.where(batch["weight"] > 0, process + count * position, -1).astype(np.int32)
       parts.append(jax.device_get(self._step(params, self.par.shard(batch))))
