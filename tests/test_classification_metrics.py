@@ -129,7 +129,7 @@ def test_writer_draws_the_matrix_and_keeps_it_out_of_json(tmp_path):
   writer = MetricWriter(str(tmp_path))
   matrix = cm.ConfusionMatrix(CONFUSION, ("circle", "square", "star", "triangle"))
   writer.write(7, {"test/accuracy": 0.5, "test/confusion_matrix": matrix})
-  with pytest.raises(TypeError, match="'test/other' is neither a scalar nor a ConfusionMatrix"):
+  with pytest.raises(TypeError, match="'test/other' is not a scalar, ConfusionMatrix or Image"):
     writer.write(8, {"test/other": np.zeros(3)})
   writer.close()
   assert confusion_png_name("test/confusion_matrix") == "confusion_test.png"
