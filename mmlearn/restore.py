@@ -10,9 +10,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from mmlearn import data, optim, train
 from mmlearn.checkpoint import Checkpointer
+from mmlearn.data import pipeline
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -46,3 +48,25 @@ def load_run(
   finally:
     checkpointer.close()
   return sources, info, task, state.params
+
+
+def require_task(config: ml_collections.ConfigDict, task: str, workdir: str, purpose: str) -> None:
+  """A one-line ValueError when `workdir` is a run of another task than the tool needs."""
+  if config.task != task:
+    raise ValueError(f"{workdir} is a {config.task!r} run; {purpose} needs a {task!r} run")
+
+
+def text_batch(config: ml_collections.ConfigDict, text: str, *, what: str) -> dict[str, np.ndarray]:
+  """`text` as a one-example batch of the run's text modality; unknown words and over-long `what`s
+  (a query, a caption) are ValueErrors, raised before anything is loaded, so a typo costs no time."""
+  modality = pipeline.TOKEN_FEATURES["tokens"]
+  if modality not in config.model.modalities:
+    modalities = ", ".join(sorted(config.model.modalities))
+    raise ValueError(f"the run's modalities are {modalities}: there is no text modality for the {what}")
+  ids = data.get_tokenizer(config.dataset.name).encode(text)
+  max_tokens = config.dataset.max_tokens
+  if not 0 < len(ids) <= max_tokens:
+    raise ValueError(f"the {what} has {len(ids)} words; the model reads 1 to {max_tokens}")
+  tokens = np.zeros((1, max_tokens), np.int32)
+  tokens[0, : len(ids)] = ids
+  return {modality: tokens, f"{modality}_mask": tokens != 0}

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from mmlearn import coherence, data, restore  # noqa: E402
+from mmlearn import coherence, restore  # noqa: E402
 from mmlearn.data import pipeline  # noqa: E402
 from mmlearn.errors import USER_ERRORS, fail  # noqa: E402
 from mmlearn.tasks.generation import to_uint8  # noqa: E402
@@ -60,22 +60,8 @@ COLUMNS = 8
 
 def read_mvae_config(workdir: str) -> ml_collections.ConfigDict:
   config = restore.read_config(workdir)
-  if config.task != "mvae":
-    raise ValueError(f"{workdir} is a {config.task!r} run; generating needs an 'mvae' run")
+  restore.require_task(config, "mvae", workdir, "generating")
   return config
-
-
-def encode_caption(config: ml_collections.ConfigDict, caption: str) -> dict[str, np.ndarray]:
-  """The caption as a one-example text batch; checked before anything is loaded, so a typo costs no time."""
-  if TEXT_MODALITY not in config.model.modalities:
-    raise ValueError(f"the run's modalities are {', '.join(sorted(config.model.modalities))}: no text")
-  ids = data.get_tokenizer(config.dataset.name).encode(caption)
-  max_tokens = config.dataset.max_tokens
-  if not 0 < len(ids) <= max_tokens:
-    raise ValueError(f"the caption has {len(ids)} words; the model reads 1 to {max_tokens}")
-  tokens = np.zeros((1, max_tokens), np.int32)
-  tokens[0, : len(ids)] = ids
-  return {TEXT_MODALITY: tokens, f"{TEXT_MODALITY}_mask": tokens != 0}
 
 
 def save_grid(path: str, images: list[np.ndarray], titles: list[str], title: str) -> None:
@@ -108,7 +94,9 @@ def draw(task, params, batch, condition: str, target: str, num: int, temperature
 
 def generate(workdir: str, output: str) -> None:
   config = read_mvae_config(workdir)
-  caption_batch = encode_caption(config, FLAGS.caption) if FLAGS.caption is not None else None
+  caption_batch = None
+  if FLAGS.caption is not None:
+    caption_batch = restore.text_batch(config, FLAGS.caption, what="caption")
   temperature = config.mvae.temperature if FLAGS.temperature is None else FLAGS.temperature
   sources, info, task, params = restore.load_run(config, workdir, (FLAGS.split,))
   if FLAGS.target not in task.array_modalities:

@@ -22,8 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmlearn import data, restore  # noqa: E402
 from mmlearn import parallel as parallel_lib  # noqa: E402
+from mmlearn import restore  # noqa: E402
 from mmlearn.data import pipeline  # noqa: E402
 from mmlearn.errors import USER_ERRORS, fail  # noqa: E402
 
@@ -40,30 +40,9 @@ TEXT_MODALITY = pipeline.TOKEN_FEATURES["tokens"]
 
 def load_run(config: ml_collections.ConfigDict, workdir: str, split: str):
   """(the split's source, dataset info, task, restored params) of a retrieval run."""
-  if config.task != "retrieval":
-    raise ValueError(f"{workdir} is a {config.task!r} run; searching needs a 'retrieval' run")
+  restore.require_task(config, "retrieval", workdir, "searching")
   sources, info, task, params = restore.load_run(config, workdir, (split,))
   return sources[split], info, task, params
-
-
-def encode_query(config: ml_collections.ConfigDict, query: str) -> dict[str, np.ndarray]:
-  """The query as a one-example text batch; unknown words and over-long queries are ValueErrors.
-
-  Checked before anything is loaded, so a typo costs no time.
-  """
-  modalities = sorted(config.model.modalities)
-  if TEXT_MODALITY not in modalities:
-    raise ValueError(
-      f"the run's modalities are {', '.join(modalities)}: there is no text tower to query with"
-    )
-  tokenizer = data.get_tokenizer(config.dataset.name)
-  ids = tokenizer.encode(query)
-  max_tokens = config.dataset.max_tokens
-  if not 0 < len(ids) <= max_tokens:
-    raise ValueError(f"the query has {len(ids)} words; the model reads 1 to {max_tokens}")
-  tokens = np.zeros((1, max_tokens), np.int32)
-  tokens[0, : len(ids)] = ids
-  return {TEXT_MODALITY: tokens, f"{TEXT_MODALITY}_mask": tokens != 0}
 
 
 def describe(example: dict, info) -> str:
@@ -98,7 +77,7 @@ def save_grid(path: str, images: list[np.ndarray], titles: list[str], query: str
 
 def search(workdir: str, query: str, top_k: int, split: str, output: str) -> None:
   config = restore.read_config(workdir)
-  query_batch = encode_query(config, query)
+  query_batch = restore.text_batch(config, query, what="query")
   source, info, task, params = load_run(config, workdir, split)
   query_embedding = task.embed(params, query_batch)[TEXT_MODALITY][0]
   (target,) = [m for m in task.modalities if m != TEXT_MODALITY]

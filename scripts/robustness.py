@@ -36,8 +36,7 @@ FLAGS = flags.FLAGS
 
 def measure(workdir: str, split: str, noise: bool) -> list[robustness.Curve]:
   config = restore.read_config(workdir)
-  if config.task != "classification":
-    raise ValueError(f"{workdir} is a {config.task!r} run; the robustness suite needs a classification run")
+  restore.require_task(config, "classification", workdir, "the robustness suite")
   sources, _, task, params = restore.load_run(config, workdir, (split,))
   absent = missing.from_config(config, sources["train"])
   par = parallel_lib.DataParallel(config.parallel.mode)
