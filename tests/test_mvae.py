@@ -234,6 +234,11 @@ def test_impute_keeps_present_inputs_and_fills_absent_ones(task_and_batch):
   images_only = {k: batch[k] for k in ("image", "label")}
   filled = task.impute(params, images_only, {"image": np.ones(8, bool)}, jax.random.PRNGKey(1), 0.0)
   assert filled["text"].shape == (8, 16) and filled["text_mask"].shape == (8, 16)
+  # `targets` decodes only those modalities: the others come back as they were, absent rows included.
+  only_image = task.impute(params, batch, present, jax.random.PRNGKey(0), targets=("image",))
+  np.testing.assert_array_equal(only_image["image"], out["image"])
+  for m in ("text", "text_mask"):
+    np.testing.assert_array_equal(only_image[m], batch[m])
 
 
 def test_config_errors_are_named(mvae_data):

@@ -24,11 +24,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.mvae.latent_dim = 32
   config.mvae.decoders.image.update(shape=(32, 32, 3), widths=(64, 32), std=0.1)
   config.mvae.decoders.text.update(embed_dim=32, hidden=128)
-  config.mvae.kl_anneal_steps = 1000
+  # Each caption's posterior alone must also reconstruct the image: without it, the LSTM decoder models
+  # the 8-nat captions on its own, the text expert collapses to the prior (KL 0.1 nats at step 1,000),
+  # and caption -> image samples match the caption no better than chance (measured: 6.3% coherence).
+  config.mvae.cross_reconstruction = True
+  config.mvae.kl_anneal_steps = 500
   config.optimizer.update(name="adam", learning_rate=1e-3, warmup_steps=100, schedule="cosine")
   config.batch_size = 128
-  config.num_epochs = 20.0  # 3,200 steps.
+  config.num_epochs = 10.0  # 1,600 steps.
   config.log_every_steps = 100
-  config.checkpoint_every_steps = 1000
-  config.eval_every_steps = 1000  # Sample grids (and the ELBOs) during training.
+  config.checkpoint_every_steps = 800
+  config.eval_every_steps = 800  # Sample grids (and the ELBOs) during training.
   return config

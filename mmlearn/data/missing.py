@@ -264,10 +264,17 @@ def load_generator(workdir: str | None, modalities: Sequence[str], temperature: 
   if lacking:
     raise ValueError(f"the MVAE run {workdir} does not model modality(ies) {', '.join(lacking)}")
   _, _, task, params = restore.load_run(config, workdir, ())
-  fill = jax.jit(lambda batch, present, key: task.impute(params, batch, present, key, temperature))
+  fill = jax.jit(
+    lambda batch, present, key, targets: task.impute(params, batch, present, key, temperature, targets),
+    static_argnums=3,
+  )
 
   def generate(batch: dict[str, np.ndarray], present: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+    """Decodes only the modalities some example lacks (a batch that lacks none is returned as it is)."""
+    targets = tuple(m for m in modalities if not np.all(present[m]))
+    if not targets:
+      return batch
     inputs = {m: batch[m] for m in modalities} | {k: batch[k] for k in batch if k.endswith("_mask")}
-    return jax.device_get(fill(inputs, present, jax.random.key(seed)))
+    return jax.device_get(fill(inputs, present, jax.random.key(seed), targets))
 
   return generate

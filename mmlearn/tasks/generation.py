@@ -279,6 +279,7 @@ class MVAETask:
     present: Mapping[str, Any],
     rng: jax.Array,
     temperature: Any = 1.0,
+    targets: Sequence[str] | None = None,
   ) -> dict[str, Any]:
     """Generative imputation: `batch` with every absent input replaced by a sample given the present ones.
 
@@ -286,7 +287,9 @@ class MVAETask:
     absent everywhere). z is drawn from the product of the present experts (the prior alone for an
     example with none) at `temperature`, and every absent modality is decoded from it; present inputs
     are returned unchanged, and so are all other keys (`<m>_present` included: the caller decides what
-    an imputed input counts as). Pure and traceable: call it inside a jitted step or wrap it in jax.jit.
+    an imputed input counts as). `targets` (static; default every modality) limits decoding to the
+    modalities the caller knows are absent somewhere: a decoder costs as much as a training step's.
+    Pure and traceable: call it inside a jitted step or wrap it in jax.jit.
     """
     size = next(np.shape(batch[m])[0] for m in self.modalities if m in batch)
     flags = {
@@ -300,6 +303,8 @@ class MVAETask:
     z = mvae.reparameterize(z_key, mu, logvar, temperature)
     out = dict(batch)
     for m, key in zip(self.modalities, decode_keys, strict=True):
+      if targets is not None and m not in targets and m in batch:
+        continue
       x, mask = self.decode(params, m, z, key, temperature)
       keep = flags[m].reshape(-1, *([1] * (x.ndim - 1)))
       out[m] = jnp.where(keep, batch[m], x.astype(jnp.asarray(batch[m]).dtype)) if m in batch else x
