@@ -10,8 +10,8 @@ Training data is complete; with `missing.modality_dropout` half the training exa
 two modalities. The robustness suite then measures test accuracy as the missing rate rises.
 
 The config after ':' is a trained `mvae` run (configs/mvae/avmnist.py) for the `generative` variants;
-without it those two fail with that one-line error and the other six still run (re-running the command
-with the run named trains only what has not finished).
+without it those two (run last) fail with that one-line error and the other six still run; re-running
+the command with the run named trains only what has not finished.
 """
 
 from configs.avmnist import base
@@ -27,7 +27,8 @@ def get_config(generative_workdir: str = ""):
 
 
 def get_sweep(h):
-  return h.product(
-    h.sweep("missing.modality_dropout", [0.0, DROPOUT]),
-    h.sweep("missing.imputation", ["zero", "mean", "learned", "generative"]),
+  dropout = h.sweep("missing.modality_dropout", [0.0, DROPOUT])
+  return h.chain(  # The generative variants last: they are the ones that need the MVAE run.
+    h.product(dropout, h.sweep("missing.imputation", ["zero", "mean", "learned"])),
+    h.product(dropout, h.sweep("missing.imputation", ["generative"])),
   )
