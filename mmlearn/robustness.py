@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from mmlearn.data import missing, pipeline
+from mmlearn.data import imbalance, missing, pipeline
 
 LEVELS = tuple(round(0.1 * i, 1) for i in range(10))
 _NOISE_STREAM = 0x6E6F
+SUBSET_STREAM = 0x7375
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,20 @@ def area(levels: Sequence[float], values: Sequence[float]) -> float:
   if len(levels) < 2:
     return float(values[0])
   return float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(levels)) / (levels[-1] - levels[0]))
+
+
+def subsample(source: Any, num_examples: int, seed: int) -> Any:
+  """A seeded random `num_examples` of `source` in their split order (all of it for 0 or more than it has).
+
+  A robustness curve evaluates the split 10 times (30 for the missing-rate curves of two modalities), so
+  a subset makes a comparison of several runs affordable; the same seed gives every run the same examples.
+  """
+  if num_examples < 0:
+    raise ValueError(f"num_examples must be >= 0, got {num_examples}")
+  if not num_examples or num_examples >= len(source):
+    return source
+  indices = np.sort(np.random.default_rng([seed, SUBSET_STREAM]).permutation(len(source))[:num_examples])
+  return imbalance.Subset(source, indices)
 
 
 def noise_transform(modality: str, std: float, seed: int) -> Callable:

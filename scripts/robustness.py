@@ -1,6 +1,6 @@
 """Robustness suite of a trained classification run: accuracy against missing rate and input noise.
 
-  python scripts/robustness.py --workdir=runs/avmnist_concat [--split=test] [--no_noise]
+  python scripts/robustness.py --workdir=runs/avmnist_concat [--split=test] [--nonoise] [--num_examples=N]
 
 Restores the run's latest checkpoint and evaluates `--split` with each modality, and all of them, missing
 at rates 0, 0.1, ..., 0.9 (filled by the run's own `missing.imputation`), and with Gaussian noise of
@@ -30,21 +30,26 @@ flags.DEFINE_string("workdir", None, "A finished (or checkpointed) classificatio
 flags.DEFINE_string("split", "test", "The split to evaluate.")
 flags.DEFINE_bool("noise", True, "Also measure the Gaussian-noise curves.")
 flags.DEFINE_string("output", None, "Directory of the outputs; default WORKDIR/robustness.")
+flags.DEFINE_integer(
+  "num_examples", 0, "Evaluate a seeded random subset of this many examples of --split (0: all of it)."
+)
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
-def measure(workdir: str, split: str, noise: bool) -> list[robustness.Curve]:
+def measure(workdir: str, split: str, noise: bool, num_examples: int = 0) -> list[robustness.Curve]:
+  """The curves; each point evaluates the split (or `num_examples` of it: a curve is 10-30 passes)."""
   config = restore.read_config(workdir)
   restore.require_task(config, "classification", workdir, "the robustness suite")
   sources, _, task, params = restore.load_run(config, workdir, (split,))
   absent = missing.from_config(config, sources["train"])
   par = parallel_lib.DataParallel(config.parallel.mode)
+  source = robustness.subsample(sources[split], num_examples, seed=config.missing.seed)
 
   def accuracy(transform) -> float:
     evaluator = task.evaluator(
       par,
-      sources[split],
+      source,
       split=split,
       batch_size=config.eval_batch_size,
       max_tokens=config.dataset.max_tokens,
@@ -90,10 +95,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   output = FLAGS.output or os.path.join(FLAGS.workdir, "robustness")
   try:
-    curves = measure(FLAGS.workdir, FLAGS.split, FLAGS.noise)
+    curves = measure(FLAGS.workdir, FLAGS.split, FLAGS.noise, FLAGS.num_examples)
   except USER_ERRORS as e:
     fail(e)
-  write(curves, output, f"{os.path.basename(os.path.normpath(FLAGS.workdir))}, {FLAGS.split}")
+  subset = f", {FLAGS.num_examples} examples" if FLAGS.num_examples else ""
+  write(curves, output, f"{os.path.basename(os.path.normpath(FLAGS.workdir))}, {FLAGS.split}{subset}")
   for c in curves:
     print(f"{c.name:24s} area {c.area:.4f}  " + " ".join(f"{v:.3f}" for v in c.values))
   print(f"wrote {output}/robustness.{{csv,md,png}}")

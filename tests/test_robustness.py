@@ -28,6 +28,21 @@ def test_noise_is_seeded_per_example_and_clipped():
   assert loud.min() == -1.0 and loud.max() == 1.0
 
 
+def test_subsample_is_seeded_sorted_and_the_whole_split_for_0():
+  source = list(range(100))
+  subset = robustness.subsample(source, 10, seed=3)
+  picked = [subset[i] for i in range(len(subset))]
+  assert len(picked) == 10 and picked == sorted(picked) and len(set(picked)) == 10
+  again = robustness.subsample(source, 10, seed=3)
+  assert [again[i] for i in range(10)] == picked
+  other = robustness.subsample(source, 10, seed=4)
+  assert [other[i] for i in range(10)] != picked
+  assert robustness.subsample(source, 0, seed=3) is source
+  assert robustness.subsample(source, 1000, seed=3) is source
+  with pytest.raises(ValueError, match="num_examples must be >= 0"):
+    robustness.subsample(source, -1, seed=3)
+
+
 def test_curves_measure_each_modality_all_together_and_noise():
   absent = missing.MissingModalities(("audio", "image"), {}, {}, imputation="zero")
   batch = {"audio": np.full((2000, 2, 2, 1), 0.5, np.float32), "image": np.ones((2000, 3, 3, 1), np.float32)}
@@ -56,7 +71,9 @@ def test_script_writes_the_curves_of_a_run_with_missing_modalities(tiny_config, 
   tiny_config.missing.imputation = "learned"
   results = train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
   assert 0 <= results["test/accuracy"] <= 1
-  result = run_python(["scripts/robustness.py", f"--workdir={tmp_path / 'run'}", "--split=validation"])
+  result = run_python(
+    ["scripts/robustness.py", f"--workdir={tmp_path / 'run'}", "--split=validation", "--num_examples=40"]
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   with open(tmp_path / "run" / "robustness" / "robustness.csv") as f:
     rows = {row["curve"]: row for row in csv.DictReader(f)}
@@ -64,7 +81,8 @@ def test_script_writes_the_curves_of_a_run_with_missing_modalities(tiny_config, 
   for row in rows.values():
     assert 0 <= float(row["area"]) <= 1 and len(row) == 2 + 10
   assert (tmp_path / "run" / "robustness" / "robustness.png").stat().st_size > 0
-  assert "| missing/text |" in (tmp_path / "run" / "robustness" / "robustness.md").read_text()
+  table = (tmp_path / "run" / "robustness" / "robustness.md").read_text()
+  assert "| missing/text |" in table and "validation, 40 examples" in table
 
 
 def test_script_without_a_run_is_one_error_line(tmp_path):
