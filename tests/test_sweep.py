@@ -10,8 +10,8 @@ import types
 
 import pytest
 
-from conftest import run_python
-from mmlearn import launcher, sweep
+from conftest import REPO, run_python
+from mmlearn import config_files, launcher, sweep
 
 H = sweep.HELPERS
 LR = H.sweep("optimizer.learning_rate", [0.1, 0.3])
@@ -75,6 +75,24 @@ def test_expand_names_variants_and_rejects_bad_sweeps():
       sweep.expand(types.SimpleNamespace(__file__="x.py", get_sweep=get_sweep))
   with pytest.raises(ValueError, match="defines no get_sweep"):
     sweep.expand(types.SimpleNamespace(__file__="x.py"))
+
+
+def test_the_projects_sweep_configs_expand_as_their_docstrings_say():
+  imbalance = config_files.load_module(os.path.join(REPO, "configs/sweeps/mmshapes_imbalance.py"))
+  names = list(sweep.expand(imbalance))
+  assert len(names) == 6 * 2 * 2 and len(set(names)) == len(names)
+  assert (
+    "classification.loss=cross_entropy,dataset.sampler=class_balanced,optimizer.learning_rate=0.3,seed=1"
+    in names
+  )
+  missing = list(
+    sweep.expand(config_files.load_module(os.path.join(REPO, "configs/sweeps/avmnist_missing.py")))
+  )
+  assert len(missing) == 8 and all("imputation=generative" in n for n in missing[-2:])  # Generative last.
+  assert {n.split(",")[0] for n in missing} == {
+    "missing.modality_dropout=0.0",
+    "missing.modality_dropout=0.5",
+  }
 
 
 def test_error_line_prefers_the_trainers_error_line():
