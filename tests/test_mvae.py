@@ -18,7 +18,7 @@ from mmlearn import parallel as parallel_lib
 from mmlearn.data import mmshapes, pipeline
 from mmlearn.metric_writer import Image, MetricWriter
 from mmlearn.models import decoders, mvae
-from mmlearn.tasks import TASKS
+from mmlearn.tasks import TASKS, generation
 from mmlearn.tasks.generation import kl_weight, sample_grid
 
 VOCAB = len(mmshapes.VOCABULARY)
@@ -169,7 +169,10 @@ def test_kl_weight_warms_up_linearly():
 
 def test_loss_is_the_negative_sub_sampled_elbo(task_and_batch):
   task, batch, params = task_and_batch
-  assert [s.name for s in task.subsets] == ["joint", "from_image", "from_text"]
+  # configs/mvae/mmshapes.py, which the tiny config extends, turns cross-reconstruction on.
+  assert [(s.name, s.reconstruct) for s in task.subsets] == [
+    (name, ("image", "text")) for name in ("joint", "from_image", "from_text")
+  ]
   loss, metrics = jax.jit(task.loss)(params, batch, jax.random.PRNGKey(3))
   m = {k: float(v) for k, v in metrics.items()}
   assert m["loss"] == pytest.approx(float(loss)) and 0 < m["loss"] < np.inf
@@ -177,10 +180,22 @@ def test_loss_is_the_negative_sub_sampled_elbo(task_and_batch):
   assert m["joint/elbo"] == pytest.approx(
     m["joint/recon_image"] + m["joint/recon_text"] - m["joint/kl"], rel=1e-5
   )
-  assert m["from_text/elbo"] == pytest.approx(m["from_text/recon_text"] - m["from_text/kl"], rel=1e-5)
-  assert "from_text/recon_image" not in m  # Each single-modality term scores its own modality only.
+  assert m["from_text/elbo"] == pytest.approx(
+    m["from_text/recon_text"] + m["from_text/recon_image"] - m["from_text/kl"], rel=1e-5
+  )
   total = sum(m[f"{s}/elbo"] for s in ("joint", "from_image", "from_text"))
   assert m["loss"] == pytest.approx(-total, rel=1e-4)  # Unit weights, final KL weight (no step given).
+
+
+def test_without_cross_reconstruction_each_single_term_scores_its_own_modality():
+  subsets = generation.elbo_subsets(("text", "image"), joint=True, unimodal=True, cross=False)
+  assert [(s.name, s.posterior, s.reconstruct, s.weight) for s in subsets] == [
+    ("joint", ("image", "text"), ("image", "text"), 1.0),
+    ("from_image", ("image",), ("image",), 1.0),
+    ("from_text", ("text",), ("text",), 1.0),
+  ]
+  reported_only = generation.elbo_subsets(("image",), joint=False, unimodal=True, cross=True)
+  assert [(s.name, s.weight) for s in reported_only] == [("joint", 0.0)]  # One modality: no sub-sampling.
 
 
 def test_step_reaches_the_loss_through_train_step(task_and_batch, mvae_data):
