@@ -14,14 +14,22 @@ IMAGE = {"encoder": "lenet", "channels": 6, "num_layers": 3}  # 28x28x1 -> 48 fe
 AUDIO = {"encoder": "lenet", "channels": 6, "num_layers": 5, "center_input": True}
 
 
-def get_config(fusion: str = "concat", **fusion_kwargs) -> ml_collections.ConfigDict:
-  config = default.get_config()
+def use_avmnist(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` reading the `noisy` AV-MNIST build through the LeNet towers, whatever its task.
+
+  The missing-modality rates are keyed by these modalities (the default's are image and text).
+  """
   config.dataset.name = "avmnist"
   config.dataset.config = "noisy"
-  config.dataset.eval_splits = ("validation", "test")
   config.model.modalities = ml_collections.ConfigDict({"image": IMAGE, "audio": AUDIO})
   config.missing.train_rates = ml_collections.ConfigDict({"image": 0.0, "audio": 0.0})
   config.missing.test_rates = ml_collections.ConfigDict({"image": 0.0, "audio": 0.0})
+  return config
+
+
+def get_config(fusion: str = "concat", **fusion_kwargs) -> ml_collections.ConfigDict:
+  config = use_avmnist(default.get_config())
+  config.dataset.eval_splits = ("validation", "test")
   config.model.fusion = fusion
   config.model.fusion_kwargs = ml_collections.ConfigDict(fusion_kwargs)
   config.model.head_hidden = (100,)

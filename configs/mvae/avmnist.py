@@ -13,13 +13,8 @@ from configs.avmnist import base
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = default.get_config()
+  config = base.use_avmnist(default.get_config())
   config.task = "mvae"
-  config.dataset.name = "avmnist"
-  config.dataset.config = "noisy"
-  config.model.modalities = ml_collections.ConfigDict({"image": base.IMAGE, "audio": base.AUDIO})
-  config.missing.train_rates = ml_collections.ConfigDict({"image": 0.0, "audio": 0.0})
-  config.missing.test_rates = ml_collections.ConfigDict({"image": 0.0, "audio": 0.0})
   config.mvae.latent_dim = 32
   config.mvae.decoders.image.update(shape=(28, 28, 1), widths=(64, 32), std=0.1)
   config.mvae.decoders.audio.update(shape=(112, 112, 1), widths=(64, 32, 16, 8), std=0.2, learn_std=True)

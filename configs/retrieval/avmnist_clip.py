@@ -15,11 +15,8 @@ from configs.avmnist import base
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = default.get_config()
+  config = base.use_avmnist(default.get_config())
   config.task = "retrieval"
-  config.dataset.name = "avmnist"
-  config.dataset.config = "noisy"
-  config.model.modalities = ml_collections.ConfigDict({"image": base.IMAGE, "audio": base.AUDIO})
   config.retrieval.loss = "clip"
   config.retrieval.embed_dim = 64
   config.retrieval.relevance = ("label",)
