@@ -84,13 +84,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.mvae.decoders = ml_collections.ConfigDict(
     {
       # deconv: discretized-Gaussian levels of `shape` (H, W divisible by 2 ** len(widths)), std fixed
-      # or learned ("learn_std": True). See mmlearn/models/decoders.py.
+      # or learned ("learn_std": True); "translate": True reads a 2-wide private latent as a shift.
+      # See mmlearn/models/decoders.py.
       "image": {"decoder": "deconv", "shape": (32, 32, 3), "widths": (64, 32), "std": 0.1},
       "text": {"decoder": "lstm", "embed_dim": 32, "hidden": 128},  # vocab_size, max_tokens: the dataset's.
       "audio": {"decoder": "deconv", "shape": (112, 112, 1), "widths": (64, 32, 16, 8), "std": 0.1},
     }
   )
   config.mvae.likelihood_weights = ml_collections.ConfigDict({"image": 1.0, "text": 1.0, "audio": 1.0})
+  # Width of each modality's private latent, read by its decoder only (0: none; see mmlearn/models/mvae.py).
+  config.mvae.private_dims = ml_collections.ConfigDict({"image": 0, "text": 0, "audio": 0})
   config.mvae.beta = 1.0  # Final KL weight (1: the ELBO).
   config.mvae.kl_anneal_steps = 0  # Linear KL warm-up from 0 to beta over this many steps; 0: off.
   config.mvae.joint_elbo = True  # Train on the joint ELBO (always reported as `elbo`).

@@ -24,6 +24,7 @@ FREE_FORM = (
   "missing.test_rates",
   "mvae.decoders",
   "mvae.likelihood_weights",
+  "mvae.private_dims",
 )
 
 
@@ -137,6 +138,9 @@ def check_mvae(config: ml_collections.ConfigDict) -> None:
   for modality, weight in settings.likelihood_weights.items():
     if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
       raise ValueError(f"mvae.likelihood_weights.{modality} must be a number >= 0, got {weight!r}")
+  for modality, width in settings.private_dims.items():
+    if isinstance(width, bool) or not isinstance(width, int) or width < 0:
+      raise ValueError(f"mvae.private_dims.{modality} must be an integer >= 0, got {width!r}")
   if config.task != "mvae":
     return
   if not (settings.joint_elbo or settings.unimodal_elbos):

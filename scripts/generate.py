@@ -13,8 +13,10 @@ grid (`--output`, default `WORKDIR/generated.png`; with `--index` the example's 
 For every other modality c, each example of `--split` gets one image generated from its c alone; the
 coherence is the share the judge labels with the example's label (mmshapes: also shape and colour
 separately; `mmlearn.coherence`), reported beside the judge's accuracy on the real images, printed and
-saved to `WORKDIR/coherence.json`. A word outside the vocabulary, a run without a checkpoint or a run of
-another task ends with one `error:` line and exit status 1.
+saved to `WORKDIR/coherence.json`. `image_to_image` is the same for each image's reconstruction from
+its own posterior: how well the decoder draws what the image itself tells, a reference for the
+others. A word outside the vocabulary, a run without a checkpoint or a run of another task ends with
+one `error:` line and exit status 1.
 """
 
 import json
@@ -147,7 +149,8 @@ def measure_coherence(workdir: str, judge_workdir: str, split: str, seed: int) -
   if "image" not in task.array_modalities:
     raise ValueError("coherence judges generated images; the run has no image decoder")
   temperature = config.mvae.temperature if FLAGS.temperature is None else FLAGS.temperature
-  conditions = [m for m in task.modalities if m != "image"]
+  # The image itself too: its reconstruction from its own posterior is the reference for the others.
+  conditions = [m for m in task.modalities if m != "image"] + ["image"]
   labels, real, generated = [], [], {c: [] for c in conditions}
   batches = pipeline.eval_batches(
     sources[split],

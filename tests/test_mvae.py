@@ -145,6 +145,32 @@ def test_deconv_decoder_shapes(shape, widths):
     decoders.DeconvDecoder(shape=(30, 30, 1), widths=(8, 4)).init(jax.random.PRNGKey(0), z)
 
 
+def test_translate_moves_images_by_whole_and_fractional_pixels():
+  image = np.zeros((3, 8, 8, 2), np.float32)
+  image[:, 3, 2] = [1.0, -1.0]
+  moved = np.asarray(decoders.translate(jnp.asarray(image), jnp.array([[0.0, 0.0], [1.0, 2.0], [0.5, 0.0]])))
+  np.testing.assert_allclose(moved[0], image[0], atol=1e-6)  # No shift: the identity.
+  np.testing.assert_allclose(moved[1], np.roll(image[1], (2, 1), axis=(0, 1)), atol=1e-6)  # dy 2, dx 1.
+  np.testing.assert_allclose(moved[2, 3, 2:4], [[0.5, -0.5], [0.5, -0.5]], atol=1e-6)  # Half a pixel.
+  assert moved[2].sum() == pytest.approx(0.0, abs=1e-6) and np.abs(moved[2]).sum() == pytest.approx(2.0)
+  edge = np.asarray(decoders.translate(jnp.arange(4.0).reshape(1, 1, 4, 1), jnp.array([[-1.5, 0.0]])))
+  np.testing.assert_allclose(edge.ravel(), [1.5, 2.5, 3.0, 3.0])  # Reads past the edge: the edge pixel.
+
+
+def test_translating_deconv_decoder_reads_its_last_two_inputs_as_a_shift():
+  decoder = decoders.DeconvDecoder(shape=(16, 16, 3), widths=(8, 4), translate=True)
+  z = jax.random.normal(jax.random.PRNGKey(0), (2, 6))
+  params = decoder.init(jax.random.PRNGKey(1), z)
+  np.testing.assert_allclose(params["params"]["shift_log_scale"], np.log([2.0, 2.0]))
+  assert params["params"]["project"]["kernel"].shape[0] == 4  # The shift is no feature.
+  centred, _ = decoder.apply(params, z.at[:, 4:].set(0.0))
+  for w in ([0.05, -0.1], [0.5, -20.0]):  # 2 pixels per unit, bounded by 4: 4 tanh(2 w / 4).
+    moved, _ = decoder.apply(params, z.at[:, 4:].set(jnp.array(w)))
+    pixels = 4.0 * np.tanh(np.array(w) / 2.0)
+    np.testing.assert_allclose(moved, decoders.translate(centred, jnp.array([pixels] * 2)), atol=1e-6)
+  assert pixels[1] == pytest.approx(-4.0)
+
+
 def test_token_decoder_generates_masked_prefixes():
   decoder = decoders.LSTMDecoder(vocab_size=5, max_tokens=6, embed_dim=4, hidden=8)
   z = jax.random.normal(jax.random.PRNGKey(0), (16, 3))
@@ -196,6 +222,33 @@ def test_without_cross_reconstruction_each_single_term_scores_its_own_modality()
   ]
   reported_only = generation.elbo_subsets(("image",), joint=False, unimodal=True, cross=True)
   assert [(s.name, s.weight) for s in reported_only] == [("joint", 0.0)]  # One modality: no sub-sampling.
+
+
+def test_private_latent_is_the_image_encoders_own_and_its_kl_is_never_annealed(task_and_batch, mvae_data):
+  """The tiny config's image has a 2-wide private latent (configs/mvae/mmshapes.py); the text has none."""
+  task, batch, params = task_and_batch
+  assert task.private_dims == {"image": 2, "text": 0}
+  shared, private = task.experts(params, batch)
+  assert {m: mu.shape for m, (mu, _) in shared.items()} == {"image": (8, 8), "text": (8, 8)}
+  assert {m: mu.shape for m, (mu, _) in private.items()} == {"image": (8, 2)}
+  mu, logvar = private["image"]
+  expected_kl = float(mvae.gaussian_kl(mu, logvar).mean())
+  _, metrics = task.loss(params, batch, jax.random.PRNGKey(3), step=0)  # Shared KL weight 0 at step 0.
+  m = {k: float(v) for k, v in metrics.items()}
+  assert float(metrics["kl_weight"]) == 0.0 and "from_text/kl_private_text" not in m
+  for subset in ("joint", "from_image", "from_text"):  # Every subset reconstructs the image.
+    assert m[f"{subset}/kl_private_image"] == pytest.approx(expected_kl, rel=1e-5) and expected_kl > 0
+  recon = sum(m[f"{s}/recon_{x}"] for s in ("joint", "from_image", "from_text") for x in ("image", "text"))
+  assert m["loss"] == pytest.approx(-(recon - 3 * expected_kl), rel=1e-5)
+  # Without private latents the encoders are latent_dim wide and no subset has a private KL.
+  config = tiny_config(mvae_data[0])
+  config.mvae.private_dims.image = 0
+  config.mvae.decoders.image.translate = False
+  plain = TASKS.get("mvae")(config, vocab_size=VOCAB)
+  plain_params = plain.init(jax.random.PRNGKey(0), batch)
+  assert plain_params["encoder_image"]["mu"]["kernel"].shape[-1] == 8
+  assert params["encoder_image"]["mu"]["kernel"].shape[-1] == 10
+  assert not [k for k in plain.loss(plain_params, batch, jax.random.PRNGKey(3))[1] if "private" in k]
 
 
 def test_step_reaches_the_loss_through_train_step(task_and_batch, mvae_data):
@@ -270,6 +323,16 @@ def test_config_errors_are_named(mvae_data):
   config.mvae.likelihood_weights.text = -1.0
   with pytest.raises(ValueError, match="likelihood_weights.text must be a number >= 0"):
     config_checks.check(config)
+  config = tiny_config(directory)
+  config.mvae.private_dims.image = -2
+  with pytest.raises(ValueError, match="private_dims.image must be an integer >= 0, got -2"):
+    config_checks.check(config)
+  config = tiny_config(directory)
+  config.mvae.private_dims.image = 3
+  with pytest.raises(
+    ValueError, match=r"image.translate reads a 2-wide private latent \(dx, dy\); .*private_dims.image is 3"
+  ):
+    TASKS.get("mvae")(config, info=info, vocab_size=VOCAB)
   config = tiny_config(directory)
   config.mvae.decoders.image.shape = (28, 28, 1)
   with pytest.raises(ValueError, match=r"shape is \(28, 28, 1\), the dataset's image is \(32, 32, 3\)"):
@@ -388,6 +451,7 @@ def test_coherence_cli_judges_generated_images(trained_run, mvae_data, tmp_path)
     "judge/test/label",
     "coherence/test/text_to_image/label",
     "coherence/test/text_to_image/colour",
+    "coherence/test/image_to_image/label",
   ):
     assert 0.0 <= record[key] <= 1.0
   assert "coherence/test/text_to_image/shape" in result.stdout

@@ -3,7 +3,8 @@
 The `retrieval` build has every image in colour and every caption naming shape, colour, size and quadrant,
 so a caption determines what the image should show and caption -> image coherence is well defined
 (judged by `judge_mmshapes.py`; `scripts/generate.py --judge=...`). Encoders: the default CNN and LSTM;
-decoders: transposed convs from 8x8 to 32x32 pixels, an LSTM language model over the captions.
+decoders: transposed convs from 8x8 to 32x32 pixels, moved by the image's private 2-D latent (below),
+and an LSTM language model over the captions.
 """
 
 import ml_collections
@@ -28,6 +29,14 @@ def get_config() -> ml_collections.ConfigDict:
   # the 8-nat captions on its own, the text expert collapses to the prior (KL 0.1 nats at step 1,000),
   # and caption -> image samples match the caption no better than chance (measured: 6.3% coherence).
   config.mvae.cross_reconstruction = True
+  # A caption names the quadrant but not where in it the shape sits. With z alone, the image decoder
+  # given a caption's z can only draw the average over those positions: blurred blobs (caption -> image
+  # coherence on shape + colour 23.7%). A 2-wide image-only latent, applied as a translation of at most
+  # 3 pixels, holds that offset; generation draws it from the prior. Measured at 1,600 steps: 50.4%.
+  # Read as 4 features it took the shape and size too (shape coherence 26.8% at step 800); with a
+  # 5-pixel bound the decoder drew near the centre and left the quadrant to the shift (43.9%).
+  config.mvae.private_dims.image = 2
+  config.mvae.decoders.image.update(translate=True, max_shift=3.0)
   config.mvae.kl_anneal_steps = 500
   config.optimizer.update(name="adam", learning_rate=1e-3, warmup_steps=100, schedule="cosine")
   config.batch_size = 128

@@ -6,10 +6,18 @@ product of their experts and the prior expert N(0, I) (`product_of_experts`), so
 whatever is present: a modality absent for an example simply leaves its product. Each modality has a
 decoder p(x_m | z) (`mmlearn.models.decoders`, which owns the likelihood).
 
+A modality may also have a private latent w_m (`private_dims`, as in DMVAE, Lee & Pavlovic 2021): its
+encoder's heads are wider, and the extra dimensions are q(w_m | x_m), inferred from x_m alone and never
+multiplied with other experts; its decoder reads [z, w_m]. It holds what no other modality can tell
+(where in its quadrant a shape sits), so the shared z need not, and a decoder given z from another
+modality draws w_m from its prior: a sharp shape somewhere plausible rather than the blur that is the
+average over every position z cannot know.
+
 The pure functions here (`product_of_experts`, `gaussian_kl`, `reparameterize`) are the ELBO's pieces;
 `mmlearn.tasks.generation` assembles them into the sub-sampled ELBO, imputation and sampling.
 """
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -103,21 +111,24 @@ class MVAE(nn.Module):
   Attributes:
     encoder_configs: modality -> `{"encoder": <registered encoder>, **kwargs}` (as `config.model.modalities`).
     decoder_configs: modality -> `{"decoder": <registered decoder>, **kwargs}` (`resolve_decoders`).
-    latent_dim: width of z.
+    latent_dim: width of the shared z.
+    private_dims: modality -> width of its private latent w_m (absent: 0, none).
   """
 
   encoder_configs: Mapping[str, Mapping[str, Any]]
   decoder_configs: Mapping[str, Mapping[str, Any]]
   latent_dim: int
+  private_dims: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
-    for field in ("encoder_configs", "decoder_configs"):  # Hashable, as Classifier's configs.
+    for field in ("encoder_configs", "decoder_configs", "private_dims"):  # Hashable, as Classifier's configs.
       object.__setattr__(self, field, freeze_config(getattr(self, field)))
     super().__post_init__()
 
   def setup(self):
     self.encoder = {
-      m: GaussianEncoder(m, config, self.latent_dim) for m, config in sorted(self.encoder_configs.items())
+      m: GaussianEncoder(m, config, self.latent_dim + self.private_dims.get(m, 0))
+      for m, config in sorted(self.encoder_configs.items())
     }
     decoders = {}
     for m, config in sorted(self.decoder_configs.items()):
@@ -126,7 +137,10 @@ class MVAE(nn.Module):
     self.decoder = decoders
 
   def encode(self, batch: Mapping[str, jax.Array]) -> dict[str, tuple[jax.Array, jax.Array]]:
-    """`{modality: (mu, logvar)}` for every configured modality whose input is in `batch`."""
+    """`{modality: (mu, logvar)}` for every configured modality whose input is in `batch`.
+
+    Each is [B, latent_dim + private_dims[m]]: the shared expert, then the private posterior (`split`).
+    """
     return {
       m: self.encoder[m](batch[m], batch.get(f"{m}_mask")) for m in sorted(self.encoder_configs) if m in batch
     }
@@ -134,7 +148,7 @@ class MVAE(nn.Module):
   def log_likelihood(
     self, modality: str, z: jax.Array, x: jax.Array, mask: jax.Array | None = None
   ) -> jax.Array:
-    """log p(x_m | z) per example [B]."""
+    """log p(x_m | z) per example [B]; z is [shared z, w_m] for a modality with a private latent."""
     return self.decoder[modality].log_likelihood(z, x, mask)
 
   def generate(
@@ -144,9 +158,14 @@ class MVAE(nn.Module):
     return self.decoder[modality].generate(z, rng, temperature)
 
   def __call__(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """Touches every expert and decoder (for `init`): log p(x_m | z) at z = the first expert's mean."""
+    """Touches every expert and decoder (for `init`): log p(x_m | z) at z = the first expert's mean.
+
+    (A private latent's part of z is zeros.)
+    """
     experts = self.encode(batch)
-    z = next(iter(experts.values()))[0]
-    return {
-      m: self.log_likelihood(m, z, batch[m], batch.get(f"{m}_mask")) for m in sorted(self.decoder_configs)
-    }
+    z = next(iter(experts.values()))[0][:, : self.latent_dim]
+    out = {}
+    for m in sorted(self.decoder_configs):
+      padded = jnp.pad(z, ((0, 0), (0, self.private_dims.get(m, 0))))
+      out[m] = self.log_likelihood(m, padded, batch[m], batch.get(f"{m}_mask"))
+    return out

@@ -15,13 +15,21 @@ one sample of z, over the modalities the subset reconstructs: its own, or every 
 it trains the single-modality posteriors at conditional generation directly). `w_m` are
 `mvae.likelihood_weights`; beta_t rises linearly from 0 to `mvae.beta` over `mvae.kl_anneal_steps`.
 
+A modality with a private latent w_m (`mvae.private_dims`, see `mmlearn.models.mvae`) is reconstructed
+from [z, w_m] with w_m ~ q(w_m | x_m), its own encoder's, whichever subset gave z, and the subset's KL
+gains KL(q(w_m | x_m) || N(0, I)) (still an ELBO: q may depend on any observed modality). That KL takes
+the final weight beta from the first step: annealing lets the shared z become informative before its KL
+bites, but a free w_m at the start would let the decoder read everything from the image's own latent
+and ignore z, which conditional generation needs. Sampling and imputation draw w_m from its prior.
+
 The KL weight depends on the step. The trainer passes `step=` to a task loss that has that keyword
 (`train.task_loss`), so the schedule needs neither a copy of the step in the batch nor a guess from the
 RNG; `loss(params, batch, rng)` without a step (tools, tests) uses the final weight.
 
 Reported (training and evaluation): `elbo`, the joint ELBO with unit weights and beta = 1 (the bound on
 log p(x), in nats per example: likelihoods are probabilities of the stored data, so it is <= 0), and per
-subset `<subset>/elbo`, `<subset>/kl`, `<subset>/recon_<m>` (subsets `joint`, `from_<m>`).
+subset `<subset>/elbo`, `<subset>/kl`, `<subset>/recon_<m>` (subsets `joint`, `from_<m>`); `kl` includes
+the private latents' KLs, also reported alone as `<subset>/kl_private_<m>`.
 
 `GenerationEvaluator` sums those over a split with fixed RNG keys, then yields sample grids as
 `metric_writer.Image`s, `<split>/samples/<c>_to_<t>`: for the first `mvae.grid_conditions` examples of
@@ -112,7 +120,16 @@ class MVAETask:
         raise ValueError(
           f"config.mvae.decoders.{m}.shape is {tuple(decoder['shape'])}, the dataset's {m} is {tuple(stored)}"
         )
-    self.model = mvae.MVAE(encoders, self.decoders, settings.latent_dim)
+    private = dict(settings.get("private_dims", {}))  # Runs saved before private latents have none.
+    self.latent_dim = int(settings.latent_dim)
+    self.private_dims = {m: int(private.get(m, 0)) for m in self.modalities}
+    for m, decoder in self.decoders.items():
+      if decoder.get("translate") and self.private_dims[m] != 2:
+        raise ValueError(
+          f"config.mvae.decoders.{m}.translate reads a 2-wide private latent (dx, dy); "
+          f"config.mvae.private_dims.{m} is {self.private_dims[m]}"
+        )
+    self.model = mvae.MVAE(encoders, self.decoders, self.latent_dim, self.private_dims)
     weights = dict(settings.likelihood_weights)
     missing = [m for m in self.modalities if m not in weights]
     if missing:
@@ -138,8 +155,18 @@ class MVAETask:
       raise KeyError(f"batch has no input for modalities {missing}; batch keys: {sorted(batch)}")
     return self.model.init(rng, batch)["params"]
 
-  def experts(self, params: Any, batch: dict[str, Any]) -> dict[str, tuple[jax.Array, jax.Array]]:
-    return self.model.apply({"params": params}, batch, method=mvae.MVAE.encode)
+  def experts(
+    self, params: Any, batch: dict[str, Any]
+  ) -> tuple[dict[str, tuple[jax.Array, jax.Array]], dict[str, tuple[jax.Array, jax.Array]]]:
+    """({m: shared expert (mu, logvar)}, {m: private posterior (mu, logvar)}) for the inputs in `batch`.
+
+    The private dict has only the modalities with a private latent.
+    """
+    encoded = self.model.apply({"params": params}, batch, method=mvae.MVAE.encode)
+    d = self.latent_dim
+    shared = {m: (mu[:, :d], logvar[:, :d]) for m, (mu, logvar) in encoded.items()}
+    private = {m: (mu[:, d:], logvar[:, d:]) for m, (mu, logvar) in encoded.items() if self.private_dims[m]}
+    return shared, private
 
   def posterior(
     self, params: Any, batch: dict[str, Any], present: Mapping[str, Any] | None = None
@@ -150,7 +177,7 @@ class MVAETask:
     input in the batch is present where its `<m>_present` says so (everywhere without one). Modalities
     not in the batch are absent.
     """
-    experts = self.experts(params, batch)
+    experts, _ = self.experts(params, batch)
     size = next(iter(experts.values()))[0].shape[0]
     mus, logvars, mask = [], [], []
     for m, (mu, logvar) in experts.items():
@@ -176,7 +203,14 @@ class MVAETask:
   def decode(
     self, params: Any, modality: str, z: jax.Array, rng: jax.Array, temperature: Any = 1.0
   ) -> tuple[jax.Array, jax.Array | None]:
-    """A sample of `modality` per row of z (a token mask with it for sequences, else None)."""
+    """A sample of `modality` per row of the shared z (a token mask with it for sequences, else None).
+
+    A private latent is drawn from its prior, its spread scaled by `temperature` as z's is.
+    """
+    private_key, rng = jax.random.split(rng)
+    if self.private_dims[modality]:
+      shape = (z.shape[0], self.private_dims[modality])
+      z = jnp.concatenate([z, temperature * jax.random.normal(private_key, shape, z.dtype)], axis=-1)
     return self.model.apply({"params": params}, modality, z, rng, temperature, method=mvae.MVAE.generate)
 
   # ---- The objective ----
@@ -190,7 +224,7 @@ class MVAETask:
     its modalities present adds nothing. Decoders run once per modality on the z's of every subset
     that scores it, stacked, rather than once per subset.
     """
-    experts = self.experts(params, batch)
+    experts, private = self.experts(params, batch)
     size = batch[self.modalities[0]].shape[0]
     present = {
       m: jnp.broadcast_to(jnp.asarray(batch.get(f"{m}_present", True), bool), (size,))
@@ -198,18 +232,27 @@ class MVAETask:
     }
     mus = jnp.stack([experts[m][0] for m in self.modalities])
     logvars = jnp.stack([experts[m][1] for m in self.modalities])
-    zs, kls, active = {}, {}, {}
+    zs, kls, active, keys = {}, {}, {}, {}
     for subset, key in zip(self.subsets, jax.random.split(rng, len(self.subsets)), strict=True):
       mask = jnp.stack([present[m] & (m in subset.posterior) for m in self.modalities])
       mu, logvar = mvae.product_of_experts(mus, logvars, mask)
       zs[subset.name] = mvae.reparameterize(key, mu, logvar)
       kls[subset.name] = mvae.gaussian_kl(mu, logvar)
       active[subset.name] = mask.any(axis=0).astype(jnp.float32)
+      keys[subset.name] = key
     recon: dict[tuple[str, str], jax.Array] = {}
-    for m in self.modalities:
+    private_kls: dict[tuple[str, str], jax.Array] = {}
+    for i, m in enumerate(self.modalities):
       scoring = [s.name for s in self.subsets if m in s.reconstruct]
+      inputs = [zs[name] for name in scoring]
+      if m in private:
+        mu, logvar = private[m]
+        kl = mvae.gaussian_kl(mu, logvar) * present[m]
+        ws = [mvae.reparameterize(jax.random.fold_in(keys[name], 1 + i), mu, logvar) for name in scoring]
+        inputs = [jnp.concatenate([z, w], axis=-1) for z, w in zip(inputs, ws, strict=True)]
+        private_kls |= {(name, m): kl for name in scoring}
       tiled = {k: jnp.concatenate([batch[k]] * len(scoring)) for k in (m, f"{m}_mask") if k in batch}
-      ll = self.log_likelihood(params, m, jnp.concatenate([zs[name] for name in scoring]), tiled)
+      ll = self.log_likelihood(params, m, jnp.concatenate(inputs), tiled)
       for name, part in zip(scoring, jnp.split(ll, len(scoring)), strict=True):
         recon[name, m] = part * present[m]
     objective = jnp.zeros(size, jnp.float32)
@@ -218,9 +261,12 @@ class MVAETask:
       name = subset.name
       scored = sum(recon[name, m] for m in subset.reconstruct)
       weighted = sum(self.weights[m] * recon[name, m] for m in subset.reconstruct)
-      objective += subset.weight * active[name] * (weighted - beta * kls[name])
-      metrics[f"{name}/elbo"] = active[name] * (scored - kls[name])
-      metrics[f"{name}/kl"] = active[name] * kls[name]
+      private_kl = {m: private_kls[name, m] for m in subset.reconstruct if (name, m) in private_kls}
+      kl_private = sum(private_kl.values(), jnp.zeros(size, jnp.float32))
+      objective += subset.weight * active[name] * (weighted - beta * kls[name] - self.beta * kl_private)
+      metrics[f"{name}/elbo"] = active[name] * (scored - kls[name] - kl_private)
+      metrics[f"{name}/kl"] = active[name] * (kls[name] + kl_private)
+      metrics |= {f"{name}/kl_private_{m}": active[name] * kl for m, kl in private_kl.items()}
       metrics |= {f"{name}/recon_{m}": active[name] * recon[name, m] for m in subset.reconstruct}
     metrics["elbo"] = metrics["joint/elbo"]
     return objective, metrics
