@@ -139,7 +139,8 @@ class MVAE(nn.Module):
   def encode(self, batch: Mapping[str, jax.Array]) -> dict[str, tuple[jax.Array, jax.Array]]:
     """`{modality: (mu, logvar)}` for every configured modality whose input is in `batch`.
 
-    Each is [B, latent_dim + private_dims[m]]: the shared expert, then the private posterior (`split`).
+    Each is [B, latent_dim + private_dims[m]]: the shared expert, then the private posterior (the task's
+    `experts` splits them).
     """
     return {
       m: self.encoder[m](batch[m], batch.get(f"{m}_mask")) for m in sorted(self.encoder_configs) if m in batch

@@ -241,16 +241,15 @@ class MVAETask:
       active[subset.name] = mask.any(axis=0).astype(jnp.float32)
       keys[subset.name] = key
     recon: dict[tuple[str, str], jax.Array] = {}
-    private_kls: dict[tuple[str, str], jax.Array] = {}
+    private_kls: dict[str, jax.Array] = {}  # Per modality: the same in every subset that scores it.
     for i, m in enumerate(self.modalities):
       scoring = [s.name for s in self.subsets if m in s.reconstruct]
       inputs = [zs[name] for name in scoring]
       if m in private:
         mu, logvar = private[m]
-        kl = mvae.gaussian_kl(mu, logvar) * present[m]
+        private_kls[m] = mvae.gaussian_kl(mu, logvar) * present[m]
         ws = [mvae.reparameterize(jax.random.fold_in(keys[name], 1 + i), mu, logvar) for name in scoring]
         inputs = [jnp.concatenate([z, w], axis=-1) for z, w in zip(inputs, ws, strict=True)]
-        private_kls |= {(name, m): kl for name in scoring}
       tiled = {k: jnp.concatenate([batch[k]] * len(scoring)) for k in (m, f"{m}_mask") if k in batch}
       ll = self.log_likelihood(params, m, jnp.concatenate(inputs), tiled)
       for name, part in zip(scoring, jnp.split(ll, len(scoring)), strict=True):
@@ -261,7 +260,7 @@ class MVAETask:
       name = subset.name
       scored = sum(recon[name, m] for m in subset.reconstruct)
       weighted = sum(self.weights[m] * recon[name, m] for m in subset.reconstruct)
-      private_kl = {m: private_kls[name, m] for m in subset.reconstruct if (name, m) in private_kls}
+      private_kl = {m: private_kls[m] for m in subset.reconstruct if m in private_kls}
       kl_private = sum(private_kl.values(), jnp.zeros(size, jnp.float32))
       objective += subset.weight * active[name] * (weighted - beta * kls[name] - self.beta * kl_private)
       metrics[f"{name}/elbo"] = active[name] * (scored - kls[name] - kl_private)
