@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from mmlearn.errors import ConfigError
 from mmlearn.registry import Registry
 
 CLASS_LOSSES = Registry("classification loss")
@@ -62,16 +63,16 @@ def log_prior(class_counts: Any) -> np.ndarray:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first unknown loss or out-of-range hyperparameter."""
+  """Raises a `ConfigError` naming the first unknown loss or out-of-range hyperparameter."""
   CLASS_LOSSES.get(config.loss)
   if not 0.0 <= config.class_balanced_beta < 1.0:
-    raise ValueError(
+    raise ConfigError(
       f"classification.class_balanced_beta must be in [0, 1), got {config.class_balanced_beta}"
     )
   if config.focal_gamma < 0:
-    raise ValueError(f"classification.focal_gamma must be >= 0, got {config.focal_gamma}")
+    raise ConfigError(f"classification.focal_gamma must be >= 0, got {config.focal_gamma}")
   if config.focal_alpha is not None and config.focal_alpha <= 0:
-    raise ValueError(f"classification.focal_alpha must be positive or None, got {config.focal_alpha}")
+    raise ConfigError(f"classification.focal_alpha must be positive or None, got {config.focal_alpha}")
 
 
 def build(config: ml_collections.ConfigDict, class_counts: Any = None) -> Any:

@@ -5,6 +5,7 @@ catch the same mistakes made inside config files (which may add keys freely), by
 against `configs/default.py`, and catch values whose type is right but whose meaning is not.
 """
 
+import math
 from typing import Any
 
 import ml_collections
@@ -12,6 +13,7 @@ import ml_collections
 from mmlearn import class_losses, losses, optim, parallel
 from mmlearn.data import imbalance, missing
 from mmlearn.data.augment import Augment
+from mmlearn.errors import ConfigError
 from mmlearn.models.encoders import ENCODERS
 from mmlearn.models.fusion import FUSIONS
 
@@ -53,15 +55,15 @@ def check_keys_and_types(config: ml_collections.ConfigDict, reference: ml_collec
   ref = _flatten(reference)
   for key, value in _flatten(config).items():
     if key not in ref:
-      raise ValueError(f"unknown config key {key!r}")
+      raise ConfigError(f"unknown config key {key!r}")
     if not _type_ok(value, ref[key]):
-      raise TypeError(
+      raise ConfigError(
         f"config key {key!r} should be {type(ref[key]).__name__}, got {type(value).__name__} {value!r}"
       )
 
 
 def check(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError/TypeError with a one-line message naming the first problem found."""
+  """Raises `ConfigError` with a one-line message naming the first problem found."""
   from configs import default  # The reference schema; imported late so library users may lack configs/.
 
   check_keys_and_types(config, default.get_config())
@@ -75,11 +77,14 @@ def check(config: ml_collections.ConfigDict) -> None:
     "retrieval.query_chunk",
   ):
     if config[key] <= 0:
-      raise ValueError(f"config key {key!r} must be positive, got {config[key]}")
+      raise ConfigError(f"config key {key!r} must be positive, got {config[key]}")
+  learning_rate = config.optimizer.learning_rate
+  if not (math.isfinite(learning_rate) and learning_rate > 0):
+    raise ConfigError(f"optimizer.learning_rate must be finite and positive, got {learning_rate}")
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
-    raise ValueError("set num_epochs or num_train_steps to a positive value")
+    raise ConfigError("set num_epochs or num_train_steps to a positive value")
   if config.parallel.mode not in parallel.MODES:
-    raise ValueError(f"unknown parallel.mode {config.parallel.mode!r}; known: {', '.join(parallel.MODES)}")
+    raise ConfigError(f"unknown parallel.mode {config.parallel.mode!r}; known: {', '.join(parallel.MODES)}")
   optim.OPTIMIZERS.get(config.optimizer.name)
   FUSIONS.get(config.model.fusion)
   losses.LOSSES.get(config.retrieval.loss)
@@ -90,10 +95,10 @@ def check(config: ml_collections.ConfigDict) -> None:
   check_eval_every_steps(config)
   check_mvae(config)
   if not config.model.modalities:
-    raise ValueError("config.model.modalities is empty: configure at least one modality")
+    raise ConfigError("config.model.modalities is empty: configure at least one modality")
   for modality, encoder in config.model.modalities.items():
     if "encoder" not in encoder:
-      raise ValueError(f"config.model.modalities.{modality} names no 'encoder'")
+      raise ConfigError(f"config.model.modalities.{modality} names no 'encoder'")
     ENCODERS.get(encoder["encoder"])
 
 
@@ -101,26 +106,26 @@ def check_missing(config: ml_collections.ConfigDict) -> None:
   """Rates in [0, 1) for modalities the model has; missing modalities are a classification option."""
   settings = config.missing
   if settings.imputation not in missing.IMPUTATIONS:
-    raise ValueError(
+    raise ConfigError(
       f"unknown missing.imputation {settings.imputation!r}; known: {', '.join(missing.IMPUTATIONS)}"
     )
   if not 0 <= settings.modality_dropout < 1:
-    raise ValueError(f"missing.modality_dropout must be in [0, 1), got {settings.modality_dropout}")
+    raise ConfigError(f"missing.modality_dropout must be in [0, 1), got {settings.modality_dropout}")
   used = settings.modality_dropout > 0
   for which in ("train_rates", "test_rates"):
     for modality, rate in settings[which].items():
       if not isinstance(rate, int | float) or not 0 <= rate < 1:
-        raise ValueError(f"missing.{which}.{modality} must be a rate in [0, 1), got {rate!r}")
+        raise ConfigError(f"missing.{which}.{modality} must be a rate in [0, 1), got {rate!r}")
       if rate > 0 and modality not in config.model.modalities:
-        raise ValueError(f"missing.{which}.{modality}: the model has no modality {modality!r}")
+        raise ConfigError(f"missing.{which}.{modality}: the model has no modality {modality!r}")
       used |= rate > 0
   if used and config.task != "classification":
-    raise ValueError(f"missing modalities are a classification option; task is {config.task!r}")
+    raise ConfigError(f"missing modalities are a classification option; task is {config.task!r}")
 
 
 def check_eval_every_steps(config: ml_collections.ConfigDict) -> None:
   if config.eval_every_steps < 0:
-    raise ValueError(
+    raise ConfigError(
       f"eval_every_steps must be >= 0 (0: evaluate at the end only), got {config.eval_every_steps}"
     )
 
@@ -131,26 +136,26 @@ def check_mvae(config: ml_collections.ConfigDict) -> None:
 
   settings = config.mvae
   if settings.latent_dim <= 0:
-    raise ValueError(f"mvae.latent_dim must be positive, got {settings.latent_dim}")
+    raise ConfigError(f"mvae.latent_dim must be positive, got {settings.latent_dim}")
   for key in ("kl_anneal_steps", "beta", "temperature", "grid_conditions", "grid_samples"):
     if settings[key] < 0:
-      raise ValueError(f"mvae.{key} must be >= 0, got {settings[key]}")
+      raise ConfigError(f"mvae.{key} must be >= 0, got {settings[key]}")
   for modality, weight in settings.likelihood_weights.items():
     if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
-      raise ValueError(f"mvae.likelihood_weights.{modality} must be a number >= 0, got {weight!r}")
+      raise ConfigError(f"mvae.likelihood_weights.{modality} must be a number >= 0, got {weight!r}")
   for modality, width in settings.private_dims.items():
     if isinstance(width, bool) or not isinstance(width, int) or width < 0:
-      raise ValueError(f"mvae.private_dims.{modality} must be an integer >= 0, got {width!r}")
+      raise ConfigError(f"mvae.private_dims.{modality} must be an integer >= 0, got {width!r}")
   if config.task != "mvae":
     return
   if not (settings.joint_elbo or settings.unimodal_elbos):
-    raise ValueError("mvae.joint_elbo and mvae.unimodal_elbos are both off: the MVAE has nothing to train")
+    raise ConfigError("mvae.joint_elbo and mvae.unimodal_elbos are both off: the MVAE has nothing to train")
   for modality in config.model.modalities:
     decoder = settings.decoders.get(modality)
     if decoder is None or "decoder" not in decoder:
-      raise ValueError(
+      raise ConfigError(
         f"config.mvae.decoders.{modality} names no 'decoder' (known: {', '.join(DECODERS.names())})"
       )
     DECODERS.get(decoder["decoder"])
     if modality not in settings.likelihood_weights:
-      raise ValueError(f"config.mvae.likelihood_weights has no weight for modality {modality!r}")
+      raise ConfigError(f"config.mvae.likelihood_weights has no weight for modality {modality!r}")

@@ -9,11 +9,14 @@ import ast
 import contextlib
 import importlib.util
 import os
+import traceback
 import types
 from collections.abc import Iterable
 from typing import Any
 
 import ml_collections
+
+from mmlearn.errors import ConfigError
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
@@ -22,12 +25,36 @@ def split_spec(spec: str) -> tuple[str, str | None]:
   return path, (arg if colon else None)
 
 
-def load_module(path: str) -> types.ModuleType:
+def check_exists(path: str) -> None:
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"no config file {path!r}")
+    raise ConfigError(f"no config file {path!r}")
+
+
+def error_in_file(path: str, error: BaseException) -> ConfigError | None:
+  """A `ConfigError` naming `path`'s line when `error` came from code in that config file, else None.
+
+  A config file that does not parse or whose `get_config` raises is the user's input, not mmlearn's
+  code, so it gets one line (file, line, exception) instead of a traceback through mmlearn and absl.
+  """
+  target = os.path.realpath(path)
+  if isinstance(error, SyntaxError) and error.filename and os.path.realpath(error.filename) == target:
+    return ConfigError(f"{path}:{error.lineno}: SyntaxError: {error.msg}")
+  frames = [f for f in traceback.extract_tb(error.__traceback__) if os.path.realpath(f.filename) == target]
+  if not frames:
+    return None
+  return ConfigError(f"{path}:{frames[-1].lineno}: {type(error).__name__} in {frames[-1].name}: {error}")
+
+
+def load_module(path: str) -> types.ModuleType:
+  check_exists(path)
   spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:
+    if (in_file := error_in_file(path, e)) is None:
+      raise
+    raise in_file from e
   return module
 
 
@@ -43,7 +70,14 @@ def get_config(spec: str, module: types.ModuleType | None = None) -> ml_collecti
   """Calls the file's `get_config` (with the variant string, if any) and locks the result."""
   path, arg = split_spec(spec)
   module = module or load_module(path)
-  config = module.get_config() if arg is None else module.get_config(arg)
+  if not callable(getattr(module, "get_config", None)):
+    raise ConfigError(f"{path} defines no get_config()")
+  try:
+    config = module.get_config() if arg is None else module.get_config(arg)
+  except Exception as e:
+    if (in_file := error_in_file(path, e)) is None:
+      raise
+    raise in_file from e
   config.lock()
   return config
 
@@ -51,15 +85,19 @@ def get_config(spec: str, module: types.ModuleType | None = None) -> ml_collecti
 def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
   config = get_config(spec)
   for override in overrides:
-    config.update_from_flattened_dict(dict([parse_override(override)]))
+    key, value = parse_override(override)
+    try:
+      config.update_from_flattened_dict({key: value})
+    except (KeyError, AttributeError, TypeError, ValueError) as e:
+      raise ConfigError(f"bad override {override!r}: {e}") from None
   return config
 
 
 def check_keys(config: ml_collections.ConfigDict, keys: Iterable[str]) -> None:
-  """Raises KeyError naming the first dotted key the config does not have (as `--config.KEY` would)."""
+  """Raises ConfigError naming the first dotted key the config does not have (as `--config.KEY` would)."""
   for key in keys:
     node = config
     for part in key.split("."):
       if not isinstance(node, ml_collections.ConfigDict | dict) or part not in node:
-        raise KeyError(f"unknown config key {key!r}")
+        raise ConfigError(f"unknown config key {key!r}")
       node = node[part]

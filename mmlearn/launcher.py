@@ -39,7 +39,7 @@ def final_metrics(workdir: str) -> dict[str, float]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
       record = json.loads(line)
-      if any(k != "step" and not k.startswith("train/") for k in record):
+      if "resumed_from" not in record and any(k != "step" and not k.startswith("train/") for k in record):
         final = record
   if not final:
     raise ValueError("metrics.jsonl holds no evaluation")

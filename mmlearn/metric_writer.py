@@ -13,11 +13,14 @@ write; TensorBoard keeps every step's). Anything else is an error, not a silent 
 import dataclasses
 import json
 import os
+import time
 from typing import Any
 
 import jax
 import numpy as np
-import tensorboardX
+from tensorboardX import summary
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto.event_pb2 import Event, SessionLog
 
 from mmlearn.classification_metrics import ConfusionMatrix
 
@@ -56,16 +59,79 @@ def confusion_png_name(metric_name: str) -> str:
   return f"confusion_{metric_name.removesuffix('/confusion_matrix').replace('/', '_')}.png"
 
 
+class EventFile:
+  """A TensorBoard event file written synchronously: each `add` is on disk once `flush` returns.
+
+  tensorboardX's `SummaryWriter` queues events for a background thread, and its `flush` does not wait
+  for the queue, so a run killed after a checkpoint could lose the interval before it. `purge_step`
+  (a resumed run: the first step after its checkpoint) writes TensorBoard's restart marker, which hides
+  the earlier files' events from that step on, so replayed steps are not shown twice.
+  """
+
+  def __init__(self, logdir: str, purge_step: int | None = None):
+    os.makedirs(logdir, exist_ok=True)
+    # The pid keeps two runs within one second (a quick resume) from sharing a file name.
+    self._writer = EventsWriter(os.path.join(logdir, "events"), f".{os.getpid()}")
+    if purge_step is not None:
+      self._write(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+
+  def _write(self, event: Event) -> None:
+    event.wall_time = time.time()
+    self._writer.write_event(event)
+
+  def add(self, step: int, summary: Any) -> None:
+    self._write(Event(summary=summary, step=step))
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
+def drop_records_after(path: str, step: int) -> int:
+  """Rewrites the JSON-lines file at `path` (atomically) without records past `step`; returns how many."""
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = f.read().splitlines()
+  kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+  if len(kept) < len(lines):
+    temporary = f"{path}.tmp{os.getpid()}"
+    with open(temporary, "w") as f:
+      f.writelines(line + "\n" for line in kept)
+    os.replace(temporary, path)
+  return len(lines) - len(kept)
+
+
 class MetricWriter:
-  def __init__(self, workdir: str):
+  """Writes metrics of a run to `metrics.jsonl` and TensorBoard, continuing the logs of a restarted run.
+
+  A run that restarts from its step-s checkpoint (s = 0: none) replays steps s+1.. exactly, so the
+  records an interrupted attempt wrote past s are dropped from `metrics.jsonl` (their replay follows)
+  and TensorBoard purges its events from step s+1; a resumed run (`resumed`) also gets a
+  `{"step": s, "resumed_from": s}` record marking the restart.
+  """
+
+  def __init__(self, workdir: str, *, start_step: int = 0, resumed: bool = False):
     self.workdir = workdir
     self.enabled = jax.process_index() == 0
     self._jsonl = None
     self._tb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 (closed in close())
-      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+      path = os.path.join(workdir, "metrics.jsonl")
+      drop_records_after(path, start_step)
+      self._jsonl = open(path, "a")  # noqa: SIM115 (closed in close())
+      logdir = os.path.join(workdir, "tensorboard")
+      restarted = os.path.isdir(logdir) and bool(os.listdir(logdir))
+      self._tb = EventFile(logdir, purge_step=start_step + 1 if restarted else None)
+      if resumed:
+        self._append({"step": start_step, "resumed_from": start_step})
+
+  def _append(self, record: dict[str, Any]) -> None:
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self.enabled:
@@ -75,10 +141,9 @@ class MetricWriter:
     for name, value in matrices.items():
       if not isinstance(value, ConfusionMatrix | Image):
         raise TypeError(f"metric {name!r} is not a scalar, ConfusionMatrix or Image: {type(value).__name__}")
-    self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
-    self._jsonl.flush()
+    self._append({"step": int(step), **values})
     for name, value in values.items():
-      self._tb.add_scalar(name, value, int(step))
+      self._tb.add(int(step), summary.scalar(name, value))
     for name, value in matrices.items():
       if isinstance(value, Image):
         self._write_image(int(step), name, value)
@@ -86,18 +151,25 @@ class MetricWriter:
         self._write_confusion(int(step), name, value)
     self._tb.flush()
 
+  def flush(self) -> None:
+    """Everything written so far is on disk (called before a checkpoint is declared saved)."""
+    if self.enabled:
+      self._jsonl.flush()
+      os.fsync(self._jsonl.fileno())
+      self._tb.flush()
+
   def _write_confusion(self, step: int, name: str, matrix: ConfusionMatrix) -> None:
     from mmlearn import report  # Imports matplotlib: only runs that draw a matrix pay for it.
 
     path = os.path.join(self.workdir, confusion_png_name(name))
     picture = report.confusion_chart(path, matrix.counts, matrix.class_names, title=f"{name}, step {step}")
-    self._tb.add_image(name, picture, step, dataformats="HWC")
+    self._tb.add(step, summary.image(name, picture, dataformats="HWC"))
 
   def _write_image(self, step: int, name: str, image: Image) -> None:
     from PIL import Image as PILImage  # Pillow comes with matplotlib; only runs that log images load it.
 
     PILImage.fromarray(np.asarray(image.pixels)).save(os.path.join(self.workdir, image_png_name(name)))
-    self._tb.add_image(name, np.asarray(image.pixels), step, dataformats="HWC")
+    self._tb.add(step, summary.image(name, np.asarray(image.pixels), dataformats="HWC"))
 
   def close(self) -> None:
     if self.enabled:

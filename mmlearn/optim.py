@@ -3,6 +3,7 @@
 import ml_collections
 import optax
 
+from mmlearn.errors import ConfigError
 from mmlearn.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
@@ -40,7 +41,7 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
       ],
       [warmup],
     )
-  raise ValueError(f"unknown learning-rate schedule {cfg.schedule!r}; known: constant, cosine")
+  raise ConfigError(f"unknown learning-rate schedule {cfg.schedule!r}; known: constant, cosine")
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:

@@ -25,6 +25,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mmlearn.errors import ConfigError
+
 AXIS = "batch"
 MODES = ("shard_map", "pmap")
 
@@ -39,7 +41,7 @@ class DataParallel:
 
   def __init__(self, mode: str = "shard_map", devices: Sequence[jax.Device] | None = None):
     if mode not in MODES:
-      raise ValueError(f"unknown parallel.mode {mode!r}; known: {', '.join(MODES)}")
+      raise ConfigError(f"unknown parallel.mode {mode!r}; known: {', '.join(MODES)}")
     self.mode = mode
     self.devices = list(jax.devices() if devices is None else devices)
     self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
@@ -54,7 +56,7 @@ class DataParallel:
   def check_batch_size(self, global_batch: int) -> int:
     """Returns the per-process batch size; the global batch must split evenly over all devices."""
     if global_batch % self.num_devices:
-      raise ValueError(f"batch size {global_batch} is not divisible by the {self.num_devices} devices")
+      raise ConfigError(f"batch size {global_batch} is not divisible by the {self.num_devices} devices")
     return global_batch // jax.process_count()
 
   def replicate(self, tree: Any) -> Any:
@@ -128,13 +130,13 @@ def initialize_distributed(
   if not auto and len(missing) == len(values):
     return False
   if not auto and missing:
-    raise ValueError(f"a multi-process run needs all three settings; missing: {', '.join(missing)}")
+    raise ConfigError(f"a multi-process run needs all three settings; missing: {', '.join(missing)}")
   if num_processes is not None and num_processes < 1:
-    raise ValueError(f"num_processes must be at least 1, got {num_processes}")
+    raise ConfigError(f"num_processes must be at least 1, got {num_processes}")
   if process_id is not None and (process_id < 0 or num_processes is not None and process_id >= num_processes):
-    raise ValueError(f"process_id must be in [0, num_processes), got {process_id} of {num_processes}")
+    raise ConfigError(f"process_id must be in [0, num_processes), got {process_id} of {num_processes}")
   if coordinator_address is not None and not coordinator_address.rpartition(":")[2].isdigit():
-    raise ValueError(f"coordinator_address must be HOST:PORT, got {coordinator_address!r}")
+    raise ConfigError(f"coordinator_address must be HOST:PORT, got {coordinator_address!r}")
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
   return True
 

@@ -3,12 +3,15 @@
 from collections.abc import Callable
 from typing import Any
 
+from mmlearn.errors import ConfigError
+
 
 class Registry:
   """A small mapping from names to classes or functions, filled by a decorator.
 
-  Lookup of an unknown name raises a `ValueError` that names the kind of component and lists the known
-  names, so a typo in a config becomes one readable line instead of a `KeyError` deep in a stack trace.
+  Lookup of an unknown name raises a `ConfigError` (a `ValueError`) that names the kind of component and
+  lists the known names, so a typo in a config becomes one readable `error:` line instead of a `KeyError`
+  deep in a stack trace. Registering a name twice is a bug in the code, a plain `ValueError`.
   """
 
   def __init__(self, kind: str):
@@ -26,7 +29,7 @@ class Registry:
 
   def get(self, name: str) -> Any:
     if name not in self._items:
-      raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items))}")
+      raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items))}")
     return self._items[name]
 
   def names(self) -> list[str]:

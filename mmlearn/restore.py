@@ -4,7 +4,6 @@ The run's own `config.json` rebuilds the dataset, the task and the parameter tem
 only `--workdir` and gets exactly the model that was trained.
 """
 
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -13,16 +12,18 @@ import ml_collections
 import numpy as np
 
 from mmlearn import data, optim, train
+from mmlearn import workdir as workdir_lib
 from mmlearn.checkpoint import Checkpointer
 from mmlearn.data import pipeline
+from mmlearn.errors import ConfigError, DataError, WorkdirError
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} is missing; is {workdir} a training run?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    raise WorkdirError(f"{path} is missing; is {workdir} a training run?")
+  saved = workdir_lib.read_config(workdir)
+  return ml_collections.ConfigDict(saved)
 
 
 def load_run(
@@ -37,11 +38,13 @@ def load_run(
     splits=("train", *splits),
   )
   task, class_counts = train.build_task(config, sources["train"], info)
-  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise WorkdirError(f"{workdir} holds no checkpoint")
+  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints, read_only=True)
   try:
     step = checkpointer.latest_step()
     if step is None:
-      raise FileNotFoundError(f"{workdir} holds no checkpoint")
+      raise WorkdirError(f"{workdir} holds no checkpoint")
     tx = optim.make_optimizer(config.optimizer, train.total_train_steps(config, int(class_counts.sum())))
     template = train.initial_state(config, task, tx, sources["train"], 1)
     state = checkpointer.restore(step, template)  # Parameters only: no training pipeline to build.
@@ -51,22 +54,22 @@ def load_run(
 
 
 def require_task(config: ml_collections.ConfigDict, task: str, workdir: str, purpose: str) -> None:
-  """A one-line ValueError when `workdir` is a run of another task than the tool needs."""
+  """A one-line ConfigError when `workdir` is a run of another task than the tool needs."""
   if config.task != task:
-    raise ValueError(f"{workdir} is a {config.task!r} run; {purpose} needs a {task!r} run")
+    raise ConfigError(f"{workdir} is a {config.task!r} run; {purpose} needs a {task!r} run")
 
 
 def text_batch(config: ml_collections.ConfigDict, text: str, *, what: str) -> dict[str, np.ndarray]:
   """`text` as a one-example batch of the run's text modality; unknown words and over-long `what`s
-  (a query, a caption) are ValueErrors, raised before anything is loaded, so a typo costs no time."""
+  (a query, a caption) are DataErrors, raised before anything is loaded, so a typo costs no time."""
   modality = pipeline.TOKEN_FEATURES["tokens"]
   if modality not in config.model.modalities:
     modalities = ", ".join(sorted(config.model.modalities))
-    raise ValueError(f"the run's modalities are {modalities}: there is no text modality for the {what}")
+    raise DataError(f"the run's modalities are {modalities}: there is no text modality for the {what}")
   ids = data.get_tokenizer(config.dataset.name).encode(text)
   max_tokens = config.dataset.max_tokens
   if not 0 < len(ids) <= max_tokens:
-    raise ValueError(f"the {what} has {len(ids)} words; the model reads 1 to {max_tokens}")
+    raise DataError(f"the {what} has {len(ids)} words; the model reads 1 to {max_tokens}")
   tokens = np.zeros((1, max_tokens), np.int32)
   tokens[0, : len(ids)] = ids
   return {modality: tokens, f"{modality}_mask": tokens != 0}

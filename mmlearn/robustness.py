@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mmlearn.data import imbalance, missing, pipeline
+from mmlearn.errors import ConfigError
 
 LEVELS = tuple(round(0.1 * i, 1) for i in range(10))
 _NOISE_STREAM = 0x6E6F
@@ -55,7 +56,7 @@ def subsample(source: Any, num_examples: int, seed: int) -> Any:
   a subset makes a comparison of several runs affordable; the same seed gives every run the same examples.
   """
   if num_examples < 0:
-    raise ValueError(f"num_examples must be >= 0, got {num_examples}")
+    raise ConfigError(f"num_examples must be >= 0, got {num_examples}")
   if not num_examples or num_examples >= len(source):
     return source
   indices = np.sort(np.random.default_rng([seed, SUBSET_STREAM]).permutation(len(source))[:num_examples])

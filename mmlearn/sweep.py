@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mmlearn import config_files
+from mmlearn.errors import ConfigError
 
 Sweep = list[dict[str, Any]]
 MAX_NAME = 120  # Characters of a variant's directory name (file systems allow 255 bytes).
@@ -28,7 +29,7 @@ def _sweeps(args: tuple) -> list[Sweep]:
     args = tuple(args[0])
   for s in args:
     if not isinstance(s, list | tuple) or not all(map(_is_override, s)):
-      raise ValueError(f"a sweep is a list of override dicts, got {s!r}")
+      raise ConfigError(f"a sweep is a list of override dicts, got {s!r}")
   return [list(s) for s in args]
 
 
@@ -40,7 +41,7 @@ def _merge(dicts: Sequence[dict[str, Any]], how: str) -> dict[str, Any]:
   merged = {}
   for d in dicts:
     if overlap := merged.keys() & d.keys():
-      raise ValueError(f"h.{how}: more than one sweep sets {sorted(overlap)}")
+      raise ConfigError(f"h.{how}: more than one sweep sets {sorted(overlap)}")
     merged.update(d)
   return merged
 
@@ -56,7 +57,7 @@ def product(*sweeps) -> Sweep:
 def zip_(*sweeps) -> Sweep:
   sweeps = _sweeps(sweeps)
   if len({len(s) for s in sweeps}) > 1:
-    raise ValueError(f"h.zip: the sweeps have different lengths {[len(s) for s in sweeps]}")
+    raise ConfigError(f"h.zip: the sweeps have different lengths {[len(s) for s in sweeps]}")
   return [_merge(ds, "zip") for ds in zip(*sweeps, strict=True)]
 
 
@@ -84,15 +85,15 @@ def variant_name(overrides: dict[str, Any]) -> str:
 def expand(module: types.ModuleType) -> dict[str, dict[str, Any]]:
   """The variants of a config module's `get_sweep`, by directory name, in the order it lists them."""
   if not callable(getattr(module, "get_sweep", None)):
-    raise ValueError(f"{module.__file__} defines no get_sweep(h) returning a list of override dicts")
+    raise ConfigError(f"{module.__file__} defines no get_sweep(h) returning a list of override dicts")
   variants = module.get_sweep(HELPERS)
   if not isinstance(variants, list | tuple) or not variants:
-    raise ValueError(f"get_sweep(h) returned {variants!r}, not a non-empty list of override dicts")
+    raise ConfigError(f"get_sweep(h) returned {variants!r}, not a non-empty list of override dicts")
   named = {}
   for overrides in _sweeps((variants,))[0]:
     name = variant_name(overrides)
     if name in named:
-      raise ValueError(f"get_sweep(h) lists the variant {name!r} twice")
+      raise ConfigError(f"get_sweep(h) lists the variant {name!r} twice")
     named[name] = overrides
   return named
 
@@ -100,7 +101,7 @@ def expand(module: types.ModuleType) -> dict[str, dict[str, Any]]:
 def parse_fixed(overrides: Sequence[str]) -> dict[str, str]:
   """`["num_epochs=1"]` -> {"num_epochs": "1"}: passed to the trainer as written, like `--config.KEY=`."""
   if bad := [o for o in overrides if "=" not in o]:
-    raise ValueError(f"an override is KEY=VALUE, got {bad[0]!r}")
+    raise ConfigError(f"an override is KEY=VALUE, got {bad[0]!r}")
   return dict(o.split("=", 1) for o in overrides)
 
 
@@ -112,12 +113,17 @@ def load(spec: str, fixed: dict[str, Any]) -> dict[str, dict[str, Any]]:
   module = config_files.load_module(config_files.split_spec(spec)[0])
   variants = expand(module)
   config = config_files.get_config(spec, module)
-  config_files.check_keys(config, fixed)
+  _check_keys(config, fixed, "")
   for name, overrides in variants.items():
     if clash := fixed.keys() & overrides.keys():
-      raise ValueError(f"--override sets {sorted(clash)}, which the sweep varies")
-    try:
-      config_files.check_keys(config, overrides)
-    except KeyError as e:
-      raise KeyError(f"{e.args[0]} in the sweep variant {name!r}") from None
+      raise ConfigError(f"--override sets {sorted(clash)}, which the sweep varies")
+    _check_keys(config, overrides, f" in the sweep variant {name!r}")
   return variants
+
+
+def _check_keys(config: Any, keys: Any, where: str) -> None:
+  """`config_files.check_keys`, its unknown key (a `KeyError`, as `--config.KEY`'s) as a `ConfigError`."""
+  try:
+    config_files.check_keys(config, keys)
+  except (KeyError, ConfigError) as e:
+    raise ConfigError(f"{e.args[0]}{where}") from None

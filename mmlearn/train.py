@@ -1,10 +1,12 @@
 """The one training loop every task plugs into: `train_and_evaluate(config, workdir)`.
 
 `train_step` is per-device code (it sees its slice of the global batch and averages with `pmean`);
-`DataParallel` maps it over all devices with `shard_map` or `pmap`. The loop restores the latest
-checkpoint if there is one, trains, logs, guards against non-finite losses, checkpoints the state
-together with the data iterator, and evaluates every configured split at the end (and, with
-`config.eval_every_steps` > 0, every that many steps: e.g. to follow a generative model's sample grids).
+`DataParallel` maps it over all devices with `shard_map` or `pmap`. The loop locks the workdir, checks
+that a resume keeps the saved config, restores (and verifies) the latest checkpoint if there is one,
+trains, logs, guards against a non-finite loss, gradient or parameter norm before every checkpoint,
+checkpoints the state together with the data iterator, and evaluates every configured split at the end
+(and, with `config.eval_every_steps` > 0, every that many steps: e.g. to follow a generative model's
+sample grids).
 
 A task's loss is `loss(params, batch, rng)`; a loss with a `step` keyword also gets the step
 (`task_loss`), for schedules inside the loss such as KL annealing.
@@ -14,7 +16,6 @@ import functools
 import inspect
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,11 +29,13 @@ import optax
 from absl import logging
 from jax import lax
 
-from mmlearn import config_checks, data, optim
+from mmlearn import config_checks, data, optim, rngs
 from mmlearn import parallel as parallel_lib
+from mmlearn import workdir as workdir_lib
 from mmlearn.checkpoint import Checkpointer
 from mmlearn.data import missing, pipeline
 from mmlearn.data.augment import Augment
+from mmlearn.errors import ConfigError, DivergedError
 from mmlearn.metric_writer import MetricWriter
 from mmlearn.tasks import TASKS
 
@@ -54,7 +57,8 @@ def task_loss(task: Any, step: jax.Array) -> Callable:
 
 def train_step(state: TrainState, batch: dict[str, Any], *, task: Any, tx: optax.GradientTransformation):
   """Per-device step: local gradient, `pmean` over devices, optax update. Returns (state, metrics)."""
-  rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(parallel_lib.AXIS))
+  local_size = jax.tree.leaves(batch)[0].shape[0]
+  rng = rngs.example_keys(jax.random.fold_in(state.rng, state.step), local_size)
   grad_fn = jax.value_and_grad(task_loss(task, state.step), has_aux=True)
   (_, metrics), grads = grad_fn(state.params, batch, rng)
   grads = lax.pmean(grads, parallel_lib.AXIS)
@@ -71,14 +75,23 @@ def total_train_steps(config: ml_collections.ConfigDict, num_train_examples: int
   return max(1, math.ceil(config.num_epochs * num_train_examples / config.batch_size))
 
 
+GUARDED_METRICS = ("loss", "grad_norm", "param_norm")
+
+
 def check_finite(history: Sequence[tuple[int, dict[str, Any]]], last_good: int | None) -> None:
-  """Raises `FloatingPointError` naming the first step whose loss was NaN or infinite."""
+  """Raises `DivergedError` naming the first step whose loss, gradient norm or parameter norm is not finite.
+
+  Checked before every checkpoint is saved, so every checkpoint on disk passed it: a diverged state
+  (a finite loss but infinite parameters, say) is never saved, and so never rotates a sane one out.
+  """
   for step, metrics in history:
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss):
-      raise FloatingPointError(
-        f"non-finite loss ({loss}) at step {step}; training stopped, last good checkpoint: step {last_good}"
-      )
+    for name in GUARDED_METRICS:
+      value = float(metrics[name])
+      if not math.isfinite(value):
+        good = "none saved" if last_good is None else f"step {last_good}"
+        raise DivergedError(
+          f"non-finite {name} ({value}) at step {step}; training stopped, last good checkpoint: {good}"
+        )
 
 
 def initial_state(
@@ -109,20 +122,38 @@ def build_task(config: ml_collections.ConfigDict, train_source: Any, info: Any) 
   return task, class_counts
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+def check_batch_size(config: ml_collections.ConfigDict, num_train_examples: int) -> None:
+  if config.batch_size > num_train_examples:
+    raise ConfigError(
+      f"batch_size {config.batch_size} is larger than the training split ({num_train_examples} examples): "
+      "every batch would repeat examples"
+    )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks: Sequence[Callable] = ()):
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  hooks: Sequence[Callable] = (),
+  allow_config_changes: bool = False,
+  fallback: bool = False,
+):
   """Trains `config` in `workdir` (resuming if it holds checkpoints) and returns the final eval metrics.
 
-  `hooks` are called as `hook(step, metrics)` after each log interval (e.g. to stop a run early).
+  Everything is validated, and a resumed state restored, before anything is written to `workdir`; the
+  workdir is locked for the whole run (see `mmlearn.workdir`). `allow_config_changes` lets a resume
+  change logging, evaluation and length keys; `fallback` resumes from the newest intact checkpoint when
+  the latest is damaged. `hooks` are called as `hook(step, metrics)` after each log interval (e.g. to
+  stop a run early).
   """
   config_checks.check(config)
-  os.makedirs(workdir, exist_ok=True)
-  save_config(config, workdir)
+  workdir_lib.prepare(workdir)
+  with workdir_lib.exclusive(workdir, enabled=jax.process_index() == 0):
+    changed = workdir_lib.check_resume(workdir, config, allow_changes=allow_config_changes)
+    return _train_and_evaluate(config, workdir, hooks=hooks, changed=changed, fallback=fallback)
+
+
+def _train_and_evaluate(config, workdir, *, hooks, changed, fallback):
   par = parallel_lib.DataParallel(config.parallel.mode)
   par.check_batch_size(config.batch_size)
   par.check_batch_size(config.eval_batch_size)
@@ -136,6 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
       splits=splits,
     )
   task, class_counts = build_task(config, sources["train"], info)
+  check_batch_size(config, int(class_counts.sum()))
   num_steps = total_train_steps(config, int(class_counts.sum()))  # An epoch of the (sub)set trained on.
   tx = optim.make_optimizer(config.optimizer, num_steps)
   absent = missing.from_config(config, sources["train"])
@@ -154,11 +186,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
   logging.info("parameters: %s", f"{num_parameters:,}")
 
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-  last_saved = checkpointer.latest_step()
+  try:
+    last_saved, state = checkpointer.restore_latest(state, train_iter, fallback=fallback)
+  except BaseException:
+    checkpointer.close()
+    raise
   if last_saved is not None:
     logging.info("resuming from the checkpoint at step %d", last_saved)
-    state = checkpointer.restore(last_saved, state, train_iter)
+  if changed:
+    logging.warning("resuming with changed config keys: %s", ", ".join(changed))
   state = par.replicate(state)
+  if jax.process_index() == 0:  # Only now: the config describes the parameters the checkpoints hold.
+    workdir_lib.write_config(workdir, config)
 
   evaluators = [
     task.evaluator(
@@ -171,7 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
     )
     for split in config.dataset.eval_splits
   ]
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, start_step=last_saved or 0, resumed=last_saved is not None)
   p_train_step = par.map(
     functools.partial(train_step, task=task, tx=tx), sharded_args=(1,), donate_argnums=(0,)
   )
@@ -194,6 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
         for hook in hooks:
           hook(step, history[-1][1])
       if at_checkpoint:
+        writer.flush()  # The logs of every step up to the checkpoint are on disk before it is.
         checkpointer.save(step, state, train_iter)
         last_saved = step
       if at_log or at_checkpoint:

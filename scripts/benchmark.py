@@ -38,6 +38,7 @@ sys.path.insert(0, REPO)
 from mmlearn import config_checks, config_files, data, optim, report, train  # noqa: E402
 from mmlearn import parallel as parallel_lib  # noqa: E402
 from mmlearn.data import pipeline  # noqa: E402
+from mmlearn.errors import ConfigError  # noqa: E402
 from mmlearn.tasks import TASKS  # noqa: E402
 
 flags.DEFINE_string("config", None, "Config file (`FILE[:ARG]`).")
@@ -111,7 +112,7 @@ class Bench:
       functools.partial(train.train_step, task=task, tx=tx), sharded_args=(1,), donate_argnums=(0,)
     )
     if not hasattr(mapped, "lower"):
-      raise ValueError(f"the benchmark compiles ahead of time: use shard_map, not {config.parallel.mode}")
+      raise ConfigError(f"the benchmark compiles ahead of time: use shard_map, not {config.parallel.mode}")
     start = time.perf_counter()
     self.step = mapped.lower(self.state, self.fixed_batch).compile()
     self.compile_s = time.perf_counter() - start

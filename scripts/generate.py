@@ -37,7 +37,7 @@ import jax  # noqa: E402
 
 from mmlearn import coherence, restore  # noqa: E402
 from mmlearn.data import pipeline  # noqa: E402
-from mmlearn.errors import USER_ERRORS, fail  # noqa: E402
+from mmlearn.errors import USER_ERRORS, ConfigError, fail  # noqa: E402
 from mmlearn.tasks.generation import to_uint8  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A finished (or checkpointed) mvae run.")
@@ -102,7 +102,9 @@ def generate(workdir: str, output: str) -> None:
   temperature = config.mvae.temperature if FLAGS.temperature is None else FLAGS.temperature
   sources, info, task, params = restore.load_run(config, workdir, (FLAGS.split,))
   if FLAGS.target not in task.array_modalities:
-    raise ValueError(f"--target={FLAGS.target}: the run decodes arrays of {', '.join(task.array_modalities)}")
+    raise ConfigError(
+      f"--target={FLAGS.target}: the run decodes arrays of {', '.join(task.array_modalities)}"
+    )
   if caption_batch is not None:
     samples = draw(
       task, params, caption_batch, TEXT_MODALITY, FLAGS.target, FLAGS.num, temperature, FLAGS.seed
@@ -111,12 +113,12 @@ def generate(workdir: str, output: str) -> None:
   else:
     condition = FLAGS.condition or next((m for m in task.modalities if m != FLAGS.target), None)
     if condition not in task.modalities or condition == FLAGS.target:
-      raise ValueError(
+      raise ConfigError(
         f"--condition={condition}: the run's other modalities are {', '.join(task.modalities)}"
       )
     source = sources[FLAGS.split]
     if not 0 <= FLAGS.index < len(source):
-      raise ValueError(f"--index={FLAGS.index} is outside {FLAGS.split} (0 to {len(source) - 1})")
+      raise ConfigError(f"--index={FLAGS.index} is outside {FLAGS.split} (0 to {len(source) - 1})")
     example = pipeline.normalise_batch(
       pipeline.stack_examples([pipeline.DecodeExample(config.dataset.max_tokens).map(source[FLAGS.index])])
     )
@@ -135,9 +137,9 @@ def load_judge(judge_workdir: str, dataset: str, split: str):
   """(judge_fn(images) -> logits, the judge's config): an image-only classification run of `dataset`."""
   config = restore.read_config(judge_workdir)
   if config.task != "classification" or set(config.model.modalities) != {"image"}:
-    raise ValueError(f"the judge {judge_workdir} must be an image-only classification run")
+    raise ConfigError(f"the judge {judge_workdir} must be an image-only classification run")
   if config.dataset.name != dataset:
-    raise ValueError(f"the judge was trained on {config.dataset.name!r}, the generator on {dataset!r}")
+    raise ConfigError(f"the judge was trained on {config.dataset.name!r}, the generator on {dataset!r}")
   _, _, task, params = restore.load_run(config, judge_workdir, (split,))
   return jax.jit(lambda images: task.logits(params, {"image": images}, train=False)), config
 
@@ -147,7 +149,7 @@ def measure_coherence(workdir: str, judge_workdir: str, split: str, seed: int) -
   judge_fn, judge_config = load_judge(judge_workdir, config.dataset.name, split)
   sources, _, task, params = restore.load_run(config, workdir, (split,))
   if "image" not in task.array_modalities:
-    raise ValueError("coherence judges generated images; the run has no image decoder")
+    raise ConfigError("coherence judges generated images; the run has no image decoder")
   temperature = config.mvae.temperature if FLAGS.temperature is None else FLAGS.temperature
   # The image itself too: its reconstruction from its own posterior is the reference for the others.
   conditions = [m for m in task.modalities if m != "image"] + ["image"]

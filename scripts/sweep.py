@@ -19,6 +19,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mmlearn import launcher, report, sweep  # noqa: E402
+from mmlearn.errors import USER_ERRORS, fail  # noqa: E402
 
 flags.DEFINE_string("config", None, "Config file defining get_config and get_sweep, optionally FILE:ARG.")
 flags.DEFINE_string("workdir", None, "Root directory: one sub-directory per variant, plus the summary.")
@@ -76,9 +77,8 @@ def main(argv):
   try:
     fixed = sweep.parse_fixed(FLAGS.override)
     variants = sweep.load(FLAGS.config, fixed)
-  except (ValueError, KeyError, TypeError, OSError) as e:
-    print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-    sys.exit(1)
+  except USER_ERRORS as e:
+    fail(e)
   if FLAGS.dry_run:
     for name, overrides in variants.items():
       workdir = os.path.join(os.path.abspath(FLAGS.workdir), name)

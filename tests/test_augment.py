@@ -9,6 +9,7 @@ from configs import default
 from mmlearn import config_checks, data
 from mmlearn.data import augment as A
 from mmlearn.data import pipeline
+from mmlearn.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AVMNIST_RAW = os.environ.get("MMLEARN_AVMNIST_DIR") or os.path.join(REPO, "..", "shared", "data", "avmnist")
@@ -121,9 +122,9 @@ def test_bad_strengths_fail_with_one_line():
     ({"image_rotate_degrees": 200.0}, "image_rotate_degrees"),
     ({"text_token_dropout": 1.0}, "text_token_dropout"),
   ]:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
       A.Augment(**kwargs)
-  with pytest.raises(ValueError, match="smaller than the image"):
+  with pytest.raises(ConfigError, match="smaller than the image"):
     A.random_crop(images(), 9, np.random.default_rng(0))
 
 

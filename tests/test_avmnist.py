@@ -1,14 +1,22 @@
-"""avmnist from the real raw files: the tiny build, PCA, spectrograms, pairing, noise, raw-file errors."""
+"""avmnist from the real raw files: the tiny build, PCA, spectrograms, pairing, noise, raw-file errors.
+
+The determinism tests compare bytes exactly: the builder rounds float64 values to uint8, and a value
+within a kernel's rounding error of a boundary (x.5) would make the bytes depend on the batch size, the
+row position or the CPU. An independent algorithm agreeing byte for byte shows no value is that close.
+"""
 
 import gzip
 import os
+import re
 import shutil
+import wave
 
 import numpy as np
 import pytest
 
 from mmlearn import data
 from mmlearn.data import avmnist as A
+from mmlearn.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAW_DIR = os.environ.get(A.MANUAL_DIR_ENV) or os.path.join(REPO, "..", "shared", "data", "avmnist")
@@ -32,6 +40,11 @@ def prep(raw):
 @pytest.fixture(scope="module")
 def tiny(raw, prep):
   return {split: A.generate_split(raw, prep, split, num_examples=n) for split, n in TINY.items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_clean_test(raw, prep):
+  return A.generate_split(raw, prep, "test", num_examples=TINY["test"], snr_db=None)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +92,73 @@ def test_generation_is_deterministic_and_tiny_is_a_prefix_of_full(raw, prep, tin
   assert other_seed["recording"] != tiny["test"]["recording"][:64]
 
 
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 1024])
+def test_bytes_do_not_depend_on_the_chunk_size_or_row_position(raw, prep, tiny, tiny_clean_test, chunk_size):
+  # Each chunk size puts every example at another row of the PCA product and the FFT batch (the fixtures
+  # use one chunk). At most 40 chunks: tiny products are slow where BLAS threads compete for the cores.
+  n = min(TINY["test"], 40 * chunk_size)
+  for snr_db, expected in ((A.DEFAULT_SNR_DB, tiny["test"]), (None, tiny_clean_test)):
+    got = A.generate_split(raw, prep, "test", num_examples=n, snr_db=snr_db, chunk_size=chunk_size)
+    for key in ("image", "audio", "label"):
+      np.testing.assert_array_equal(got[key], expected[key][:n])
+    assert got["recording"] == expected["recording"][:n]
+  n = min(TINY["validation"] - 3, 40 * chunk_size)  # A prefix that ends in a short chunk.
+  prefix = A.generate_split(raw, prep, "validation", num_examples=n, chunk_size=chunk_size)
+  for key in ("image", "audio"):
+    np.testing.assert_array_equal(prefix[key], tiny["validation"][key][:n])
+
+
+def dft_db(waves: np.ndarray) -> np.ndarray:
+  """float64 dB spectrograms [B, bins, frames] by the DFT's definition as BLAS products, not an FFT."""
+  frames = np.lib.stride_tricks.sliding_window_view(waves.astype(np.float64), A.N_FFT, axis=-1)[:, :: A.HOP]
+  frames = frames.reshape(-1, A.N_FFT)  # One 2-D product per part: a stacked 3-D one is much slower.
+  n = np.arange(A.N_FFT)
+  window = 0.5 - 0.5 * np.cos(2 * np.pi * n / A.N_FFT)
+  angle = 2 * np.pi * np.outer(n, np.arange(A.N_FFT // 2 + 1)) / A.N_FFT
+  real, imaginary = (frames @ (window[:, None] * f(angle)) for f in (np.cos, np.sin))
+  power = (real**2 + imaginary**2).reshape(len(waves), -1, A.N_FFT // 2 + 1)
+  return 10 * np.log10(np.maximum(power, 10 ** (A.POWER_FLOOR_DB / 10))).transpose(0, 2, 1)
+
+
+def rounding_disagreement(a: np.ndarray, b: np.ndarray) -> float:
+  """Sum of |a - b| over values not clipped to 0 or 255: the expected number of bytes rounded apart."""
+  inside = (a > -0.5) & (a < 255.5)
+  return float(np.abs(a - b)[inside].sum())
+
+
+def test_stored_spectrograms_match_an_independent_float64_dft(raw, prep, tiny, tiny_clean_test):
+  builds = [(split, A.DEFAULT_SNR_DB, examples) for split, examples in tiny.items()]
+  builds.append(("test", None, tiny_clean_test))
+  disagreement = 0.0
+  for split, snr_db, examples in builds:
+    for start in range(0, len(examples["label"]), 160):
+      rows = np.arange(start, min(start + 160, len(examples["label"])))
+      recording = np.array([raw.recordings.index(examples["recording"][i]) for i in rows])
+      waves = raw.waves[recording]
+      if snr_db is not None:
+        waves = A.add_noise(waves, A.signal_power(waves, raw.lengths[recording]), snr_db, 0, split, rows)
+      levels = prep.scale.levels(dft_db(waves))
+      np.testing.assert_array_equal(
+        np.clip(np.rint(levels), 0, 255).astype(np.uint8), examples["audio"][rows, ..., 0]
+      )
+      disagreement += rounding_disagreement(levels, prep.scale.levels(A.log_power_spectrogram(waves)))
+  # Far below one byte (a float32 DFT makes it tens): another CPU's kernels will store the same bytes.
+  assert disagreement < 1e-3, disagreement
+
+
+def test_stored_images_match_an_independent_projection(raw, prep, tiny):
+  projection = prep.pca.components @ prep.pca.components.T  # Another product, so other rounding.
+  disagreement = 0.0
+  for split, examples in tiny.items():
+    images = A.split_images(raw, split)[0][: TINY[split]]
+    levels = (images.reshape(len(images), -1) - prep.pca.mean) @ projection + prep.pca.mean
+    np.testing.assert_array_equal(
+      np.clip(np.rint(levels), 0, 255).astype(np.uint8), examples["image"].reshape(len(images), -1)
+    )
+    disagreement += rounding_disagreement(levels, prep.pca.rebuild(images))
+  assert disagreement < 1e-3, disagreement
+
+
 def test_labels_come_from_mnist_and_images_are_degraded_copies(raw, prep, tiny):
   np.testing.assert_array_equal(tiny["validation"]["label"], raw.train_labels[A.NUM_TRAIN :][:160])
   np.testing.assert_array_equal(tiny["test"]["label"], raw.test_labels[:320])
@@ -118,6 +198,18 @@ def test_preprocessing_is_fitted_on_the_training_pool_only(raw, monkeypatch):
   np.testing.assert_array_equal(seen["waves"], raw.waves[train_takes])
 
 
+@pytest.mark.parametrize("chunk", [7, 4096])
+def test_pixel_covariance_is_exact_whatever_the_chunking(monkeypatch, chunk):
+  monkeypatch.setattr(A, "_PCA_CHUNK", chunk)
+  images = np.random.default_rng(0).integers(0, 256, (300, 28, 28), dtype=np.uint8)
+  images[:50] = 255  # The largest products and sums.
+  x = images.reshape(300, -1).astype(np.int64)
+  total = x.sum(0)
+  mean, covariance = A.pixel_covariance(images)
+  np.testing.assert_array_equal(mean, total / 300)
+  np.testing.assert_array_equal(covariance, (300 * (x.T @ x) - np.outer(total, total)) / 300**2)
+
+
 def test_pca_depends_on_its_training_images():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (500, 28, 28), dtype=np.uint8)
@@ -138,16 +230,14 @@ def test_spectrograms_span_the_uint8_range(tiny):
   assert audio.reshape(640, -1).std(1).min() > 5  # Every spectrogram has structure, none is flat.
 
 
-def test_spectrogram_is_the_windowed_rfft():
+def test_spectrogram_is_the_windowed_dft():
   rng = np.random.default_rng(0)
   waves = rng.standard_normal((2, A.NUM_SAMPLES)).astype(np.float32) * 0.1
-  frames = np.lib.stride_tricks.sliding_window_view(waves.astype(np.float64), A.N_FFT, axis=-1)[:, :: A.HOP]
-  power = np.abs(np.fft.rfft(frames * A.WINDOW, axis=-1)) ** 2
-  expected = 10 * np.log10(power).transpose(0, 2, 1)
+  waves[1, 4000:] = 0  # Silence: clamped to the floor.
   got = A.log_power_spectrogram(waves)
-  assert got.shape == (2, 112, 112)
-  np.testing.assert_allclose(got, expected, atol=0.3)  # A float32 DFT; one uint8 step is 80 / 255 dB.
-  assert np.abs(got - expected).mean() < 0.01
+  assert got.shape == (2, 112, 112) and got.dtype == np.float64
+  np.testing.assert_allclose(got, dft_db(waves), rtol=0, atol=1e-6)  # One uint8 step is 0.31 dB.
+  np.testing.assert_allclose(got[1, :, -50:], A.POWER_FLOOR_DB, rtol=0, atol=1e-9)
 
 
 def test_test_recordings_are_never_heard_in_training(raw):
@@ -185,9 +275,9 @@ def test_noise_is_seeded_per_example_at_the_configured_snr(raw):
   np.testing.assert_allclose(10 * np.log10(power / noise_power), -6.0, atol=0.3)
 
 
-def test_a_reused_recording_gets_fresh_noise_and_clean_has_none(raw, prep, tiny):
+def test_a_reused_recording_gets_fresh_noise_and_clean_has_none(raw, prep, tiny, tiny_clean_test):
   noisy = tiny["test"]  # 320 examples from 30 recordings per digit: every recording is reused.
-  clean = A.generate_split(raw, prep, "test", num_examples=TINY["test"], snr_db=None)
+  clean = tiny_clean_test
   assert clean["recording"] == noisy["recording"]
   assert np.isinf(clean["snr_db"]).all() and (noisy["snr_db"] == np.float32(A.DEFAULT_SNR_DB)).all()
   first = {}
@@ -241,7 +331,7 @@ def test_missing_raw_file_is_named(tmp_path):
 def test_corrupt_idx_file_is_named(tmp_path, content):
   raw_dir = copy_of_raw(tmp_path, skip="train-images-idx3-ubyte.gz")
   (tmp_path / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(content)
-  with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz: not a valid idx file"):
+  with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: not a valid idx file"):
     A.read_raw(*A.manual_paths(raw_dir))
 
 
@@ -253,8 +343,31 @@ def test_bad_wav_and_missing_recordings_are_named(tmp_path):
   os.makedirs(recordings)
   shutil.copy(os.path.join(RAW_DIR, "fsdd", "recordings", "0_george_5.wav"), recordings)
   (recordings / "3_theo_7.wav").write_bytes(b"RIFF....WAVEjunk")
-  with pytest.raises(ValueError, match="3_theo_7.wav: not a valid wav file"):
+  with pytest.raises(DataError, match="3_theo_7.wav: not a valid wav file"):
     A.read_raw(mnist, str(recordings))
   os.remove(recordings / "3_theo_7.wav")
-  with pytest.raises(ValueError, match="no train recordings"):
+  with pytest.raises(DataError, match="no train recordings"):
     A.read_raw(mnist, str(recordings))
+
+
+@pytest.mark.parametrize("cut", [100, 101])  # An even and an odd number of bytes.
+def test_truncated_wav_is_named(tmp_path, cut):
+  source = os.path.join(RAW_DIR, "fsdd", "recordings", "0_george_5.wav")
+  with wave.open(source, "rb") as w:
+    frames = w.getnframes()
+  with open(source, "rb") as f:
+    content = f.read()
+  assert len(content) > 2 * frames > cut  # A header, then the samples.
+  path = tmp_path / "0_george_5.wav"
+  path.write_bytes(content[:-cut])
+  message = f"{path}: truncated wav file (header says {frames} frames, found {(2 * frames - cut) // 2})"
+  with pytest.raises(DataError, match=re.escape(message)):
+    A.read_wav(str(path))
+
+
+def test_bad_split_names_and_sizes_are_data_errors(raw, prep):
+  with pytest.raises(DataError, match="unknown avmnist split 'dev'"):
+    A.generate_split(raw, prep, "dev")
+  for size in (0, 10_001):
+    with pytest.raises(DataError, match=f"avmnist test has 10000 examples, asked for {size}"):
+      A.generate_split(raw, prep, "test", num_examples=size)

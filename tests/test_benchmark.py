@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import run_python
+from mmlearn.errors import ConfigError
 from mmlearn.models.encoders import ImageCNN, PatchConv, max_pool_2x2
 
 FAKE_KERAS = """import argparse
@@ -113,7 +114,7 @@ def test_patch_conv_equals_nn_conv_outputs_and_gradients(kernel_size, padding, s
 
 
 def test_patch_conv_rejects_unknown_padding():
-  with pytest.raises(ValueError, match="padding"):
+  with pytest.raises(ConfigError, match="padding"):
     PatchConv(2, padding="CIRCULAR").init(jax.random.PRNGKey(0), jnp.ones((1, 4, 4, 1)))
 
 
@@ -143,5 +144,5 @@ def test_image_cnn_conv_implementations_agree(pool, padding, flat):
 
 
 def test_image_cnn_rejects_an_unknown_conv():
-  with pytest.raises(ValueError, match="conv must be one of"):
+  with pytest.raises(ConfigError, match="conv must be one of"):
     ImageCNN(widths=(2,), conv="winograd").init(jax.random.PRNGKey(0), jnp.ones((1, 4, 4, 3)))

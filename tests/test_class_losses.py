@@ -9,6 +9,7 @@ import pytest
 from configs import default
 from mmlearn import class_losses
 from mmlearn.class_losses import CLASS_LOSSES
+from mmlearn.errors import ConfigError
 
 COUNTS = np.array([50, 5, 0, 20, 1])  # Class 2 is absent from the "training split".
 
@@ -123,7 +124,7 @@ def test_losses_that_need_counts_say_so(name):
 
 
 def test_unknown_loss_names_itself_and_the_known_ones():
-  with pytest.raises(ValueError, match="unknown classification loss 'focla'") as error:
+  with pytest.raises(ConfigError, match="unknown classification loss 'focla'") as error:
     class_losses.build(loss_config("focla"), COUNTS)
   for name in CLASS_LOSSES.names():
     assert name in str(error.value)

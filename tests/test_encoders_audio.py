@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mmlearn.errors import ConfigError
 from mmlearn.models.classifier import Classifier
 from mmlearn.models.encoders import ENCODERS, LeNet, SpectrogramLSTM
 
@@ -37,7 +38,7 @@ def test_lenet_output_width_matches_multibench(shape, num_layers, width):
 
 
 def test_lenet_rejects_inputs_too_small_to_pool():
-  with pytest.raises(ValueError, match="too small to pool"):
+  with pytest.raises(ConfigError, match="too small to pool"):
     init_apply(LeNet(num_layers=5), jnp.zeros((1, 28, 28, 1)))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from mmlearn.errors import ConfigError
 from mmlearn.models.classifier import Classifier, build_classifier
 from mmlearn.models.encoders import ImageCNN, TextLSTM
 from mmlearn.models.fusion import FUSIONS, outputs_logits
@@ -209,7 +210,7 @@ def test_multiplicative_fusion_with_one_modality_is_a_dense_layer():
 
 
 def test_attention_fusion_rejects_indivisible_heads():
-  with pytest.raises(ValueError, match="dim=5 is not divisible by num_heads=2"):
+  with pytest.raises(ConfigError, match="dim=5 is not divisible by num_heads=2"):
     FUSIONS.get("attention")(dim=5, num_heads=2).init(jax.random.key(0), features((2, 3)))
 
 
@@ -285,7 +286,7 @@ def test_unknown_fusion_argument_names_the_fusion(fusion):
   model = Classifier(
     modalities=TWO_MODALITIES, fusion=fusion, fusion_kwargs={"bogus": 1}, num_classes=NUM_CLASSES
   )
-  with pytest.raises(TypeError, match=rf"fusion '{fusion}' got unknown argument\(s\) 'bogus'"):
+  with pytest.raises(ConfigError, match=rf"fusion '{fusion}' got unknown argument\(s\) 'bogus'"):
     jax.eval_shape(model.init, jax.random.key(0), image_text_batch())
 
 
@@ -293,7 +294,7 @@ def test_late_fusion_takes_num_classes_and_head_hidden_from_the_classifier_only(
   model = Classifier(
     modalities=TWO_MODALITIES, fusion="late", fusion_kwargs={"num_classes": 3}, num_classes=NUM_CLASSES
   )
-  with pytest.raises(TypeError, match="fusion 'late' takes 'num_classes' from the classifier"):
+  with pytest.raises(ConfigError, match="fusion 'late' takes 'num_classes' from the classifier"):
     jax.eval_shape(model.init, jax.random.key(0), image_text_batch())
 
 
@@ -313,5 +314,5 @@ def test_build_classifier_with_late_fusion():
   params = jax.eval_shape(model.init, jax.random.key(0), image_text_batch())["params"]
   assert params["fusion"]["head1"]["hidden0"]["kernel"].shape == (5, 9)
   config.fusion_kwargs.head_hidden = [2]
-  with pytest.raises(TypeError, match="fusion 'late' takes 'head_hidden' from the classifier"):
+  with pytest.raises(ConfigError, match="fusion 'late' takes 'head_hidden' from the classifier"):
     build_classifier(config, num_classes=NUM_CLASSES, vocab_size=VOCAB)

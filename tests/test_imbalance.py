@@ -5,6 +5,7 @@ import pytest
 
 from mmlearn import data
 from mmlearn.data import imbalance, pipeline
+from mmlearn.errors import ConfigError
 
 NUM_CLASSES = 16  # mmshapes; its tiny train split holds 32 examples of each class.
 
@@ -153,5 +154,5 @@ def test_class_balanced_processes_draw_different_examples(sources):
   ],
 )
 def test_bad_options_fail_with_one_line(sources, kwargs, message):
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(ConfigError, match=message):
     pipeline.train_iterator(sources["train"], batch_size=8, seed=0, max_tokens=16, **kwargs)

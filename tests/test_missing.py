@@ -8,6 +8,7 @@ from test_fusion import FUSION_KWARGS, classifier, features, image_text_batch, r
 from configs import default
 from mmlearn import config_checks
 from mmlearn.data import missing
+from mmlearn.errors import ConfigError
 from mmlearn.models.fusion import FUSIONS
 
 POOLING = ("sum", "late", "gated", "attention")
@@ -167,9 +168,9 @@ def test_mean_imputation_fills_the_training_mean():
 
 def test_imputation_errors_name_the_problem():
   present = np.ones((3, 1), bool)
-  with pytest.raises(ValueError, match="unknown imputation 'median'"):
+  with pytest.raises(ConfigError, match="unknown imputation 'median'"):
     missing.impute(batch_of_three(), present, ("audio",), imputation="median")
-  with pytest.raises(ValueError, match="mean imputation needs array inputs; text"):
+  with pytest.raises(ConfigError, match="mean imputation needs array inputs; text"):
     missing.check_imputable(("audio", "text"), "mean")
 
 
@@ -224,7 +225,7 @@ def test_generative_imputation_fills_absent_inputs_from_the_generator():
   assert (out["audio"][1] == 7.0).all()
   np.testing.assert_array_equal(out["audio"][[0, 2]], batch["audio"][[0, 2]])
   assert "audio_present" not in out  # A generated input counts as present.
-  with pytest.raises(ValueError, match="generative_workdir"):
+  with pytest.raises(ConfigError, match="generative_workdir"):
     missing.impute(batch, present, ("audio",), imputation="generative")
 
 

@@ -8,6 +8,7 @@ from scipy import stats
 
 from mmlearn import data
 from mmlearn.data import mmshapes, text
+from mmlearn.errors import ConfigError, DataError
 
 N = 1024  # A multiple of mmshapes.BALANCE_UNIT: 16 examples per (label, grayscale, shape_mentioned) cell.
 TOKENIZER = mmshapes.TOKENIZER
@@ -46,9 +47,9 @@ def test_splits_get_different_seeds():
 
 @pytest.mark.parametrize("size", [0, 100, 1000])
 def test_unbalanceable_sizes_are_rejected(size):
-  with pytest.raises(ValueError, match=f"{size} must be a positive multiple of 64"):
+  with pytest.raises(ConfigError, match=f"{size} must be a positive multiple of 64"):
     mmshapes.generate_split(size, 0)
-  with pytest.raises(ValueError, match="config 'odd', validation"):
+  with pytest.raises(ConfigError, match="config 'odd', validation"):
     mmshapes.MmshapesConfig(name="odd", validation_size=size)
 
 
@@ -255,7 +256,7 @@ def test_tokenizer_round_trip_ignores_case_punctuation_and_padding():
 
 
 def test_unknown_word_is_a_clear_error():
-  with pytest.raises(ValueError, match=r"unknown word 'xyz' in 'a red xyz'; the vocabulary has \d+ words"):
+  with pytest.raises(DataError, match=r"unknown word 'xyz' in 'a red xyz'; the vocabulary has \d+ words"):
     TOKENIZER.encode("a red xyz")
 
 
@@ -346,16 +347,16 @@ def test_data_dir_comes_from_argument_then_environment(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize(
-  "kwargs, message",
+  "kwargs, error, message",
   [
-    ({"name": "nope"}, "unknown dataset 'nope'; known: avmnist, mmshapes"),
-    ({"name": "mmshapes", "config": "huge"}, "unknown config 'huge'"),
-    ({"name": "mmshapes", "splits": ("dev",)}, "unknown split 'dev'"),
+    ({"name": "nope"}, ConfigError, "unknown dataset 'nope'; known: avmnist, mmshapes"),
+    ({"name": "mmshapes", "config": "huge"}, ConfigError, "unknown config 'huge'"),
+    ({"name": "mmshapes", "splits": ("dev",)}, DataError, "unknown split 'dev'"),
   ],
 )
-def test_unknown_names_are_clear_errors(prepared, kwargs, message):
+def test_unknown_names_are_clear_errors(prepared, kwargs, error, message):
   directory, _, _ = prepared
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(error, match=message):
     data.load_sources(**{"config": "tiny", "data_dir": directory, **kwargs})
 
 
@@ -396,19 +397,25 @@ def overwrite_json(path):
 
 
 @pytest.mark.parametrize(
-  "filename, damage, message",
+  "filename, damage, error_type, message",
   [
-    ("mmshapes-train.array_record-00000-of-00001", os.remove, "is missing"),
-    ("mmshapes-train.array_record-00000-of-00001", truncate, "holds 0 records, expected 512|cannot be read"),
-    ("mmshapes-test.array_record-00000-of-00001", scramble, "cannot be read"),
-    ("dataset_info.json", overwrite_json, "is not valid JSON"),
-    ("features.json", os.remove, "is missing"),
+    ("mmshapes-train.array_record-00000-of-00001", os.remove, FileNotFoundError, "is missing"),
+    (
+      "mmshapes-train.array_record-00000-of-00001",
+      truncate,
+      DataError,
+      "holds 0 records, expected 512|cannot be read",
+    ),
+    ("mmshapes-test.array_record-00000-of-00001", scramble, DataError, "cannot be read"),
+    ("dataset_info.json", overwrite_json, DataError, "is not valid JSON"),
+    ("features.json", os.remove, FileNotFoundError, "is missing"),
   ],
 )
-def test_damaged_files_are_named(tmp_path, filename, damage, message):
+def test_damaged_files_are_named(tmp_path, filename, damage, error_type, message):
+  """A deleted file is an OSError, a damaged one a DataError: both one `error:` line at the command line."""
   data.load_sources("mmshapes", config="tiny", data_dir=str(tmp_path))
   path = tmp_path / "mmshapes" / "tiny" / "1.0.0" / filename
   damage(path)
-  with pytest.raises(OSError, match=message) as error:
+  with pytest.raises(error_type, match=message) as error:
     data.load_sources("mmshapes", config="tiny", data_dir=str(tmp_path))
   assert str(path) in str(error.value)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from mmlearn.errors import ConfigError
 from mmlearn.models.classifier import Classifier, build_classifier
 from mmlearn.models.encoders import ENCODERS, ImageCNN, TextLSTM
 from mmlearn.models.fusion import FUSIONS, ConcatFusion, SumFusion
@@ -238,9 +239,9 @@ def test_classifier_passes_the_text_mask_to_the_encoder():
 def test_unknown_fusion_and_encoder_names():
   batch = image_text_batch()
   known = "attention, concat, gated, late, low_rank_tensor, multiplicative, sum, tensor"
-  with pytest.raises(ValueError, match=f"unknown fusion 'nope'; known: {known}"):
+  with pytest.raises(ConfigError, match=f"unknown fusion 'nope'; known: {known}"):
     Classifier(modalities=TWO_MODALITIES, fusion="nope", num_classes=4).init(jax.random.key(0), batch)
-  with pytest.raises(ValueError, match="unknown encoder 'vit'"):
+  with pytest.raises(ConfigError, match="unknown encoder 'vit'"):
     Classifier(modalities={"image": {"encoder": "vit"}}, num_classes=4).init(jax.random.key(0), batch)
 
 
@@ -248,22 +249,22 @@ def test_unknown_encoder_and_fusion_arguments_are_named():
   batch = image_text_batch()
   bad_encoder = {"image": {"encoder": "cnn", "widhts": (4,)}}
   with pytest.raises(
-    TypeError, match=r"encoder 'cnn' of modality 'image' got unknown argument\(s\) 'widhts'"
+    ConfigError, match=r"encoder 'cnn' of modality 'image' got unknown argument\(s\) 'widhts'"
   ):
     Classifier(modalities=bad_encoder, num_classes=4).init(jax.random.key(0), batch)
-  with pytest.raises(TypeError, match=r"fusion 'sum' got unknown argument\(s\) 'width'"):
+  with pytest.raises(ConfigError, match=r"fusion 'sum' got unknown argument\(s\) 'width'"):
     Classifier(modalities=TWO_MODALITIES, fusion="sum", fusion_kwargs={"width": 3}, num_classes=4).init(
       jax.random.key(0), batch
     )
   no_vocab = {"text": {"encoder": "lstm"}}
-  with pytest.raises(TypeError, match="encoder 'lstm' of modality 'text' is missing .*'vocab_size'"):
+  with pytest.raises(ConfigError, match="encoder 'lstm' of modality 'text' is missing .*'vocab_size'"):
     Classifier(modalities=no_vocab, num_classes=4).init(jax.random.key(0), batch)
 
 
 def test_missing_modality_in_batch_is_named():
   batch = image_text_batch()
   del batch["image"]
-  with pytest.raises(KeyError, match="modality 'image'"):
+  with pytest.raises(ConfigError, match="batch has no input for modality 'image'"):
     Classifier(modalities=TWO_MODALITIES, num_classes=4).init(jax.random.key(0), batch)
 
 
@@ -300,20 +301,22 @@ def test_build_classifier_keeps_a_configured_vocab_size():
 
 
 def test_build_classifier_errors():
-  with pytest.raises(ValueError, match="modality 'text' needs a vocab_size"):
+  with pytest.raises(ConfigError, match="modality 'text' needs a vocab_size"):
     build_classifier(model_config(), num_classes=4, vocab_size=None)
   image_only = model_config()
   del image_only.modalities["text"]
   assert "vocab_size" not in build_classifier(image_only, num_classes=4, vocab_size=None).modalities["image"]
   config = model_config()
   config.fusion = "nope"
-  with pytest.raises(ValueError, match="unknown fusion 'nope'"):
+  with pytest.raises(ConfigError, match="unknown fusion 'nope'"):
     build_classifier(config, num_classes=4, vocab_size=VOCAB)
   config = model_config()
   config.modalities.text.encoder = "transformer"
-  with pytest.raises(ValueError, match="unknown encoder 'transformer'"):
+  with pytest.raises(ConfigError, match="unknown encoder 'transformer'"):
     build_classifier(config, num_classes=4, vocab_size=VOCAB)
   config = model_config()
   config.modalities.image.depth = 3
-  with pytest.raises(TypeError, match=r"encoder 'cnn' of modality 'image' got unknown argument\(s\) 'depth'"):
+  with pytest.raises(
+    ConfigError, match=r"encoder 'cnn' of modality 'image' got unknown argument\(s\) 'depth'"
+  ):
     build_classifier(config, num_classes=4, vocab_size=VOCAB)

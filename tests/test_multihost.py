@@ -9,6 +9,7 @@ import pytest
 
 from conftest import run_python
 from mmlearn import parallel, train
+from mmlearn.errors import ConfigError
 
 
 def free_address() -> str:
@@ -64,9 +65,9 @@ def test_main_in_two_processes_logs_once_and_resumes(tiny_config, data_dir, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from the checkpoint at step 4" in result.stderr
   lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [line["step"] for line in lines] == [2, 4, 4, 4]
-  assert lines[-1]["test/loss"] == pytest.approx(lines[-2]["test/loss"], abs=1e-6)
-  assert lines[-1]["validation/accuracy"] == lines[-2]["validation/accuracy"]
+  assert [line["step"] for line in lines] == [2, 4, 4, 4, 4] and lines[3] == {"step": 4, "resumed_from": 4}
+  assert lines[-1]["test/loss"] == pytest.approx(lines[2]["test/loss"], abs=1e-6)
+  assert lines[-1]["validation/accuracy"] == lines[2]["validation/accuracy"]
 
   tiny_config.num_train_steps = 4  # One process cannot take over the iterator states of two.
   with pytest.raises(ValueError, match="written by 2 processes and this run has 1; resume it with 2"):
@@ -97,7 +98,7 @@ def test_inconsistent_process_settings_give_one_error_line(tmp_path, args, env, 
 
 def test_no_process_settings_means_a_single_process_run():
   assert parallel.initialize_distributed() is False
-  with pytest.raises(ValueError, match=r"missing: --process_id \(\$MMLEARN_PROCESS_ID\)"):
+  with pytest.raises(ConfigError, match=r"missing: --process_id \(\$MMLEARN_PROCESS_ID\)"):
     parallel.initialize_distributed("127.0.0.1:1234", 2)
-  with pytest.raises(ValueError, match="must be HOST:PORT"):
+  with pytest.raises(ConfigError, match="must be HOST:PORT"):
     parallel.initialize_distributed("127.0.0.1", 2, 0)

@@ -7,6 +7,7 @@ import pytest
 
 from configs import default
 from mmlearn import optim
+from mmlearn.errors import ConfigError
 
 
 def optimizer_config(**overrides):
@@ -62,7 +63,7 @@ def test_every_optimizer_moves_against_the_gradient(name):
 
 
 def test_unknown_names_are_errors():
-  with pytest.raises(ValueError, match="unknown optimizer 'rmsprop9'"):
+  with pytest.raises(ConfigError, match="unknown optimizer 'rmsprop9'"):
     optim.make_optimizer(optimizer_config(name="rmsprop9"), 10)
-  with pytest.raises(ValueError, match="unknown learning-rate schedule 'linear9'"):
+  with pytest.raises(ConfigError, match="unknown learning-rate schedule 'linear9'"):
     optim.make_schedule(optimizer_config(schedule="linear9"), 10)

@@ -12,6 +12,7 @@ from conftest import run_python, run_steps
 from mmlearn import config_checks, data, optim, train
 from mmlearn import parallel as parallel_lib
 from mmlearn.data import mmshapes, pipeline
+from mmlearn.errors import ConfigError
 from mmlearn.models.dual_encoder import DualEncoder
 from mmlearn.tasks import TASKS
 
@@ -128,15 +129,15 @@ def test_task_and_config_errors_are_named(retrieval_data):
   directory, _, info = retrieval_data
   config = tiny_config(directory)
   config.model.modalities.audio = {"encoder": "cnn"}
-  with pytest.raises(ValueError, match="exactly two modalities"):
+  with pytest.raises(ConfigError, match="exactly two modalities"):
     TASKS.get("retrieval")(config, info=info, vocab_size=60)
   config = tiny_config(directory)
   config.retrieval.relevance = ("shape", "mood")
-  with pytest.raises(ValueError, match=r"feature\(s\) \['mood'\] the dataset lacks"):
+  with pytest.raises(ConfigError, match=r"feature\(s\) \['mood'\] the dataset lacks"):
     TASKS.get("retrieval")(config, info=info, vocab_size=60)
   config = tiny_config(directory)
   config.retrieval.loss = "triplet9"
-  with pytest.raises(ValueError, match="unknown contrastive loss 'triplet9'"):
+  with pytest.raises(ConfigError, match="unknown contrastive loss 'triplet9'"):
     config_checks.check(config)
 
 
@@ -210,7 +211,7 @@ def test_retrieve_rejects_unknown_words_and_runs_without_checkpoints(trained_run
   workdir, _ = trained_run
   result = retrieve(workdir, "--query=a purple circle")
   assert result.returncode == 1
-  assert "error: ValueError: unknown word 'purple'" in result.stderr and "Traceback" not in result.stderr
+  assert "error: DataError: unknown word 'purple'" in result.stderr and "Traceback" not in result.stderr
   (tmp_path / "config.json").write_text((workdir / "config.json").read_text())
   result = retrieve(tmp_path, "--query=a red circle")
   assert result.returncode == 1

@@ -8,6 +8,7 @@ import pytest
 from conftest import run_python
 from mmlearn import robustness, train
 from mmlearn.data import missing
+from mmlearn.errors import ConfigError
 
 
 def test_area_is_the_mean_of_the_curve():
@@ -39,7 +40,7 @@ def test_subsample_is_seeded_sorted_and_the_whole_split_for_0():
   assert [other[i] for i in range(10)] != picked
   assert robustness.subsample(source, 0, seed=3) is source
   assert robustness.subsample(source, 1000, seed=3) is source
-  with pytest.raises(ValueError, match="num_examples must be >= 0"):
+  with pytest.raises(ConfigError, match="num_examples must be >= 0"):
     robustness.subsample(source, -1, seed=3)
 
 

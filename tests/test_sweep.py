@@ -12,6 +12,7 @@ import pytest
 
 from conftest import REPO, run_python
 from mmlearn import config_files, launcher, sweep
+from mmlearn.errors import ConfigError
 
 H = sweep.HELPERS
 LR = H.sweep("optimizer.learning_rate", [0.1, 0.3])
@@ -40,11 +41,11 @@ def test_zip_pairs_and_chain_concatenates():
 
 
 def test_zip_of_different_lengths_and_overlapping_keys_are_errors():
-  with pytest.raises(ValueError, match=r"h\.zip: the sweeps have different lengths \[2, 3\]"):
+  with pytest.raises(ConfigError, match=r"h\.zip: the sweeps have different lengths \[2, 3\]"):
     H.zip(LR, H.sweep("seed", [0, 1, 2]))
-  with pytest.raises(ValueError, match=r"h\.product: more than one sweep sets \['seed'\]"):
+  with pytest.raises(ConfigError, match=r"h\.product: more than one sweep sets \['seed'\]"):
     H.product(SEED, SEED)
-  with pytest.raises(ValueError, match="a sweep is a list of override dicts"):
+  with pytest.raises(ConfigError, match="a sweep is a list of override dicts"):
     H.chain(LR, [0.1])
 
 
@@ -71,10 +72,21 @@ def test_expand_names_variants_and_rejects_bad_sweeps():
     (lambda h: [], "not a non-empty list"),
     (lambda h: [{1: 2}], "a sweep is a list of override dicts"),
   ]:
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ConfigError, match=re.escape(message)):
       sweep.expand(types.SimpleNamespace(__file__="x.py", get_sweep=get_sweep))
-  with pytest.raises(ValueError, match="defines no get_sweep"):
+  with pytest.raises(ConfigError, match="defines no get_sweep"):
     sweep.expand(types.SimpleNamespace(__file__="x.py"))
+
+
+def test_load_reports_unknown_keys_as_config_errors(tmp_path):
+  """config_files reports an unknown key as a KeyError (as `--config.KEY` does); a sweep says ConfigError."""
+  typo = "from configs.tiny import get_config\n\ndef get_sweep(h):\n  return h.sweep('optimizer.lr', [0.1])\n"
+  (tmp_path / "typo.py").write_text(typo)
+  message = "unknown config key 'optimizer.lr' in the sweep variant 'optimizer.lr=0.1'"
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    sweep.load(str(tmp_path / "typo.py"), {})
+  with pytest.raises(ConfigError, match="unknown config key 'optimizr.x'"):
+    sweep.load(os.path.join(REPO, "configs/sweeps/mmshapes_lr.py"), {"optimizr.x": "1"})
 
 
 def test_the_projects_sweep_configs_expand_as_their_docstrings_say():
@@ -96,7 +108,10 @@ def test_the_projects_sweep_configs_expand_as_their_docstrings_say():
 
 
 def test_error_line_prefers_the_trainers_error_line():
-  assert launcher.error_line("I0 log\nerror: ValueError: bad\nI1 more\n", 1) == "error: ValueError: bad"
+  assert launcher.error_line("I0 log\nerror: ConfigError: bad\nI1 more\n", 1) == "error: ConfigError: bad"
+  # Any type name: the project's errors and OSErrors are both reported as one `error:` line.
+  for line in ("error: DataError: bad", "error: FileNotFoundError: 'x': No such file or directory"):
+    assert launcher.error_line(f"I0 log\n{line}\n", 1) == line
   assert launcher.error_line("Traceback...\nRuntimeError: boom\n", 1) == "RuntimeError: boom"
   assert launcher.error_line("", -9) == "exit status -9"
 
@@ -109,7 +124,7 @@ workdir = args["workdir"]
 with open(os.path.join(workdir, "calls"), "a") as f:
   f.write("call\\n")
 if args.get("config.model.fusion") == "nope":
-  sys.exit(print("I0 some log line\\nerror: ValueError: unknown fusion 'nope'", file=sys.stderr) or 1)
+  sys.exit(print("I0 some log line\\nerror: ConfigError: unknown fusion 'nope'", file=sys.stderr) or 1)
 with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
   f.write(json.dumps({"step": 2, "train/loss": 1.0}) + "\\n")
   f.write(json.dumps({"step": 2, "test/accuracy": float(args["config.optimizer.learning_rate"])}) + "\\n")
@@ -133,7 +148,7 @@ def test_launcher_skips_finished_resumes_cut_off_and_records_failures(tmp_path):
   records = run()
   assert [r["status"] for r in records] == ["done", "done", "failed"]
   assert records[0]["metrics"]["test/accuracy"] == 0.1 and records[1]["metrics"]["test/accuracy"] == 0.3
-  assert records[2]["error"] == "error: ValueError: unknown fusion 'nope'"
+  assert records[2]["error"] == "error: ConfigError: unknown fusion 'nope'"
   assert json.loads((root / good / "done.json").read_text())["metrics"]["test/accuracy"] == 0.1
   assert not (root / bad / "done.json").exists()
 
@@ -191,7 +206,8 @@ def test_sweep_end_to_end_with_a_failing_variant_then_skip_and_resume(data_dir, 
   assert float(rows[good]["test/accuracy"]) == final["test/accuracy"] and final["step"] == 4
   config = json.loads((root / good / "config.json").read_text())
   assert config["optimizer"]["learning_rate"] == 0.05 and config["model"]["fusion"] == "sum"
-  assert "failed: ValueError: unknown fusion 'nope'" in (root / "summary.md").read_text()
+  assert "failed: ConfigError: unknown fusion 'nope'" in (root / "summary.md").read_text()
+  assert "Traceback" not in (root / bad / "log.txt").read_text()  # A config mistake is one line, not a bug.
   assert (root / "summary.png").stat().st_size > 0
 
   # Cut `other` off after its step-2 checkpoint; the rerun skips `good` and resumes `other` from step 2.
@@ -200,11 +216,9 @@ def test_sweep_end_to_end_with_a_failing_variant_then_skip_and_resume(data_dir, 
   before = {v: (root / v / "metrics.jsonl").read_text() for v in (good, other)}
   assert sweep_script(tmp_path, f"{tmp_path}/tiny_sweep.py:sum", data_dir=data_dir).returncode == 1
   assert (root / good / "metrics.jsonl").read_text() == before[good]
-  added = [
-    json.loads(line)
-    for line in (root / other / "metrics.jsonl").read_text()[len(before[other]) :].splitlines()
-  ]
-  assert [line["step"] for line in added] == [4, 4]  # One train line from step 3-4, then the evaluation.
+  lines = [json.loads(line) for line in (root / other / "metrics.jsonl").read_text().splitlines()]
+  # The records past step 2 are replaced: the restart marker, one train line (steps 3-4), the evaluation.
+  assert [line["step"] for line in lines] == [2, 2, 4, 4] and lines[1] == {"step": 2, "resumed_from": 2}
   assert (root / other / "done.json").exists()
 
 
@@ -240,4 +254,5 @@ def test_bad_input_gives_one_error_line_and_exit_1(tmp_path, config, flags, mess
   assert result.returncode == 1
   [line] = result.stderr.strip().splitlines()
   assert line.startswith("error: ") and message in line
+  assert "Traceback" not in result.stderr
   assert not os.path.exists(tmp_path / "root")

@@ -19,6 +19,7 @@ from mmlearn.data import avmnist, mmshapes  # noqa: F401  (register "avmnist", "
 from mmlearn.data.imbalance import class_counts  # noqa: F401  (the training set's class prior)
 from mmlearn.data.registry import DATASETS
 from mmlearn.data.text import WordTokenizer
+from mmlearn.errors import ConfigError, DataError
 
 DATA_DIR_ENV = "MMLEARN_DATA_DIR"
 _VERIFY_CHUNK = 4096  # Records read at once when checking a shard.
@@ -76,7 +77,7 @@ def load_sources(
   for split in splits:
     base = split.split("[")[0]
     if base not in builder.info.splits:
-      raise ValueError(f"unknown split {split!r} of {name!r}; known: {', '.join(builder.info.splits)}")
+      raise DataError(f"unknown split {split!r} of {name!r}; known: {', '.join(builder.info.splits)}")
     _check_shards(builder, base)
     sources[split] = builder.as_data_source(split)
   return sources, builder.info
@@ -91,15 +92,23 @@ def _prepared_dir(builder_cls: type, config: str | None, data_dir: str) -> str:
   if config is None:
     config = builder_cls.DEFAULT_BUILDER_CONFIG_NAME or builder_cls.BUILDER_CONFIGS[0].name
   if config not in configs:
-    raise ValueError(
+    raise ConfigError(
       f"unknown config {config!r} of dataset {builder_cls.name!r}; known: {', '.join(configs)}"
     )
   return os.path.join(data_dir, builder_cls.name, config, str(builder_cls.VERSION))
 
 
-def _damaged(path: str, problem: str) -> OSError:
+def _damaged(path: str, problem: str) -> DataError:
+  """A prepared file whose content is wrong (truncated, corrupt, not JSON)."""
   directory = os.path.dirname(path)
-  return OSError(f"prepared dataset file {path} {problem}; delete {directory} to generate it again")
+  return DataError(f"prepared dataset file {path} {problem}; delete {directory} to generate it again")
+
+
+def _missing(path: str) -> FileNotFoundError:
+  """A prepared file deleted afterwards: an `OSError`, as any other missing file."""
+  return FileNotFoundError(
+    f"prepared dataset file {path} is missing; delete {os.path.dirname(path)} to generate it again"
+  )
 
 
 def _check_metadata(directory: str) -> None:
@@ -108,7 +117,7 @@ def _check_metadata(directory: str) -> None:
   for filename in ("dataset_info.json", "features.json"):
     path = os.path.join(directory, filename)
     if not os.path.isfile(path):
-      raise _damaged(path, "is missing")
+      raise _missing(path)
     try:
       with open(path) as f:
         json.load(f)
@@ -127,7 +136,7 @@ def _check_shards(builder: tfds.core.DatasetBuilder, split: str) -> None:
   for filename, expected in zip(info.filenames, info.shard_lengths, strict=True):
     path = os.path.join(builder.data_dir, filename)
     if not os.path.isfile(path):
-      raise _damaged(path, "is missing")
+      raise _missing(path)
     try:
       reader = array_record_module.ArrayRecordReader(path, "readahead_buffer_size:0")
       try:

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mmlearn.data.text import PAD_ID
+from mmlearn.errors import ConfigError
 
 FILL = -1.0  # Scaled value of uint8 0: black image pixel, silent spectrogram bin.
 
@@ -50,11 +51,11 @@ class Augment:
   def __post_init__(self):
     for name in ("image_crop_pad", "audio_time_mask", "audio_freq_mask"):
       if getattr(self, name) < 0:
-        raise ValueError(f"augment.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        raise ConfigError(f"augment.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
     if not 0 <= self.image_rotate_degrees <= 180:
-      raise ValueError(f"augment.image_rotate_degrees must be in [0, 180], got {self.image_rotate_degrees}")
+      raise ConfigError(f"augment.image_rotate_degrees must be in [0, 180], got {self.image_rotate_degrees}")
     if not 0 <= self.text_token_dropout < 1:
-      raise ValueError(f"augment.text_token_dropout must be in [0, 1), got {self.text_token_dropout}")
+      raise ConfigError(f"augment.text_token_dropout must be in [0, 1), got {self.text_token_dropout}")
 
   @classmethod
   def from_config(cls, config: Any) -> "Augment":
@@ -115,7 +116,7 @@ def random_crop(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.nd
   """[B, H, W, C]: a random crop of each image reflect-padded by `pad` pixels, back to H x W."""
   b, h, w = images.shape[:3]
   if pad >= min(h, w):
-    raise ValueError(f"augment.image_crop_pad {pad} must be smaller than the image ({h}x{w})")
+    raise ConfigError(f"augment.image_crop_pad {pad} must be smaller than the image ({h}x{w})")
   dy, dx = rng.integers(-pad, pad + 1, size=(2, b))
   rows = reflect(np.arange(h) + dy[:, None], h)[:, :, None]
   cols = reflect(np.arange(w) + dx[:, None], w)[:, None, :]

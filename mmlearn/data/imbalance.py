@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from mmlearn.errors import ConfigError, DataError
+
 SAMPLERS = ("uniform", "class_balanced")
 _SAMPLER_STREAM = 0x5A3  # Separates the sampler's random stream from others drawn from the same seed.
 _READ_CHUNK = 4096  # Records read at once.
@@ -28,11 +30,11 @@ _labels_cache: dict[int, tuple[weakref.ref, np.ndarray]] = {}
 
 
 def check(ratio: float, sampler: str) -> None:
-  """One-line ValueErrors for impossible settings (config_checks and the pipeline both call this)."""
+  """`ConfigError`s for impossible settings (config_checks and the pipeline both call this)."""
   if not ratio >= 1:
-    raise ValueError(f"dataset.imbalance_ratio must be >= 1 (1 = off), got {ratio}")
+    raise ConfigError(f"dataset.imbalance_ratio must be >= 1 (1 = off), got {ratio}")
   if sampler not in SAMPLERS:
-    raise ValueError(f"unknown dataset.sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
+    raise ConfigError(f"unknown dataset.sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
 
 
 def long_tail_counts(counts: np.ndarray, ratio: float) -> np.ndarray:
@@ -104,7 +106,7 @@ def _read_tfds_labels(source: Any) -> np.ndarray:
     ]
   # The label's stored int64 is its decoded value for ClassLabel; check once rather than trust it blindly.
   if labels[0] != int(source[0]["label"]):
-    raise ValueError(f"the stored labels of {source!r} do not decode to themselves; cannot read them raw")
+    raise DataError(f"the stored labels of {source!r} do not decode to themselves; cannot read them raw")
   return labels
 
 
@@ -163,7 +165,7 @@ class ClassBalancedSampler:
     self.order = np.argsort(labels, kind="stable")  # Example indices grouped by class.
     classes, self.starts, self.sizes = np.unique(labels[self.order], return_index=True, return_counts=True)
     if not len(classes):
-      raise ValueError("class-balanced sampling needs at least one example")
+      raise DataError("class-balanced sampling needs at least one example")
     self.batch_size, self.seed, self.stream = batch_size, seed % 2**32, stream
 
   def __call__(self, k: int) -> np.ndarray:

@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mmlearn.data import pipeline
+from mmlearn.errors import ConfigError
 
 IMPUTATIONS = ("zero", "mean", "learned", "generative")
 # Sample of training examples the `mean` imputation averages: a per-position mean of 4,096 examples is
@@ -116,10 +117,10 @@ def impute(
   seed is drawn from `rng`.
   """
   if imputation not in IMPUTATIONS:
-    raise ValueError(f"unknown imputation {imputation!r}; known: {', '.join(IMPUTATIONS)}")
+    raise ConfigError(f"unknown imputation {imputation!r}; known: {', '.join(IMPUTATIONS)}")
   if imputation == "generative":
     if generate is None:
-      raise ValueError("generative imputation needs a trained MVAE run (missing.generative_workdir)")
+      raise ConfigError("generative imputation needs a trained MVAE run (missing.generative_workdir)")
     seed = int((rng or np.random.default_rng(0)).integers(2**31))
     filled = generate(batch, {m: present[:, j] for j, m in enumerate(modalities)}, seed)
     # A generated input stands in for the real one, so the fusion counts it as present.
@@ -148,7 +149,7 @@ def check_imputable(modalities: Sequence[str], imputation: str) -> None:
   """`mean` needs an array input: a mean of token ids is not a sentence."""
   tokens = sorted(set(modalities) & set(pipeline.TOKEN_FEATURES.values()))
   if imputation == "mean" and tokens:
-    raise ValueError(f"mean imputation needs array inputs; {', '.join(tokens)} is a token sequence")
+    raise ConfigError(f"mean imputation needs array inputs; {', '.join(tokens)} is a token sequence")
 
 
 def input_means(gather, num_examples: int, modalities: Sequence[str], *, seed: int) -> dict[str, np.ndarray]:
@@ -256,13 +257,13 @@ def load_generator(workdir: str | None, modalities: Sequence[str], temperature: 
   from mmlearn import restore
 
   if not workdir:
-    raise ValueError("missing.imputation='generative' needs missing.generative_workdir (a trained mvae run)")
+    raise ConfigError("missing.imputation='generative' needs missing.generative_workdir (a trained mvae run)")
   config = restore.read_config(workdir)
   if config.task != "mvae":
-    raise ValueError(f"missing.generative_workdir {workdir} is a {config.task!r} run, not an 'mvae' run")
+    raise ConfigError(f"missing.generative_workdir {workdir} is a {config.task!r} run, not an 'mvae' run")
   lacking = sorted(set(modalities) - set(config.model.modalities))
   if lacking:
-    raise ValueError(f"the MVAE run {workdir} does not model modality(ies) {', '.join(lacking)}")
+    raise ConfigError(f"the MVAE run {workdir} does not model modality(ies) {', '.join(lacking)}")
   _, _, task, params = restore.load_run(config, workdir, ())
   fill = jax.jit(
     lambda batch, present, key, targets: task.impute(params, batch, present, key, temperature, targets),

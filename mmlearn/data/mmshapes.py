@@ -38,6 +38,7 @@ import tensorflow_datasets as tfds
 from mmlearn.data.info import local_dataset_info
 from mmlearn.data.registry import DATASETS
 from mmlearn.data.text import PAD, WordTokenizer
+from mmlearn.errors import ConfigError
 
 # ---- Attributes and classes ----
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -125,7 +126,7 @@ TOKENIZER = WordTokenizer(VOCABULARY)
 
 def check_split_size(num_examples: int) -> None:
   if num_examples <= 0 or num_examples % BALANCE_UNIT:
-    raise ValueError(
+    raise ConfigError(
       f"mmshapes split size {num_examples} must be a positive multiple of {BALANCE_UNIT} "
       f"({NUM_CLASSES} labels x 4 grayscale/shape_mentioned combinations) to stay balanced"
     )
@@ -295,8 +296,8 @@ class MmshapesConfig(tfds.core.BuilderConfig):
     for split, size in self.split_sizes().items():
       try:
         check_split_size(size)
-      except ValueError as e:
-        raise ValueError(f"config {self.name!r}, {split}: {e}") from None
+      except ConfigError as e:
+        raise ConfigError(f"config {self.name!r}, {split}: {e}") from None
 
   def split_sizes(self) -> dict[str, int]:
     return {"train": self.train_size, "validation": self.validation_size, "test": self.test_size}

@@ -28,6 +28,7 @@ import numpy as np
 
 from mmlearn.data import imbalance
 from mmlearn.data.augment import Augment  # noqa: F401  (re-exported: `pipeline.Augment`)
+from mmlearn.errors import ConfigError
 
 # Features the pipeline turns into model inputs; everything else (attributes, captions) is dropped.
 TOKEN_FEATURES = {"tokens": "text"}  # feature name -> modality name (padded, with a `<modality>_mask`).
@@ -157,7 +158,7 @@ def train_iterator(
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
   if batch_size % count:
-    raise ValueError(f"batch size {batch_size} is not divisible by the {count} processes")
+    raise ConfigError(f"batch size {batch_size} is not divisible by the {count} processes")
   subset = imbalance.training_indices(source, imbalance_ratio, imbalance_seed)
   # Subsetted before sharding, so the processes share out the same subset.
   train_set = source if len(subset) == len(source) else imbalance.Subset(source, subset)

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from mmlearn.errors import DataError
+
 PAD = "<pad>"
 PAD_ID = 0  # Padding is id 0 so zero-filled arrays are padded arrays; decoding drops it.
 
@@ -48,11 +50,11 @@ class WordTokenizer:
     return _WORD.findall(text.lower())
 
   def encode(self, text: str) -> np.ndarray:
-    """Word ids of `text` as int32; raises `ValueError` naming the first word not in the vocabulary."""
+    """Word ids of `text` as int32; raises `DataError` naming the first word not in the vocabulary."""
     ids = []
     for word in self.words(text):
       if word not in self._ids:
-        raise ValueError(f"unknown word {word!r} in {text!r}; the vocabulary has {self.vocab_size} words")
+        raise DataError(f"unknown word {word!r} in {text!r}; the vocabulary has {self.vocab_size} words")
       ids.append(self._ids[word])
     return np.asarray(ids, np.int32)
 
@@ -61,7 +63,7 @@ class WordTokenizer:
     words = []
     for i in np.asarray(ids).reshape(-1).tolist():
       if not 0 <= i < self.vocab_size:
-        raise ValueError(f"token id {i} is outside the vocabulary of {self.vocab_size} words")
+        raise DataError(f"token id {i} is outside the vocabulary of {self.vocab_size} words")
       if i != PAD_ID:
         words.append(self._vocab[i])
     return " ".join(words)

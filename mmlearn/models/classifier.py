@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax.core import FrozenDict
 
+from mmlearn.errors import ConfigError
 from mmlearn.models.encoders import ENCODERS
 from mmlearn.models.fusion import FUSIONS, outputs_logits
 
@@ -43,7 +44,7 @@ def module_arguments(module_class: type[nn.Module]) -> tuple[set[str], set[str]]
 
 
 def check_arguments(module_class: type[nn.Module], kwargs: Mapping[str, Any], what: str) -> None:
-  """Raises a TypeError naming `what` (e.g. "encoder 'lstm' of modality 'text'") and the bad keys.
+  """Raises a `ConfigError` naming `what` (e.g. "encoder 'lstm' of modality 'text'") and the bad keys.
 
   Without this a typo in a config surfaces as a bare dataclass `__init__` error that names neither
   the modality nor the registry name the user wrote.
@@ -51,18 +52,18 @@ def check_arguments(module_class: type[nn.Module], kwargs: Mapping[str, Any], wh
   accepted, required = module_arguments(module_class)
   unknown = sorted(set(kwargs) - accepted)
   if unknown:
-    raise TypeError(
+    raise ConfigError(
       f"{what} got unknown argument(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(accepted))}"
     )
   missing = sorted(required - set(kwargs))
   if missing:
-    raise TypeError(f"{what} is missing required argument(s) {', '.join(map(repr, missing))}")
+    raise ConfigError(f"{what} is missing required argument(s) {', '.join(map(repr, missing))}")
 
 
 def split_encoder_config(modality: str, config: Mapping[str, Any]) -> tuple[type[nn.Module], dict[str, Any]]:
   """Splits `{"encoder": name, **kwargs}` into the registered encoder class and its checked kwargs."""
   if "encoder" not in config:
-    raise ValueError(f"modality {modality!r} names no 'encoder' (known: {', '.join(ENCODERS.names())})")
+    raise ConfigError(f"modality {modality!r} names no 'encoder' (known: {', '.join(ENCODERS.names())})")
   kwargs = {key: value for key, value in config.items() if key != "encoder"}
   encoder_class = ENCODERS.get(config["encoder"])
   check_arguments(encoder_class, kwargs, f"encoder {config['encoder']!r} of modality {modality!r}")
@@ -83,7 +84,7 @@ def resolve_fusion(
   if outputs_logits(fusion_class):
     clashes = sorted({"num_classes", "head_hidden"} & set(kwargs))
     if clashes:
-      raise TypeError(
+      raise ConfigError(
         f"fusion {fusion!r} takes {', '.join(map(repr, clashes))} from the classifier; "
         "set them on the model, not in fusion_kwargs"
       )
@@ -136,12 +137,12 @@ class Classifier(nn.Module):
   def __call__(self, batch: Mapping[str, jnp.ndarray], *, train: bool = False) -> jnp.ndarray:
     """Maps a batch with one input per configured modality to logits [B, num_classes]."""
     if not self.modalities:
-      raise ValueError("Classifier has no modalities configured")
+      raise ConfigError("Classifier has no modalities configured")
     features, present = [], []
     for modality in sorted(self.modalities):
       encoder_class, kwargs = split_encoder_config(modality, self.modalities[modality])
       if modality not in batch:
-        raise KeyError(f"batch has no input for modality {modality!r}; batch keys: {sorted(batch)}")
+        raise ConfigError(f"batch has no input for modality {modality!r}; batch keys: {sorted(batch)}")
       encoder = encoder_class(**kwargs, name=f"{modality}_encoder")
       encoded = encoder(batch[modality], batch.get(f"{modality}_mask"), train=train)
       is_present = batch.get(f"{modality}_present", jnp.ones(encoded.shape[0], bool))
@@ -177,7 +178,7 @@ def resolve_modalities(modalities_config: Any, vocab_size: int | None) -> dict[s
       accepted, _ = module_arguments(ENCODERS.get(encoder_config["encoder"]))
       if "vocab_size" in accepted:
         if vocab_size is None:
-          raise ValueError(
+          raise ConfigError(
             f"encoder {encoder_config['encoder']!r} of modality {modality!r} needs a vocab_size, "
             "but the dataset provides none and the config sets none"
           )
@@ -185,7 +186,7 @@ def resolve_modalities(modalities_config: Any, vocab_size: int | None) -> dict[s
     split_encoder_config(modality, encoder_config)
     modalities[modality] = encoder_config
   if not modalities:
-    raise ValueError("model config has no modalities configured")
+    raise ConfigError("model config has no modalities configured")
   return modalities
 
 

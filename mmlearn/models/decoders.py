@@ -4,7 +4,8 @@ Every decoder owns its likelihood, so a generative task treats all modalities al
   - `log_likelihood(z, x, mask=None) -> [B]`: log p(x | z) of each example in nats, summed over its
     elements (pixels, or real tokens plus the end of the sequence);
   - `generate(z, rng, temperature) -> (x, mask)`: one sample per row of z in the pipeline's input format
-    (`mask` is the token mask of a sequence, None for arrays).
+    (`mask` is the token mask of a sequence, None for arrays). `rng` is one key, or one key per row of z
+    (`mmlearn.rngs`), so that a row's sample depends on its own key only.
 
 Likelihoods are probabilities of the data as stored, never densities, so log p(x | z) <= 0 and an ELBO is
 a bound on a log-probability: comparable across models, and a loss (-ELBO) is never negative.
@@ -25,6 +26,8 @@ import jax.numpy as jnp
 import optax
 from jax.scipy.special import log_ndtr
 
+from mmlearn import rngs
+from mmlearn.errors import ConfigError
 from mmlearn.registry import Registry
 
 DECODERS = Registry("decoder")
@@ -99,12 +102,12 @@ class DeconvDecoder(nn.Module):
     height, width, channels = self.shape
     scale = 2 ** len(self.widths)
     if not self.widths or height % scale or width % scale:
-      raise ValueError(
+      raise ConfigError(
         f"deconv decoder: {height}x{width} outputs are not divisible by 2 ** {len(self.widths)} "
         f"(one doubling per width in {tuple(self.widths)})"
       )
     if self.std <= 0:
-      raise ValueError(f"deconv decoder: std must be positive, got {self.std}")
+      raise ConfigError(f"deconv decoder: std must be positive, got {self.std}")
     self.start = (height // scale, width // scale, self.widths[0])
     self.project = nn.Dense(math.prod(self.start))
     self.upsample = [
@@ -211,7 +214,10 @@ class LSTMDecoder(nn.Module):
     return jnp.where(scored, log_p, 0.0).sum(-1)
 
   def generate(self, z: jax.Array, rng: jax.Array, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
-    """(tokens [B, max_tokens] int32, mask [B, max_tokens] bool); temperature 0 decodes greedily."""
+    """(tokens [B, max_tokens] int32, mask [B, max_tokens] bool); temperature 0 decodes greedily.
+
+    `rng`: one key, or one per row of z (row i's tokens drawn from key i alone).
+    """
     carry = self._start(z)
     token = jnp.full((z.shape[0],), PAD_ID, jnp.int32)
     alive = jnp.ones((z.shape[0],), bool)
@@ -219,7 +225,7 @@ class LSTMDecoder(nn.Module):
     for t in range(self.max_tokens):
       carry, logits = self.steps(carry, token[:, None], z)
       logits = logits[:, 0]
-      sampled = jax.random.categorical(jax.random.fold_in(rng, t), logits / jnp.maximum(temperature, 1e-6))
+      sampled = rngs.categorical(rngs.fold_in(rng, t), logits / jnp.maximum(temperature, 1e-6))
       token = jnp.where(temperature > 0, sampled, logits.argmax(-1)).astype(jnp.int32)
       token = jnp.where(alive, token, PAD_ID)
       alive = alive & (token != PAD_ID)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmlearn.errors import ConfigError
 from mmlearn.registry import Registry
 
 ENCODERS = Registry("encoder")
@@ -64,7 +65,7 @@ class PatchConv(nn.Module):
     if self.padding == "SAME":  # As lax's SAME at stride 1: the odd pixel of an even kernel goes after.
       x = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
     elif self.padding != "VALID":
-      raise ValueError(f"PatchConv padding must be 'SAME' or 'VALID', got {self.padding!r}")
+      raise ConfigError(f"PatchConv padding must be 'SAME' or 'VALID', got {self.padding!r}")
     h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
     # Patch channel order (i, j, c) is the row-major order of the kernel's leading axes.
     patches = jnp.concatenate([x[:, i : i + h, j : j + w] for i in range(kh) for j in range(kw)], axis=-1)
@@ -102,11 +103,11 @@ class ImageCNN(nn.Module):
     """Encodes float images [B, H, W, C] into features [B, dense]; `mask` and `train` are unused."""
     del mask, train
     if self.conv not in CONV_IMPLS:
-      raise ValueError(f"ImageCNN conv must be one of {', '.join(CONV_IMPLS)}, got {self.conv!r}")
+      raise ConfigError(f"ImageCNN conv must be one of {', '.join(CONV_IMPLS)}, got {self.conv!r}")
     x = jnp.asarray(x, jnp.float32)
     for i, width in enumerate(self.widths):
       if self.pool and min(x.shape[1:3]) < 2:
-        raise ValueError(
+        raise ConfigError(
           f"ImageCNN with {len(self.widths)} pooling blocks: block {i} gets a {x.shape[1]}x"
           f"{x.shape[2]} feature map, too small to pool; use fewer widths"
         )
@@ -237,7 +238,7 @@ class LeNet(nn.Module):
       x = x - x.mean(axis=(1, 2, 3), keepdims=True)
     for i in range(self.num_layers + 1):
       if min(x.shape[1:3]) < 2:
-        raise ValueError(
+        raise ConfigError(
           f"LeNet with {self.num_layers + 1} pooling blocks: block {i} gets a {x.shape[1]}x{x.shape[2]} "
           "feature map, too small to pool; use fewer num_layers"
         )

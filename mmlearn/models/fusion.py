@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmlearn.errors import ConfigError
 from mmlearn.registry import Registry
 
 FUSIONS = Registry("fusion")
@@ -204,7 +205,7 @@ class AttentionFusion(nn.Module):
     check_features(features)
     weights = presence(present, features)
     if self.dim % self.num_heads:
-      raise ValueError(f"attention fusion: dim={self.dim} is not divisible by num_heads={self.num_heads}")
+      raise ConfigError(f"attention fusion: dim={self.dim} is not divisible by num_heads={self.num_heads}")
     tokens = jnp.stack([nn.Dense(self.dim, name=f"project{i}")(f) for i, f in enumerate(features)], axis=1)
     modality_embedding = self.param(
       "modality_embedding", nn.initializers.normal(0.02), (len(features), self.dim)

@@ -25,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmlearn import rngs
+from mmlearn.errors import ConfigError
 from mmlearn.models.classifier import check_arguments, freeze_config, module_arguments, split_encoder_config
 from mmlearn.models.decoders import DECODERS
 
@@ -51,8 +53,11 @@ def gaussian_kl(mu: jax.Array, logvar: jax.Array) -> jax.Array:
 
 
 def reparameterize(rng: jax.Array, mu: jax.Array, logvar: jax.Array, temperature: float = 1.0) -> jax.Array:
-  """z = mu + temperature * std * eps, eps ~ N(0, I) from `rng`; temperature scales the spread only."""
-  eps = jax.random.normal(rng, mu.shape, mu.dtype)
+  """z = mu + temperature * std * eps, eps ~ N(0, I); temperature scales the spread only.
+
+  `rng` is one key for every row, or one key per row of mu (`mmlearn.rngs`: row i's eps from key i).
+  """
+  eps = rngs.normal(rng, mu.shape, mu.dtype)
   return mu + temperature * jnp.exp(0.5 * logvar) * eps
 
 
@@ -82,19 +87,19 @@ def resolve_decoders(
   resolved = {}
   for modality in sorted(modalities):
     if modality not in configs:
-      raise ValueError(
+      raise ConfigError(
         f"config.mvae.decoders has no decoder for modality {modality!r} (has: {', '.join(sorted(configs))})"
       )
     config = dict(configs[modality])
     if "decoder" not in config:
-      raise ValueError(
+      raise ConfigError(
         f"config.mvae.decoders.{modality} names no 'decoder' (known: {', '.join(DECODERS.names())})"
       )
     decoder_class = DECODERS.get(config.pop("decoder"))
     accepted, _ = module_arguments(decoder_class)
     if "vocab_size" in accepted and config.get("vocab_size") is None:
       if vocab_size is None:
-        raise ValueError(f"the decoder of modality {modality!r} needs a vocab_size; the dataset has none")
+        raise ConfigError(f"the decoder of modality {modality!r} needs a vocab_size; the dataset has none")
       config["vocab_size"] = vocab_size
     if "max_tokens" in accepted and config.get("max_tokens") is None:
       config["max_tokens"] = max_tokens

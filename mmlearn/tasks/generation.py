@@ -31,6 +31,12 @@ log p(x), in nats per example: likelihoods are probabilities of the stored data,
 subset `<subset>/elbo`, `<subset>/kl`, `<subset>/recon_<m>` (subsets `joint`, `from_<m>`); `kl` includes
 the private latents' KLs, also reported alone as `<subset>/kl_private_<m>`.
 
+Randomness (every z and w_m sample, every sampled token) is drawn per example: `rng` is either one key
+per example ([B] keys from `mmlearn.rngs`; the trainer and the evaluator pass keys folded with each
+example's index in the global batch, so the loss, its gradient and the evaluation ELBO do not depend on
+how many devices share the batch), or a single key for the whole batch (tools: `scripts/generate.py`,
+imputation in the data pipeline), drawn as `jax.random` would.
+
 `GenerationEvaluator` sums those over a split with fixed RNG keys, then yields sample grids as
 `metric_writer.Image`s, `<split>/samples/<c>_to_<t>`: for the first `mvae.grid_conditions` examples of
 the split, the real x_t, then `mvae.grid_samples` samples of x_t given x_c alone, for every array target t.
@@ -47,7 +53,9 @@ import numpy as np
 from jax import lax
 
 from mmlearn import parallel as parallel_lib
+from mmlearn import rngs
 from mmlearn.data import pipeline
+from mmlearn.errors import ConfigError
 from mmlearn.evaluate import SplitPass
 from mmlearn.metric_writer import Image
 from mmlearn.models import mvae
@@ -92,7 +100,8 @@ class MVAETask:
   - `posterior(params, batch, present=None) -> (mu, logvar)`: q(z | the modalities present).
   - `sample(params, batch, rng, temperature, *, condition, target, num_samples) -> (x, mask)`, jitted:
     `num_samples` samples of `target` given only the `condition` modalities (a tuple) of each example,
-    [B, num_samples, ...], with a token mask for a sequence target (else None). Deterministic in `rng`;
+    [B, num_samples, ...], with a token mask for a sequence target (else None). Deterministic in `rng`
+    (one key, or [B] keys: one per example, split into its samples' keys);
     `temperature` scales the posterior's spread and the token softmax (0: the mean, greedy tokens).
   - `impute(params, batch, present, rng, temperature=1.0) -> batch`: generative imputation.
   - `array_modalities`: the modalities decoded to arrays (decoders with a `shape`), e.g. for grids.
@@ -117,7 +126,7 @@ class MVAETask:
     for m, decoder in self.decoders.items():
       stored = getattr(features[m], "shape", None) if m in features else None
       if "shape" in decoder and stored is not None and tuple(decoder["shape"]) != tuple(stored):
-        raise ValueError(
+        raise ConfigError(
           f"config.mvae.decoders.{m}.shape is {tuple(decoder['shape'])}, the dataset's {m} is {tuple(stored)}"
         )
     private = dict(settings.get("private_dims", {}))  # Runs saved before private latents have none.
@@ -125,7 +134,7 @@ class MVAETask:
     self.private_dims = {m: int(private.get(m, 0)) for m in self.modalities}
     for m, decoder in self.decoders.items():
       if decoder.get("translate") and self.private_dims[m] != 2:
-        raise ValueError(
+        raise ConfigError(
           f"config.mvae.decoders.{m}.translate reads a 2-wide private latent (dx, dy); "
           f"config.mvae.private_dims.{m} is {self.private_dims[m]}"
         )
@@ -133,7 +142,7 @@ class MVAETask:
     weights = dict(settings.likelihood_weights)
     missing = [m for m in self.modalities if m not in weights]
     if missing:
-      raise ValueError(f"config.mvae.likelihood_weights has no weight for {missing}")
+      raise ConfigError(f"config.mvae.likelihood_weights has no weight for {missing}")
     self.weights = {m: float(weights[m]) for m in self.modalities}
     self.beta, self.anneal_steps = float(settings.beta), int(settings.kl_anneal_steps)
     self.subsets = elbo_subsets(
@@ -152,7 +161,7 @@ class MVAETask:
   def init(self, rng: jax.Array, batch: dict[str, Any]) -> Any:
     missing = [m for m in self.modalities if m not in batch]
     if missing:
-      raise KeyError(f"batch has no input for modalities {missing}; batch keys: {sorted(batch)}")
+      raise ConfigError(f"batch has no input for modalities {missing}; batch keys: {sorted(batch)}")
     return self.model.init(rng, batch)["params"]
 
   def experts(
@@ -205,12 +214,13 @@ class MVAETask:
   ) -> tuple[jax.Array, jax.Array | None]:
     """A sample of `modality` per row of the shared z (a token mask with it for sequences, else None).
 
-    A private latent is drawn from its prior, its spread scaled by `temperature` as z's is.
+    A private latent is drawn from its prior, its spread scaled by `temperature` as z's is. `rng`: one
+    key, or one per row of z.
     """
-    private_key, rng = jax.random.split(rng)
+    private_key, rng = rngs.split(rng, 2)
     if self.private_dims[modality]:
       shape = (z.shape[0], self.private_dims[modality])
-      z = jnp.concatenate([z, temperature * jax.random.normal(private_key, shape, z.dtype)], axis=-1)
+      z = jnp.concatenate([z, temperature * rngs.normal(private_key, shape, z.dtype)], axis=-1)
     return self.model.apply({"params": params}, modality, z, rng, temperature, method=mvae.MVAE.generate)
 
   # ---- The objective ----
@@ -222,7 +232,8 @@ class MVAETask:
 
     An absent modality (`<m>_present` False) is neither an expert nor scored, and a subset with none of
     its modalities present adds nothing. Decoders run once per modality on the z's of every subset
-    that scores it, stacked, rather than once per subset.
+    that scores it, stacked, rather than once per subset. `rng`: one key per example ([B], each
+    example's samples from its own key), or one key for all.
     """
     experts, private = self.experts(params, batch)
     size = batch[self.modalities[0]].shape[0]
@@ -233,7 +244,7 @@ class MVAETask:
     mus = jnp.stack([experts[m][0] for m in self.modalities])
     logvars = jnp.stack([experts[m][1] for m in self.modalities])
     zs, kls, active, keys = {}, {}, {}, {}
-    for subset, key in zip(self.subsets, jax.random.split(rng, len(self.subsets)), strict=True):
+    for subset, key in zip(self.subsets, rngs.split(rng, len(self.subsets)), strict=True):
       mask = jnp.stack([present[m] & (m in subset.posterior) for m in self.modalities])
       mu, logvar = mvae.product_of_experts(mus, logvars, mask)
       zs[subset.name] = mvae.reparameterize(key, mu, logvar)
@@ -248,7 +259,7 @@ class MVAETask:
       if m in private:
         mu, logvar = private[m]
         private_kls[m] = mvae.gaussian_kl(mu, logvar) * present[m]
-        ws = [mvae.reparameterize(jax.random.fold_in(keys[name], 1 + i), mu, logvar) for name in scoring]
+        ws = [mvae.reparameterize(rngs.fold_in(keys[name], 1 + i), mu, logvar) for name in scoring]
         inputs = [jnp.concatenate([z, w], axis=-1) for z, w in zip(inputs, ws, strict=True)]
       tiled = {k: jnp.concatenate([batch[k]] * len(scoring)) for k in (m, f"{m}_mask") if k in batch}
       ll = self.log_likelihood(params, m, jnp.concatenate(inputs), tiled)
@@ -273,7 +284,10 @@ class MVAETask:
   def loss(
     self, params: Any, batch: dict[str, Any], rng: jax.Array, *, step: Any = None
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Per-device negative sub-sampled ELBO (mean over the device's examples); `step` sets the KL weight."""
+    """Per-device negative sub-sampled ELBO (mean over the device's examples); `step` sets the KL weight.
+
+    `rng`: the trainer's per-example keys ([B], `rngs.example_keys`), or one key (tools, tests).
+    """
     beta = kl_weight(step, self.beta, self.anneal_steps)
     objective, metrics = self.elbo_terms(params, batch, rng, beta)
     loss = -objective.mean()
@@ -282,7 +296,7 @@ class MVAETask:
   # ---- Evaluation ----
 
   def eval_sums(self, params: Any, batch: dict[str, Any], rng: jax.Array) -> dict[str, jax.Array]:
-    """Weighted sums of every per-example metric at beta = 1, and the example count."""
+    """Weighted sums of every per-example metric at beta = 1, and the example count (`rng` as `loss`'s)."""
     _, metrics = self.elbo_terms(params, batch, rng, 1.0)
     weight = batch["weight"].astype(jnp.float32)
     return {"count": weight.sum(), **{k: (v * weight).sum() for k, v in metrics.items()}}
@@ -309,7 +323,8 @@ class MVAETask:
   ) -> tuple[jax.Array, jax.Array | None]:
     inputs = {k: batch[k] for m in condition for k in (m, f"{m}_mask") if k in batch}  # Encode only these.
     mu, logvar = self.posterior(params, inputs, {m: True for m in condition})
-    z_key, decode_key = jax.random.split(rng)
+    # Per-example keys: each example's key split into one per sample, the rows of the repeated posterior.
+    z_key, decode_key = rngs.split(rngs.per_sample(rng, num_samples), 2)
     mu, logvar = (jnp.repeat(x, num_samples, axis=0) for x in (mu, logvar))
     x, mask = self.decode(
       params, target, mvae.reparameterize(z_key, mu, logvar, temperature), decode_key, temperature
@@ -334,6 +349,7 @@ class MVAETask:
     are returned unchanged, and so are all other keys (`<m>_present` included: the caller decides what
     an imputed input counts as). `targets` (static; default every modality) limits decoding to the
     modalities the caller knows are absent somewhere: a decoder costs as much as a training step's.
+    `rng`: one key, or one per example ([B]: an example's imputation then depends on its key alone).
     Pure and traceable: call it inside a jitted step or wrap it in jax.jit.
     """
     size = next(np.shape(batch[m])[0] for m in self.modalities if m in batch)
@@ -344,7 +360,7 @@ class MVAETask:
       for m in self.modalities
     }
     mu, logvar = self.posterior(params, batch, flags)
-    z_key, *decode_keys = jax.random.split(rng, len(self.modalities) + 1)
+    z_key, *decode_keys = rngs.split(rng, len(self.modalities) + 1)
     z = mvae.reparameterize(z_key, mu, logvar, temperature)
     out = dict(batch)
     for m, key in zip(self.modalities, decode_keys, strict=True):
@@ -383,8 +399,12 @@ def sample_grid(real: np.ndarray | None, samples: np.ndarray, border: int = 2) -
 
 
 def eval_step(params: Any, batch: dict[str, Any], rng: jax.Array, *, task: MVAETask) -> dict[str, jax.Array]:
-  """Per-device: the task's weighted sums (z drawn from a key of this batch and device), over all devices."""
-  rng = jax.random.fold_in(rng, lax.axis_index(parallel_lib.AXIS))
+  """Per-device: the task's weighted sums, over all devices, with per-example keys.
+
+  Each example's z is drawn from the batch's `rng` folded with its index in the global batch, so the sums
+  do not depend on the number of devices.
+  """
+  rng = rngs.example_keys(rng, jax.tree.leaves(batch)[0].shape[0])
   return lax.psum(task.eval_sums(params, batch, rng), parallel_lib.AXIS)
 
 

@@ -21,6 +21,7 @@ from jax import lax
 
 from mmlearn import parallel as parallel_lib
 from mmlearn import retrieval_metrics
+from mmlearn.errors import ConfigError
 from mmlearn.evaluate import SplitPass
 from mmlearn.losses import LOSSES
 from mmlearn.models.classifier import resolve_modalities
@@ -45,7 +46,7 @@ class RetrievalTask:
     self.loss_fn = LOSSES.get(settings.loss)()
     modalities = resolve_modalities(config.model.modalities, vocab_size)
     if len(modalities) != 2:
-      raise ValueError(
+      raise ConfigError(
         f"retrieval pairs exactly two modalities; config.model.modalities has {sorted(modalities)}"
       )
     self.modalities = tuple(sorted(modalities))
@@ -59,7 +60,7 @@ class RetrievalTask:
     if info is not None:
       missing = [name for name in self.relevance if name not in info.features]
       if missing:
-        raise ValueError(
+        raise ConfigError(
           f"config.retrieval.relevance names feature(s) {missing} the dataset lacks; "
           f"known: {', '.join(info.features.keys())}"
         )
@@ -73,7 +74,7 @@ class RetrievalTask:
   def _check_batch(self, batch: dict[str, Any]) -> None:
     for modality in self.modalities:
       if modality not in batch:
-        raise KeyError(f"batch has no input for modality {modality!r}; batch keys: {sorted(batch)}")
+        raise ConfigError(f"batch has no input for modality {modality!r}; batch keys: {sorted(batch)}")
 
   def init(self, rng: jax.Array, batch: dict[str, Any]) -> Any:
     self._check_batch(batch)
