@@ -53,8 +53,11 @@ def state_digest(state: Any) -> str:
   return digest.hexdigest()
 
 
-def iterator_digest(data_iterator: grain.DatasetIterator) -> str:
-  return hashlib.sha256(json.dumps(data_iterator.get_state(), sort_keys=True).encode()).hexdigest()
+def iterator_digest(data_iterator: Any) -> str:
+  """SHA-256 of an iterator's state: a grain iterator's dict, or the JSON bytes of a saved state."""
+  state = data_iterator.get_state()
+  state = json.loads(state) if isinstance(state, bytes) else state
+  return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -110,8 +113,12 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator) -> None:
-    """Saves a host copy of `state` (the device buffers may be donated to the next step)."""
+  def save(self, step: int, state: Any, data_iterator: Any) -> None:
+    """Saves a host copy of `state` (the device buffers may be donated to the next step).
+
+    `data_iterator`: the training iterator, or the state it had after the last batch trained on
+    (`prefetch.IteratorState`: what a prefetching loop saves).
+    """
     host = jax.device_get(state)
     integrity = {"state_sha256": state_digest(host), "data_sha256": iterator_digest(data_iterator)}
     try:

@@ -77,9 +77,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def build(config: ml_collections.ConfigDict, class_counts: Any = None) -> Any:
   """The loss `config.loss`; `class_counts` ([C], training split) may be None only for losses without
-  class weights or priors."""
+  class weights or priors. A zero-argument callable is called only by a loss that needs the counts, so
+  that a plain cross-entropy run never reads the training labels to count them."""
   check_config(config)
   loss_class = CLASS_LOSSES.get(config.loss)
+  if not loss_class.needs_counts:
+    class_counts = None
+  elif callable(class_counts):
+    class_counts = class_counts()
   if loss_class.needs_counts and class_counts is None:
     raise ValueError(
       f"classification loss {config.loss!r} needs the training split's class counts (class_counts=None)"

@@ -2,7 +2,8 @@
 
 `config_flags` already rejects unknown keys and ill-typed values given on the command line; these checks
 catch the same mistakes made inside config files (which may add keys freely), by comparing the config
-against `configs/default.py`, and catch values whose type is right but whose meaning is not.
+against `mmlearn/defaults.py` (the reference schema), and catch values whose type is right but whose
+meaning is not.
 """
 
 import math
@@ -10,10 +11,11 @@ from typing import Any
 
 import ml_collections
 
-from mmlearn import class_losses, losses, optim, parallel
+from mmlearn import class_losses, defaults, losses, optim, parallel
 from mmlearn.data import imbalance, missing
 from mmlearn.data.augment import Augment
 from mmlearn.errors import ConfigError
+from mmlearn.models.decoders import DECODERS
 from mmlearn.models.encoders import ENCODERS
 from mmlearn.models.fusion import FUSIONS
 
@@ -64,9 +66,7 @@ def check_keys_and_types(config: ml_collections.ConfigDict, reference: ml_collec
 
 def check(config: ml_collections.ConfigDict) -> None:
   """Raises `ConfigError` with a one-line message naming the first problem found."""
-  from configs import default  # The reference schema; imported late so library users may lack configs/.
-
-  check_keys_and_types(config, default.get_config())
+  check_keys_and_types(config, defaults.get_config())
   for key in (
     "batch_size",
     "eval_batch_size",
@@ -132,8 +132,6 @@ def check_eval_every_steps(config: ml_collections.ConfigDict) -> None:
 
 def check_mvae(config: ml_collections.ConfigDict) -> None:
   """`config.mvae`: sizes and weights in range; for task "mvae", a decoder and a weight per modality."""
-  from mmlearn.models.decoders import DECODERS
-
   settings = config.mvae
   if settings.latent_dim <= 0:
     raise ConfigError(f"mvae.latent_dim must be positive, got {settings.latent_dim}")

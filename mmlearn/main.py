@@ -24,7 +24,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mmlearn import config_files, parallel, train
+from mmlearn import config_files, parallel, profiler, train
 from mmlearn.errors import USER_ERRORS, ConfigError, fail
 
 FLAGS = flags.FLAGS
@@ -41,6 +41,9 @@ flags.DEFINE_bool(
   "allow_config_changes", False, "Resume even if logging, evaluation or length keys of the config changed."
 )
 flags.DEFINE_bool("fallback", False, "Resume from the newest intact checkpoint if the latest is damaged.")
+flags.DEFINE_string(
+  "profile_steps", None, "START,END: write a jax.profiler trace of those steps to WORKDIR/profile."
+)
 
 
 def config_path(argv: list[str]) -> str | None:
@@ -133,7 +136,11 @@ def main(argv):
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   try:
     train.train_and_evaluate(
-      FLAGS.config, FLAGS.workdir, allow_config_changes=FLAGS.allow_config_changes, fallback=FLAGS.fallback
+      FLAGS.config,
+      FLAGS.workdir,
+      allow_config_changes=FLAGS.allow_config_changes,
+      fallback=FLAGS.fallback,
+      profile_steps=profiler.parse_steps(FLAGS.profile_steps),
     )
   except USER_ERRORS as e:
     logging.debug("traceback:", exc_info=True)

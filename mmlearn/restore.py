@@ -11,7 +11,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from mmlearn import data, optim, train
+from mmlearn import data, optim, run_setup
 from mmlearn import workdir as workdir_lib
 from mmlearn.checkpoint import Checkpointer
 from mmlearn.data import pipeline
@@ -37,7 +37,7 @@ def load_run(
     manual_dir=config.dataset.manual_dir,
     splits=("train", *splits),
   )
-  task, class_counts = train.build_task(config, sources["train"], info)
+  task, num_examples = run_setup.build_task(config, sources["train"], info)
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise WorkdirError(f"{workdir} holds no checkpoint")
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints, read_only=True)
@@ -45,8 +45,8 @@ def load_run(
     step = checkpointer.latest_step()
     if step is None:
       raise WorkdirError(f"{workdir} holds no checkpoint")
-    tx = optim.make_optimizer(config.optimizer, train.total_train_steps(config, int(class_counts.sum())))
-    template = train.initial_state(config, task, tx, sources["train"], 1)
+    tx = optim.make_optimizer(config.optimizer, run_setup.total_train_steps(config, num_examples))
+    template = run_setup.initial_state(config, task, tx, sources["train"], 1)
     state = checkpointer.restore(step, template)  # Parameters only: no training pipeline to build.
   finally:
     checkpointer.close()

@@ -8,58 +8,51 @@ checkpoints the state together with the data iterator, and evaluates every confi
 (and, with `config.eval_every_steps` > 0, every that many steps: e.g. to follow a generative model's
 sample grids).
 
-A task's loss is `loss(params, batch, rng)`; a loss with a `step` keyword also gets the step
-(`task_loss`), for schedules inside the loss such as KL annealing.
+Tasks follow `mmlearn.tasks.contract.Task`: the loss is `loss(params, batch, rng, step=step)`, with one
+random key per example.
 """
 
 import functools
-import inspect
 import json
 import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from absl import logging
 from jax import lax
 
-from mmlearn import config_checks, data, optim, rngs
+from mmlearn import config_checks, data, imputation, optim, rngs
 from mmlearn import parallel as parallel_lib
 from mmlearn import workdir as workdir_lib
 from mmlearn.checkpoint import Checkpointer
 from mmlearn.data import missing, pipeline
 from mmlearn.data.augment import Augment
-from mmlearn.errors import ConfigError, DivergedError
+from mmlearn.errors import DivergedError
 from mmlearn.metric_writer import MetricWriter
-from mmlearn.tasks import TASKS
+from mmlearn.prefetch import DevicePrefetch
+from mmlearn.profiler import StepProfiler
+
+# Re-exported: the trainer's public names include the run builders it uses.
+from mmlearn.run_setup import (  # noqa: F401
+  TrainState,
+  build_task,
+  check_batch_size,
+  initial_state,
+  total_train_steps,
+)
+from mmlearn.tasks.contract import Task
 
 
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  rng: jax.Array  # Base key; step keys are derived with fold_in(step), so restarts replay them exactly.
-
-
-def task_loss(task: Any, step: jax.Array) -> Callable:
-  """`task.loss`, given `step=step` if it has a `step` keyword (a schedule inside the loss); else as is."""
-  if "step" in inspect.signature(task.loss).parameters:
-    return functools.partial(task.loss, step=step)
-  return task.loss
-
-
-def train_step(state: TrainState, batch: dict[str, Any], *, task: Any, tx: optax.GradientTransformation):
+def train_step(state: TrainState, batch: dict[str, Any], *, task: Task, tx: optax.GradientTransformation):
   """Per-device step: local gradient, `pmean` over devices, optax update. Returns (state, metrics)."""
   local_size = jax.tree.leaves(batch)[0].shape[0]
   rng = rngs.example_keys(jax.random.fold_in(state.rng, state.step), local_size)
-  grad_fn = jax.value_and_grad(task_loss(task, state.step), has_aux=True)
+  grad_fn = jax.value_and_grad(functools.partial(task.loss, step=state.step), has_aux=True)
   (_, metrics), grads = grad_fn(state.params, batch, rng)
   grads = lax.pmean(grads, parallel_lib.AXIS)
   metrics = lax.pmean(metrics, parallel_lib.AXIS)
@@ -67,12 +60,6 @@ def train_step(state: TrainState, batch: dict[str, Any], *, task: Any, tx: optax
   params = optax.apply_updates(state.params, updates)
   metrics |= {"grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params)}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-
-def total_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
-  if config.num_train_steps > 0:
-    return config.num_train_steps
-  return max(1, math.ceil(config.num_epochs * num_train_examples / config.batch_size))
 
 
 GUARDED_METRICS = ("loss", "grad_norm", "param_norm")
@@ -94,42 +81,6 @@ def check_finite(history: Sequence[tuple[int, dict[str, Any]]], last_good: int |
         )
 
 
-def initial_state(
-  config: ml_collections.ConfigDict,
-  task: Any,
-  tx: optax.GradientTransformation,
-  train_source: Any,
-  batch: int,
-) -> TrainState:
-  """The step-0 state (also the template a checkpoint is restored into): params from `config.seed`."""
-  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  example = next(pipeline.eval_batches(train_source, batch_size=batch, max_tokens=config.dataset.max_tokens))
-  params = jax.jit(task.init)(init_rng, example)
-  return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=state_rng)
-
-
-def build_task(config: ml_collections.ConfigDict, train_source: Any, info: Any) -> tuple[Any, np.ndarray]:
-  """The configured task, given the class counts of the (possibly long-tailed) training set it trains on."""
-  class_counts = data.class_counts(
-    train_source,
-    data.num_classes(info),
-    imbalance_ratio=config.dataset.imbalance_ratio,
-    imbalance_seed=config.dataset.imbalance_seed,
-  )
-  logging.info("training examples per class: %s", class_counts.tolist())
-  vocab_size = data.vocab_size(config.dataset.name)
-  task = TASKS.get(config.task)(config, info=info, vocab_size=vocab_size, class_counts=class_counts)
-  return task, class_counts
-
-
-def check_batch_size(config: ml_collections.ConfigDict, num_train_examples: int) -> None:
-  if config.batch_size > num_train_examples:
-    raise ConfigError(
-      f"batch_size {config.batch_size} is larger than the training split ({num_train_examples} examples): "
-      "every batch would repeat examples"
-    )
-
-
 def train_and_evaluate(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -137,6 +88,7 @@ def train_and_evaluate(
   hooks: Sequence[Callable] = (),
   allow_config_changes: bool = False,
   fallback: bool = False,
+  profile_steps: tuple[int, int] | None = None,
 ):
   """Trains `config` in `workdir` (resuming if it holds checkpoints) and returns the final eval metrics.
 
@@ -144,16 +96,18 @@ def train_and_evaluate(
   workdir is locked for the whole run (see `mmlearn.workdir`). `allow_config_changes` lets a resume
   change logging, evaluation and length keys; `fallback` resumes from the newest intact checkpoint when
   the latest is damaged. `hooks` are called as `hook(step, metrics)` after each log interval (e.g. to
-  stop a run early).
+  stop a run early). `profile_steps=(start, end)` traces those steps with `jax.profiler`.
   """
   config_checks.check(config)
   workdir_lib.prepare(workdir)
   with workdir_lib.exclusive(workdir, enabled=jax.process_index() == 0):
     changed = workdir_lib.check_resume(workdir, config, allow_changes=allow_config_changes)
-    return _train_and_evaluate(config, workdir, hooks=hooks, changed=changed, fallback=fallback)
+    return _train_and_evaluate(
+      config, workdir, hooks=hooks, changed=changed, fallback=fallback, profile_steps=profile_steps
+    )
 
 
-def _train_and_evaluate(config, workdir, *, hooks, changed, fallback):
+def _train_and_evaluate(config, workdir, *, hooks, changed, fallback, profile_steps):
   par = parallel_lib.DataParallel(config.parallel.mode)
   par.check_batch_size(config.batch_size)
   par.check_batch_size(config.eval_batch_size)
@@ -166,11 +120,11 @@ def _train_and_evaluate(config, workdir, *, hooks, changed, fallback):
       manual_dir=config.dataset.manual_dir,
       splits=splits,
     )
-  task, class_counts = build_task(config, sources["train"], info)
-  check_batch_size(config, int(class_counts.sum()))
-  num_steps = total_train_steps(config, int(class_counts.sum()))  # An epoch of the (sub)set trained on.
+  task, num_examples = build_task(config, sources["train"], info)
+  check_batch_size(config, num_examples)
+  num_steps = total_train_steps(config, num_examples)
   tx = optim.make_optimizer(config.optimizer, num_steps)
-  absent = missing.from_config(config, sources["train"])
+  absent = missing.from_config(config, sources["train"], load_generator=imputation.load_generator)
   train_iter = pipeline.train_iterator(
     sources["train"],
     batch_size=config.batch_size,
@@ -215,13 +169,16 @@ def _train_and_evaluate(config, workdir, *, hooks, changed, fallback):
     functools.partial(train_step, task=task, tx=tx), sharded_args=(1,), donate_argnums=(0,)
   )
   step = int(state.step)
+  batches = DevicePrefetch(train_iter, par.shard)
+  profiler = StepProfiler(workdir, profile_steps)
   history: list[tuple[int, Any]] = []
   timer = (time.perf_counter(), step)
   try:
     while step < num_steps:
-      batch = par.shard(next(train_iter))
-      state, metrics = p_train_step(state, batch)
+      profiler.before_step(step + 1)
+      state, metrics = p_train_step(state, next(batches))
       step += 1
+      profiler.after_step(step, metrics)
       history.append((step, metrics))
       at_log = step % config.log_every_steps == 0 or step == num_steps
       at_checkpoint = step % config.checkpoint_every_steps == 0 or step == num_steps
@@ -234,19 +191,40 @@ def _train_and_evaluate(config, workdir, *, hooks, changed, fallback):
           hook(step, history[-1][1])
       if at_checkpoint:
         writer.flush()  # The logs of every step up to the checkpoint are on disk before it is.
-        checkpointer.save(step, state, train_iter)
+        checkpointer.save(step, state, batches.consumed_state())
         last_saved = step
       if at_log or at_checkpoint:
         history = []
       if config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and step < num_steps:
         log_evaluation(writer, step, evaluate(evaluators, state.params))  # The final one follows the loop.
   finally:
+    profiler.stop()
     checkpointer.close()
 
   results = {"model/num_parameters": num_parameters, **evaluate(evaluators, state.params)}
   log_evaluation(writer, step, results)
   writer.close()
+  if jax.process_index() == 0:
+    print(summary_line(results, task, config.dataset.eval_splits, step), flush=True)
   return results
+
+
+def summary_line(results: dict[str, Any], task: Task, splits: Sequence[str], step: int) -> str:
+  """`test accuracy 99.98% (validation 99.95%) at step 640`: the task's headline metric, last split first."""
+  metric = getattr(task, "summary_metric", "loss")
+  values = [
+    (split, results[f"{split}/{metric}"]) for split in reversed(splits) if f"{split}/{metric}" in results
+  ]
+  if not values:
+    return f"finished at step {step}"
+  percent = metric.rsplit("/", 1)[-1] in ("accuracy", "R@1", "R@5", "R@10")
+
+  def show(value: float) -> str:
+    return f"{100 * value:.2f}%" if percent else f"{value:.4g}"
+
+  (first, value), rest = values[0], values[1:]
+  others = ", ".join(f"{split} {show(v)}" for split, v in rest)
+  return f"{first} {metric} {show(value)}" + (f" ({others})" if others else "") + f" at step {step}"
 
 
 def evaluate(evaluators: Sequence[Any], params: Any) -> dict[str, Any]:

@@ -38,7 +38,7 @@ import jax  # noqa: E402
 from mmlearn import coherence, restore  # noqa: E402
 from mmlearn.data import pipeline  # noqa: E402
 from mmlearn.errors import USER_ERRORS, ConfigError, fail  # noqa: E402
-from mmlearn.tasks.generation import to_uint8  # noqa: E402
+from mmlearn.image_grid import to_uint8  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A finished (or checkpointed) mvae run.")
 flags.DEFINE_string("caption", None, "Generate from this text, in the dataset's vocabulary.")

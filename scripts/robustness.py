@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mmlearn import imputation, report, restore, robustness  # noqa: E402
 from mmlearn import parallel as parallel_lib  # noqa: E402
-from mmlearn import report, restore, robustness  # noqa: E402
 from mmlearn.data import missing  # noqa: E402
 from mmlearn.errors import USER_ERRORS, fail  # noqa: E402
 
@@ -42,7 +42,7 @@ def measure(workdir: str, split: str, noise: bool, num_examples: int = 0) -> lis
   config = restore.read_config(workdir)
   restore.require_task(config, "classification", workdir, "the robustness suite")
   sources, _, task, params = restore.load_run(config, workdir, (split,))
-  absent = missing.from_config(config, sources["train"])
+  absent = missing.from_config(config, sources["train"], load_generator=imputation.load_generator)
   par = parallel_lib.DataParallel(config.parallel.mode)
   source = robustness.subsample(sources[split], num_examples, seed=config.missing.seed)
 

@@ -21,7 +21,7 @@ from conftest import max_diff, run_steps
 from mmlearn import data, optim, rngs
 from mmlearn import parallel as parallel_lib
 from mmlearn.data import mmshapes, pipeline
-from mmlearn.tasks import TASKS, generation
+from mmlearn.tasks import TASKS, mvae_eval
 
 STEPS = 10
 
@@ -68,10 +68,10 @@ def main(data_dir, flags):
 
   # Evaluation: the summed ELBO terms of one test batch (z drawn from each example's key).
   batch = next(pipeline.eval_batches(sources["test"], batch_size=32, max_tokens=16))
-  key = jax.random.PRNGKey(generation.EVAL_SEED)
+  key = jax.random.PRNGKey(mvae_eval.EVAL_SEED)
 
   def eval_sums(par):
-    step = par.map(functools.partial(generation.eval_step, task=task), sharded_args=(1,))
+    step = par.map(functools.partial(mvae_eval.eval_step, task=task), sharded_args=(1,))
     return jax.device_get(step(par.replicate(single[0]), par.shard(batch), par.replicate(key)))
 
   sums_1, sums_4 = eval_sums(one), eval_sums(parallel_lib.DataParallel("shard_map"))

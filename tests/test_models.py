@@ -241,8 +241,8 @@ def test_unknown_fusion_and_encoder_names():
   known = "attention, concat, gated, late, low_rank_tensor, multiplicative, sum, tensor"
   with pytest.raises(ConfigError, match=f"unknown fusion 'nope'; known: {known}"):
     Classifier(modalities=TWO_MODALITIES, fusion="nope", num_classes=4).init(jax.random.key(0), batch)
-  with pytest.raises(ConfigError, match="unknown encoder 'vit'"):
-    Classifier(modalities={"image": {"encoder": "vit"}}, num_classes=4).init(jax.random.key(0), batch)
+  with pytest.raises(ConfigError, match="unknown encoder 'vit9'"):
+    Classifier(modalities={"image": {"encoder": "vit9"}}, num_classes=4).init(jax.random.key(0), batch)
 
 
 def test_unknown_encoder_and_fusion_arguments_are_named():
@@ -311,8 +311,8 @@ def test_build_classifier_errors():
   with pytest.raises(ConfigError, match="unknown fusion 'nope'"):
     build_classifier(config, num_classes=4, vocab_size=VOCAB)
   config = model_config()
-  config.modalities.text.encoder = "transformer"
-  with pytest.raises(ConfigError, match="unknown encoder 'transformer'"):
+  config.modalities.text.encoder = "transformer9"
+  with pytest.raises(ConfigError, match="unknown encoder 'transformer9'"):
     build_classifier(config, num_classes=4, vocab_size=VOCAB)
   config = model_config()
   config.modalities.image.depth = 3

@@ -88,5 +88,5 @@ def test_script_writes_the_curves_of_a_run_with_missing_modalities(tiny_config, 
 
 def test_script_without_a_run_is_one_error_line(tmp_path):
   result = run_python(["scripts/robustness.py", f"--workdir={tmp_path}"])
-  assert result.returncode == 1 and "error: FileNotFoundError" in result.stderr
+  assert result.returncode == 1 and "error: WorkdirError" in result.stderr
   assert "Traceback" not in result.stderr

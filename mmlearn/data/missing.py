@@ -12,6 +12,8 @@ information about an absent input can leak into the model:
             `mvae`) given the example's present modalities (`MVAETask.impute`): z from the product of
             the present experts, the absent modality decoded from it. The batch then has every
             modality (no `<m>_present`): the fusion uses the generated input as if it were real.
+            This module never loads the MVAE run (that needs JAX and the trainer): the caller does
+            (`mmlearn.imputation`) and hands it to `from_config`.
 
 `MissingModalities` holds the settings (`config.missing`). It is a `pipeline.BatchTransform` of
 training batches, and `evaluate(rates)` gives the `transform` of `pipeline.eval_batches`.
@@ -220,8 +222,15 @@ class MissingModalities:
     return transform
 
 
-def from_config(config: Any, train_source: Any) -> MissingModalities:
-  """Settings from `config.missing` and `config.model.modalities`; `mean` averages `train_source`."""
+def from_config(
+  config: Any, train_source: Any, *, load_generator: Callable | None = None
+) -> MissingModalities:
+  """Settings from `config.missing` and `config.model.modalities`; `mean` averages `train_source`.
+
+  `generative` calls `load_generator(generative_workdir, modalities, generative_temperature)` for
+  `impute`'s `generate` (`mmlearn.imputation.load_generator`): the caller hands it in, because loading
+  a run needs the trainer, which imports this module.
+  """
   settings = config.missing
   modalities = tuple(sorted(config.model.modalities))
   check_imputable(modalities, settings.imputation)
@@ -237,6 +246,10 @@ def from_config(config: Any, train_source: Any) -> MissingModalities:
     means = input_means(gather, len(train_source), modalities, seed=settings.seed)
   generate = None
   if settings.imputation == "generative":
+    if load_generator is None:
+      raise ValueError(
+        "missing.from_config: generative imputation needs load_generator (the MVAE run's loader)"
+      )
     generate = load_generator(settings.generative_workdir, modalities, settings.generative_temperature)
   return MissingModalities(
     modalities=modalities,
@@ -248,34 +261,3 @@ def from_config(config: Any, train_source: Any) -> MissingModalities:
     generate=generate,
     seed=settings.seed,
   )
-
-
-def load_generator(workdir: str | None, modalities: Sequence[str], temperature: float) -> Callable:
-  """`impute`'s `generate` from a trained MVAE run, which must model every modality of the classifier."""
-  import jax  # Late: the pipeline itself needs no JAX, and `restore` imports the trainer.
-
-  from mmlearn import restore
-
-  if not workdir:
-    raise ConfigError("missing.imputation='generative' needs missing.generative_workdir (a trained mvae run)")
-  config = restore.read_config(workdir)
-  if config.task != "mvae":
-    raise ConfigError(f"missing.generative_workdir {workdir} is a {config.task!r} run, not an 'mvae' run")
-  lacking = sorted(set(modalities) - set(config.model.modalities))
-  if lacking:
-    raise ConfigError(f"the MVAE run {workdir} does not model modality(ies) {', '.join(lacking)}")
-  _, _, task, params = restore.load_run(config, workdir, ())
-  fill = jax.jit(
-    lambda batch, present, key, targets: task.impute(params, batch, present, key, temperature, targets),
-    static_argnums=3,
-  )
-
-  def generate(batch: dict[str, np.ndarray], present: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
-    """Decodes only the modalities some example lacks (a batch that lacks none is returned as it is)."""
-    targets = tuple(m for m in modalities if not np.all(present[m]))
-    if not targets:
-      return batch
-    inputs = {m: batch[m] for m in modalities} | {k: batch[k] for k in batch if k.endswith("_mask")}
-    return jax.device_get(fill(inputs, present, jax.random.key(seed), targets))
-
-  return generate

@@ -1,0 +1,1 @@
+from mmlearn.models import transformer  # noqa: F401  (registers the "vit" and "transformer" encoders)

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from mmlearn.models.classifier import freeze_config, split_encoder_config
+from mmlearn.models.config import freeze_config, split_encoder_config
 
 
 def l2_normalise(x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:

@@ -14,7 +14,7 @@ modality draws w_m from its prior: a sharp shape somewhere plausible rather than
 average over every position z cannot know.
 
 The pure functions here (`product_of_experts`, `gaussian_kl`, `reparameterize`) are the ELBO's pieces;
-`mmlearn.tasks.generation` assembles them into the sub-sampled ELBO, imputation and sampling.
+`mmlearn.tasks.mvae` assembles them into the sub-sampled ELBO, imputation and sampling.
 """
 
 import dataclasses
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from mmlearn import rngs
 from mmlearn.errors import ConfigError
-from mmlearn.models.classifier import check_arguments, freeze_config, module_arguments, split_encoder_config
+from mmlearn.models.config import check_arguments, freeze_config, module_arguments, split_encoder_config
 from mmlearn.models.decoders import DECODERS
 
 

@@ -1,15 +1,6 @@
 """Multimodal classification: encoders per modality -> fusion -> MLP head, a loss from `class_losses`.
 
-The task contract every task follows (the trainer relies on nothing else):
-  - `Task(config, *, info, vocab_size, class_counts)`: `info` is the dataset's `tfds.core.DatasetInfo`
-    (features, class names), `vocab_size` its tokenizer's size (None without text), `class_counts` the
-    training split's count of each class (None for a dataset without labels).
-  - `init(rng, batch) -> params`
-  - `loss(params, batch, rng) -> (scalar loss, metrics dict)`: per-device code, the device's share of the
-    global-batch loss, so that the mean over devices is the global loss; the trainer `pmean`s gradients.
-  - `evaluator(par, source, *, split, batch_size, max_tokens, transform=None) -> Evaluator` whose
-    `run(params)` yields `(metric_name, value)` pairs for one split; `transform` is `eval_batches`'
-    (e.g. test-time missing modalities).
+It follows the task contract (`mmlearn.tasks.contract.Task`).
 
 Classification evaluates with `SplitEvaluator`, which sums per-batch statistics:
   - `eval_sums(params, batch) -> dict of per-device sums`, weighted by `batch["weight"]` (0 = padding).
@@ -20,6 +11,7 @@ itself as a `ConfusionMatrix` (the metric writer draws it). The evaluation loss 
 cross-entropy whatever the training loss, so runs trained with different losses compare.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -40,9 +32,11 @@ from mmlearn.tasks.registry import TASKS
 class ClassificationTask:
   """Classes come from the dataset's `label` feature (`info`), or explicitly from `num_classes`.
 
-  `class_counts` ([C], the training split's count of each class) is needed only by losses that weight or
-  shift classes (`config.classification.loss`); the trainer takes it from the dataset.
+  `class_counts` ([C], the training split's count of each class, or a function computing it) is needed
+  only by losses that weight or shift classes (`config.classification.loss`), which alone call it.
   """
+
+  summary_metric = "accuracy"
 
   def __init__(
     self,
@@ -52,7 +46,7 @@ class ClassificationTask:
     vocab_size: int | None,
     num_classes: int | None = None,
     class_names: list[str] | None = None,
-    class_counts: np.ndarray | None = None,
+    class_counts: np.ndarray | Callable[[], np.ndarray] | None = None,
   ):
     if num_classes is None:
       if info is None:
@@ -67,9 +61,14 @@ class ClassificationTask:
       vocab_size=vocab_size,
       learned_missing=config.missing.imputation == "learned",
     )
-    if class_counts is not None and np.shape(class_counts) != (num_classes,):
-      raise ValueError(f"class_counts has shape {np.shape(class_counts)}, expected ({num_classes},)")
-    self.class_loss = class_losses.build(config.classification, class_counts)
+
+    def counts() -> np.ndarray:
+      resolved = class_counts() if callable(class_counts) else class_counts
+      if resolved is not None and np.shape(resolved) != (num_classes,):
+        raise ValueError(f"class_counts has shape {np.shape(resolved)}, expected ({num_classes},)")
+      return resolved
+
+    self.class_loss = class_losses.build(config.classification, counts)
 
   def evaluator(self, par: parallel_lib.DataParallel, source: Any, **kwargs: Any) -> SplitEvaluator:
     return SplitEvaluator(self, par, source, **kwargs)
@@ -81,9 +80,9 @@ class ClassificationTask:
     return self.model.apply({"params": params}, batch, train=train)
 
   def loss(
-    self, params: Any, batch: dict[str, Any], rng: jax.Array
+    self, params: Any, batch: dict[str, Any], rng: jax.Array, *, step: Any = None
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    del rng  # The classifier has no stochastic layers yet; the key is here for those that will.
+    del rng, step  # The classifier has no stochastic layers or schedules yet.
     logits = self.logits(params, batch, train=True)
     loss = self.class_loss(logits, batch["label"]).mean()
     accuracy = (logits.argmax(-1) == batch["label"]).mean()

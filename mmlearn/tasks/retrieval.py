@@ -24,7 +24,7 @@ from mmlearn import retrieval_metrics
 from mmlearn.errors import ConfigError
 from mmlearn.evaluate import SplitPass
 from mmlearn.losses import LOSSES
-from mmlearn.models.classifier import resolve_modalities
+from mmlearn.models.config import resolve_modalities
 from mmlearn.models.dual_encoder import DualEncoder
 from mmlearn.tasks.registry import TASKS
 
@@ -68,6 +68,11 @@ class RetrievalTask:
     self.random_baseline = settings.random_baseline
 
   @property
+  def summary_metric(self) -> str:
+    a, b = self.modalities
+    return f"{self.relevance_rule}/{a}_to_{b}/R@1"
+
+  @property
   def relevance_rule(self) -> str:
     return "same_" + "_".join(self.relevance) if self.relevance else "pair"
 
@@ -85,10 +90,10 @@ class RetrievalTask:
     return self.model.apply({"params": params}, batch, train=train)
 
   def loss(
-    self, params: Any, batch: dict[str, Any], rng: jax.Array
+    self, params: Any, batch: dict[str, Any], rng: jax.Array, *, step: Any = None
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Per-device contrastive loss of this device's pairs against the global batch (see mmlearn.losses)."""
-    del rng  # No stochastic layers yet.
+    del rng, step  # No stochastic layers or schedules yet.
     self._check_batch(batch)
     embeddings = self.embed(params, batch, train=True)
     a, b = self.modalities

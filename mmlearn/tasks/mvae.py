@@ -1,7 +1,8 @@
-"""Multimodal generation: the MVAE trained on the sub-sampled ELBO, conditional sampling and imputation.
+"""The MVAE task: the multimodal VAE trained on the sub-sampled ELBO, conditional sampling and imputation.
 
-Task `"mvae"` follows the task contract of `mmlearn.tasks.classification`. Its model is
-`mmlearn.models.mvae.MVAE` on `config.model.modalities` (encoders) and `config.mvae.decoders`.
+Task `"mvae"` follows the task contract (`mmlearn.tasks.contract.Task`). Its model is
+`mmlearn.models.mvae.MVAE` on `config.model.modalities` (encoders) and `config.mvae.decoders`. Its
+evaluator (test ELBO and sample grids) is `mmlearn.tasks.mvae_eval`.
 
 The objective (Wu & Goodman 2018) sums ELBOs over subsets of the modalities: the joint ELBO, with the
 posterior of every modality, and one per modality, with that modality's posterior alone, so every
@@ -22,9 +23,9 @@ the final weight beta from the first step: annealing lets the shared z become in
 bites, but a free w_m at the start would let the decoder read everything from the image's own latent
 and ignore z, which conditional generation needs. Sampling and imputation draw w_m from its prior.
 
-The KL weight depends on the step. The trainer passes `step=` to a task loss that has that keyword
-(`train.task_loss`), so the schedule needs neither a copy of the step in the batch nor a guess from the
-RNG; `loss(params, batch, rng)` without a step (tools, tests) uses the final weight.
+The KL weight depends on the step. The trainer passes `step=` to every task loss (`mmlearn.tasks.contract`),
+so the schedule needs neither a copy of the step in the batch nor a guess from the RNG;
+`loss(params, batch, rng)` without a step (tools, tests) uses the final weight.
 
 Reported (training and evaluation): `elbo`, the joint ELBO with unit weights and beta = 1 (the bound on
 log p(x), in nats per example: likelihoods are probabilities of the stored data, so it is <= 0), and per
@@ -36,35 +37,24 @@ per example ([B] keys from `mmlearn.rngs`; the trainer and the evaluator pass ke
 example's index in the global batch, so the loss, its gradient and the evaluation ELBO do not depend on
 how many devices share the batch), or a single key for the whole batch (tools: `scripts/generate.py`,
 imputation in the data pipeline), drawn as `jax.random` would.
-
-`GenerationEvaluator` sums those over a split with fixed RNG keys, then yields sample grids as
-`metric_writer.Image`s, `<split>/samples/<c>_to_<t>`: for the first `mvae.grid_conditions` examples of
-the split, the real x_t, then `mvae.grid_samples` samples of x_t given x_c alone, for every array target t.
 """
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax import lax
 
 from mmlearn import parallel as parallel_lib
 from mmlearn import rngs
-from mmlearn.data import pipeline
 from mmlearn.errors import ConfigError
-from mmlearn.evaluate import SplitPass
-from mmlearn.metric_writer import Image
 from mmlearn.models import mvae
-from mmlearn.models.classifier import resolve_modalities
+from mmlearn.models.config import resolve_modalities
+from mmlearn.tasks.mvae_eval import GenerationEvaluator
 from mmlearn.tasks.registry import TASKS
-
-EVAL_SEED = 0  # Of evaluation's z samples: every evaluation of the same parameters gives the same numbers.
-GRID_SEED = 1
-GRID_TILE = 64  # Grid tiles are upscaled by an integer factor to at least this many pixels.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +96,8 @@ class MVAETask:
   - `impute(params, batch, present, rng, temperature=1.0) -> batch`: generative imputation.
   - `array_modalities`: the modalities decoded to arrays (decoders with a `shape`), e.g. for grids.
   """
+
+  summary_metric = "elbo"
 
   def __init__(
     self,
@@ -305,7 +297,7 @@ class MVAETask:
     count = float(sums["count"])
     return {k: float(v) / count for k, v in sums.items() if k != "count"}
 
-  def evaluator(self, par: parallel_lib.DataParallel, source: Any, **kwargs: Any) -> "GenerationEvaluator":
+  def evaluator(self, par: parallel_lib.DataParallel, source: Any, **kwargs: Any) -> GenerationEvaluator:
     return GenerationEvaluator(self, par, source, **kwargs)
 
   # ---- Generation and imputation ----
@@ -372,80 +364,3 @@ class MVAETask:
       if mask is not None:
         out[f"{m}_mask"] = jnp.where(flags[m][:, None], batch[f"{m}_mask"], mask) if m in batch else mask
     return out
-
-
-def to_uint8(x: np.ndarray) -> np.ndarray:
-  """[-1, 1] floats -> uint8 RGB (a single channel is repeated)."""
-  x = np.rint((np.clip(np.asarray(x, np.float32), -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
-  return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
-
-
-def sample_grid(real: np.ndarray | None, samples: np.ndarray, border: int = 2) -> np.ndarray:
-  """An RGB uint8 grid: one row per condition, its real item first (if given), then its samples.
-
-  real: [R, H, W, C] or None; samples: [R, S, H, W, C], in [-1, 1]. Tiles are upscaled to >= `GRID_TILE`
-  pixels and separated by gray borders.
-  """
-  rows = samples if real is None else np.concatenate([np.asarray(real)[:, None], samples], axis=1)
-  scale = max(1, -(-GRID_TILE // rows.shape[2]))
-  tiles = to_uint8(rows).repeat(scale, axis=2).repeat(scale, axis=3)
-  r, c, h, w, _ = tiles.shape
-  grid = np.full((r * (h + border) + border, c * (w + border) + border, 3), 128, np.uint8)
-  for i in range(r):
-    for j in range(c):
-      top, left = border + i * (h + border), border + j * (w + border)
-      grid[top : top + h, left : left + w] = tiles[i, j]
-  return grid
-
-
-def eval_step(params: Any, batch: dict[str, Any], rng: jax.Array, *, task: MVAETask) -> dict[str, jax.Array]:
-  """Per-device: the task's weighted sums, over all devices, with per-example keys.
-
-  Each example's z is drawn from the batch's `rng` folded with its index in the global batch, so the sums
-  do not depend on the number of devices.
-  """
-  rng = rngs.example_keys(rng, jax.tree.leaves(batch)[0].shape[0])
-  return lax.psum(task.eval_sums(params, batch, rng), parallel_lib.AXIS)
-
-
-class GenerationEvaluator(SplitPass):
-  """Test ELBO (and its parts) over a whole split, then sample grids from its first examples."""
-
-  per_device_step = staticmethod(eval_step)
-
-  def run(self, params: Any) -> Iterator[tuple[str, Any]]:
-    totals = None
-    for b, batch in enumerate(self.batches()):
-      rng = jax.random.fold_in(jax.random.PRNGKey(EVAL_SEED), b)
-      sums = self._step(params, self.par.shard(batch), rng)
-      totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    for name, value in self.task.summarize(jax.device_get(totals)).items():
-      yield f"{self.split}/{name}", value
-    yield from self.sample_grids(params)
-
-  def sample_grids(self, params: Any) -> Iterator[tuple[str, Image]]:
-    """`<split>/samples/<condition>_to_<target>` for every array target and every other modality."""
-    task, count = self.task, min(self.task.grid_conditions, len(self.source))
-    if count <= 0 or task.grid_samples <= 0:
-      return
-    # The first examples of the split, the same on every process (only process 0 writes them).
-    batch = next(
-      pipeline.eval_batches(
-        self.source, batch_size=count, max_tokens=self.max_tokens, process_index=0, process_count=1
-      )
-    )
-    batch = {k: v for k, v in batch.items() if k != "weight"}
-    params = jax.device_get(params)
-    for target in task.array_modalities:
-      for condition in (m for m in task.modalities if m != target):
-        samples, _ = task.sample(
-          params,
-          batch,
-          jax.random.PRNGKey(GRID_SEED),
-          task.temperature,
-          condition=(condition,),
-          target=target,
-          num_samples=task.grid_samples,
-        )
-        grid = sample_grid(batch[target], np.asarray(samples))
-        yield f"{self.split}/samples/{condition}_to_{target}", Image(grid)

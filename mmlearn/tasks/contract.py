@@ -1,0 +1,43 @@
+"""The task contract: what the trainer, the evaluators and the scripts may rely on, in one place.
+
+A task bundles a model, its loss and its evaluation, so one training loop serves classification,
+retrieval and generation alike (scenic's model objects, big_vision's evaluators). Tasks are registered
+by name in `mmlearn.tasks.TASKS` and built as `Task(config, *, info, vocab_size, class_counts)`: `info`
+is the dataset's `tfds.core.DatasetInfo` (features, class names), `vocab_size` its tokenizer's size
+(None without text), `class_counts` a function returning the training split's count of each class (call
+it only if the task needs it: it reads every training label).
+
+`loss` is per-device code: it sees the device's share of the global batch and returns that share's
+loss, so that the mean over devices is the global loss (the trainer `pmean`s the gradients). It is
+always given the step (for schedules inside the loss, e.g. KL annealing) and one random key per
+example, keyed by the example's index in the global batch (`mmlearn.rngs`), so a stochastic loss gives
+the same result on any number of devices.
+"""
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import jax
+
+
+class Evaluator(Protocol):
+  def run(self, params: Any) -> Iterable[tuple[str, Any]]:
+    """`(metric_name, value)` pairs for one split, names prefixed with the split (`test/accuracy`)."""
+
+
+class Task(Protocol):
+  # The metric a run's final summary line leads with, without its split prefix (e.g. "accuracy").
+  summary_metric: str
+
+  def init(self, rng: jax.Array, batch: dict[str, Any]) -> Any:
+    """The initial parameters, given one batch in the pipeline's format."""
+
+  def loss(
+    self, params: Any, batch: dict[str, Any], rng: jax.Array, *, step: jax.Array
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(scalar loss, metrics) of this device's examples; `rng`: one key per example."""
+
+  def evaluator(
+    self, par: Any, source: Any, *, split: str, batch_size: int, max_tokens: int, transform: Any = None
+  ) -> Evaluator:
+    """An evaluator of `split` (`source`); `transform` is `eval_batches`' (e.g. missing modalities)."""

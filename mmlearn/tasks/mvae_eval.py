@@ -1,0 +1,83 @@
+"""Evaluation of the MVAE task (`mmlearn.tasks.mvae`): the test ELBO over a split, then sample grids.
+
+`GenerationEvaluator` sums the task's reported metrics (`elbo` and its parts, at beta = 1; see
+`mmlearn.tasks.mvae`) over a split with fixed RNG keys, then yields sample grids as
+`metric_writer.Image`s, `<split>/samples/<c>_to_<t>`: for the first `mvae.grid_conditions` examples of
+the split, the real x_t, then `mvae.grid_samples` samples of x_t given x_c alone, for every array target t.
+
+The ELBO sums use fixed keys (`EVAL_SEED`, folded with the batch number, then with each example's index
+in the global batch), so every evaluation of the same parameters gives the same numbers on any number of
+devices; the grids use `GRID_SEED`, so grids of successive evaluations differ only by the parameters.
+This module knows the task only by its methods (`eval_sums`, `summarize`, `sample` and the grid
+settings), so the task imports its evaluator and not the other way round.
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import numpy as np
+from jax import lax
+
+from mmlearn import parallel as parallel_lib
+from mmlearn import rngs
+from mmlearn.data import pipeline
+from mmlearn.evaluate import SplitPass
+from mmlearn.image_grid import sample_grid
+from mmlearn.metric_writer import Image
+
+EVAL_SEED = 0  # Of evaluation's z samples: every evaluation of the same parameters gives the same numbers.
+GRID_SEED = 1
+
+
+def eval_step(params: Any, batch: dict[str, Any], rng: jax.Array, *, task: Any) -> dict[str, jax.Array]:
+  """Per-device: the `MVAETask`'s weighted sums, over all devices, with per-example keys.
+
+  Each example's z is drawn from the batch's `rng` folded with its index in the global batch, so the sums
+  do not depend on the number of devices.
+  """
+  rng = rngs.example_keys(rng, jax.tree.leaves(batch)[0].shape[0])
+  return lax.psum(task.eval_sums(params, batch, rng), parallel_lib.AXIS)
+
+
+class GenerationEvaluator(SplitPass):
+  """Test ELBO (and its parts) over a whole split, then sample grids from its first examples."""
+
+  per_device_step = staticmethod(eval_step)
+
+  def run(self, params: Any) -> Iterator[tuple[str, Any]]:
+    totals = None
+    for b, batch in enumerate(self.batches()):
+      rng = jax.random.fold_in(jax.random.PRNGKey(EVAL_SEED), b)
+      sums = self._step(params, self.par.shard(batch), rng)
+      totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    for name, value in self.task.summarize(jax.device_get(totals)).items():
+      yield f"{self.split}/{name}", value
+    yield from self.sample_grids(params)
+
+  def sample_grids(self, params: Any) -> Iterator[tuple[str, Image]]:
+    """`<split>/samples/<condition>_to_<target>` for every array target and every other modality."""
+    task, count = self.task, min(self.task.grid_conditions, len(self.source))
+    if count <= 0 or task.grid_samples <= 0:
+      return
+    # The first examples of the split, the same on every process (only process 0 writes them).
+    batch = next(
+      pipeline.eval_batches(
+        self.source, batch_size=count, max_tokens=self.max_tokens, process_index=0, process_count=1
+      )
+    )
+    batch = {k: v for k, v in batch.items() if k != "weight"}
+    params = jax.device_get(params)
+    for target in task.array_modalities:
+      for condition in (m for m in task.modalities if m != target):
+        samples, _ = task.sample(
+          params,
+          batch,
+          jax.random.PRNGKey(GRID_SEED),
+          task.temperature,
+          condition=(condition,),
+          target=target,
+          num_samples=task.grid_samples,
+        )
+        grid = sample_grid(batch[target], np.asarray(samples))
+        yield f"{self.split}/samples/{condition}_to_{target}", Image(grid)
