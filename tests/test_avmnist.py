@@ -326,7 +326,16 @@ def test_missing_raw_file_is_named(tmp_path):
 
 @pytest.mark.parametrize(
   "content",
-  [b"not gzip at all", gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 20), gzip.compress(b"\x01\x02")],
+  [
+    b"not gzip at all",
+    gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 20, mtime=0),
+    gzip.compress(b"\x01\x02", mtime=0),
+  ],
+  ids=[
+    "not gzip",
+    "short data",
+    "bad magic",
+  ],  # Stable ids: pytest-xdist workers must collect the same tests.
 )
 def test_corrupt_idx_file_is_named(tmp_path, content):
   raw_dir = copy_of_raw(tmp_path, skip="train-images-idx3-ubyte.gz")
