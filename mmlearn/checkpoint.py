@@ -5,19 +5,32 @@ the restored iterator yields exactly the batches the interrupted run would have 
 writes each step to a temporary directory and renames it when complete, so an interruption never
 leaves a half-written checkpoint that looks valid. Saves are synchronous: a failed write (a full disk)
 is an error of the `save` call that names the step, not a background thread's traceback, and a
-checkpoint is complete before the trainer reports it saved.
+checkpoint is complete before the trainer reports it saved (so the state's buffers may then be donated).
+
+The state is handed to orbax as the device arrays it is (never gathered to one host): orbax writes each
+array shard by shard, every process the shards its devices hold (one copy of replicated leaves), so a
+state sharded over the devices (`parallel.DataParallel.place_state`) is never whole in any memory.
+`restore` reads into the template's layout: a template placed on a mesh (leaves with a `NamedSharding`)
+gets arrays in that layout, each device reading its own slice, so a run resumes on another device count
+by placing its template on its own mesh; any other template (host arrays: the tools) gets host arrays.
 
 A byte flipped on disk can still restore "successfully" as garbage, so every checkpoint carries an
-`integrity` record: a SHA-256 of the host state (every leaf's path, dtype, shape and bytes) and of the
-data iterator's state. `restore` recomputes both and also requires every float to be finite; a mismatch
-is a `CheckpointError` naming the step's directory. `restore_latest(fallback=True)` then moves each
-damaged newer checkpoint aside (to `<workdir>/corrupt_checkpoints/`, never deleting it) and resumes from
-the newest intact one.
+`integrity` record: a checksum of every state leaf (with its path, dtype and shape) and a SHA-256 of the
+data iterator's state. The leaf checksum is computed where the leaf lives (each shard on its device,
+under `jit`, the partial sums added on the host) and does not depend on how the leaf is sharded: it is
+a sum mod 2**32 of each element's bits times an odd multiplier derived from the element's flat index
+(twice, with two multiplier families). Integer addition is associative, so any sharding and reduction
+order gives the same value, while any change of one element changes it and moved elements change it
+with probability 1 - 2**-64. `restore` recomputes both and also requires every float to be finite (on
+device too); a mismatch is a `CheckpointError` naming the step's directory. Records written before the
+checksum (`state_sha256`, a SHA-256 of the host state) are still verified.
+`restore_latest(fallback=True)` then moves each damaged newer checkpoint aside (to
+`<workdir>/corrupt_checkpoints/`, never deleting it) and resumes from the newest intact one.
 
 Multi-process runs save and restore collectively: every process makes the same calls (orbax
-synchronises them). The state is replicated, so orbax writes process 0's host copy once; each process
-writes and reads its own data-iterator state (`data/process_I-of-N.json`, grain's layout), so a run
-resumes only with the process count that wrote it. The integrity record is process 0's.
+synchronises them); each process writes and reads its own data-iterator state
+(`data/process_I-of-N.json`, grain's layout), so a run resumes only with the process count that wrote
+it. The integrity record is process 0's.
 """
 
 import collections
@@ -30,10 +43,14 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from jax import lax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
 
 from mmlearn.errors import CheckpointError
 
@@ -44,13 +61,107 @@ _RESTORE_ERRORS = (ValueError, OSError, KeyError, TypeError, RuntimeError, EOFEr
 
 
 def state_digest(state: Any) -> str:
-  """SHA-256 over every leaf's tree path, dtype, shape and bytes: equal iff the host states are equal."""
+  """SHA-256 over every leaf's tree path, dtype, shape and bytes of a host copy (the record of checkpoints
+  written before `state_checksum`; also a test's equality oracle)."""
   digest = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]:
     array = np.ascontiguousarray(np.asarray(leaf))
     digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}|".encode())
     digest.update(array.tobytes())
   return digest.hexdigest()
+
+
+def _mix(index: jax.Array, seed: int) -> jax.Array:
+  """An odd uint32 multiplier from a uint32 flat index (murmur3's finaliser; all arithmetic mod 2**32)."""
+  h = index * jnp.uint32(0x9E3779B1) + jnp.uint32(seed)
+  h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
+  h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
+  return (h ^ (h >> 16)) | jnp.uint32(1)
+
+
+def _as_uint32(x: jax.Array) -> jax.Array:
+  """The element bits as uint32 (64-bit elements as two uint32 words, on a trailing axis)."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  size = np.dtype(x.dtype).itemsize
+  if size in (4, 8):
+    return lax.bitcast_convert_type(x, jnp.uint32)
+  return lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16}[size]).astype(jnp.uint32)
+
+
+@jax.jit
+def _shard_check(x: jax.Array, start: jax.Array, strides: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(uint32[2] partial checksum, all finite) of one shard, on its own device: no collective.
+
+  `start`: the shard's offset in the leaf (of its uint32 words), `strides`: the leaf's row-major
+  strides; both are arguments, so one small program serves every shard of a shape and dtype.
+  """
+  bits = _as_uint32(x)
+  index = jnp.zeros(bits.shape, jnp.uint32)
+  for d in range(bits.ndim):
+    index = index + (lax.broadcasted_iota(jnp.uint32, bits.shape, d) + start[d]) * strides[d]
+  sums = jnp.stack([jnp.sum(bits * _mix(index, seed), dtype=jnp.uint32) for seed in (0, 0x5BD1E995)])
+  finite = jnp.isfinite(x).all() if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
+  return sums, finite
+
+
+def _pieces(x: Any) -> list[tuple[Any, tuple[int, ...]]]:
+  """(data, offset) of each piece of a leaf this process checks: one copy of each shard it holds."""
+  if isinstance(x, jax.Array):
+    return [
+      (shard.data, tuple(i.start or 0 for i in shard.index) + (0,) * (x.ndim - len(shard.index)))
+      for shard in x.addressable_shards
+      if shard.replica_id == 0
+    ]
+  return [(x, (0,) * x.ndim)]
+
+
+def _state_checks(state: Any) -> tuple[dict[str, str], str | None]:
+  """(`state_checksum`'s record, the path of the first non-finite float leaf or None).
+
+  Each shard is checked on its own device and the partial sums are added mod 2**32 on the host (across
+  processes too): a shard-local reduction has no collective, so it cannot contend with the train step's.
+  """
+  flat = jax.tree_util.tree_flatten_with_path(state)[0]
+  leaves = [leaf if isinstance(leaf, jax.Array) else np.ascontiguousarray(leaf) for _, leaf in flat]
+  # Host 64-bit leaves go in as their uint32 words: jit would otherwise narrow them (x64 is off).
+  leaves = [
+    x.view(np.uint32).reshape(*x.shape, 2) if isinstance(x, np.ndarray) and x.dtype.itemsize == 8 else x
+    for x in leaves
+  ]
+  pending = []
+  for x in leaves:
+    shape = (*x.shape, 2) if np.dtype(x.dtype).itemsize == 8 else tuple(x.shape)
+    strides = np.cumprod((1, *shape[:0:-1]), dtype=np.uint64)[::-1].astype(np.uint32)  # Mod 2**32.
+    pending.append(
+      [
+        _shard_check(data, np.array(offset + (0,) * (len(shape) - len(offset)), np.uint32), strides)
+        for data, offset in _pieces(x)
+      ]
+    )
+  checks = jax.device_get(pending)  # One host sync for all shards.
+  sums = np.array([np.sum([c[0] for c in leaf], axis=0, dtype=np.uint32) for leaf in checks], np.uint32)
+  finite = np.array([all(bool(c[1]) for c in leaf) for leaf in checks])
+  if jax.process_count() > 1:
+    gathered = multihost_utils.process_allgather((sums, finite))
+    sums, finite = np.sum(gathered[0], axis=0, dtype=np.uint32), np.all(gathered[1], axis=0)
+  record, bad = {}, None
+  for (path, leaf), words, ok in zip(flat, sums, finite, strict=True):
+    name = jax.tree_util.keystr(path)
+    shape = ",".join(map(str, np.shape(leaf)))
+    dtype = np.dtype(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
+    record[name] = f"{dtype.name}[{shape}]:{int(words[0]):08x}{int(words[1]):08x}"
+    if not ok and bad is None:
+      bad = name
+  return record, bad
+
+
+def state_checksum(state: Any) -> dict[str, str]:
+  """Per leaf path, `dtype[shape]:checksum`, computed on device and independent of the sharding (see the
+  module docstring): equal for a state and its restored copy on any device count."""
+  return _state_checks(state)[0]
 
 
 def iterator_digest(data_iterator: Any) -> str:
@@ -72,12 +183,20 @@ def array_signature(tree: Any) -> collections.Counter:
 
 
 def non_finite_leaf(state: Any) -> str | None:
-  """The path of the first float leaf holding a NaN or an infinity, else None."""
-  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-    array = np.asarray(leaf)
-    if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
-      return jax.tree_util.keystr(path)
-  return None
+  """The path of the first float leaf holding a NaN or an infinity, else None (checked on device)."""
+  return _state_checks(state)[1]
+
+
+def abstract_template(template: Any) -> Any:
+  """What orbax restores into: leaves placed with a `NamedSharding` become `jax.ShapeDtypeStruct`s with
+  that sharding (restored in place, shard by shard); every other leaf becomes a host array."""
+
+  def target(leaf):
+    if isinstance(leaf, jax.Array) and isinstance(leaf.sharding, NamedSharding):
+      return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+    return jax.device_get(leaf)
+
+  return jax.tree.map(target, template)
 
 
 def remove_unfinished(directory: str) -> None:
@@ -93,10 +212,11 @@ def remove_unfinished(directory: str) -> None:
 
 
 class Checkpointer:
-  def __init__(self, workdir: str, *, keep: int, read_only: bool = False):
-    """`read_only` (tools that evaluate a run) never creates, cleans or rotates anything."""
+  def __init__(self, workdir: str, *, keep: int, read_only: bool = False, subdir: str = "checkpoints"):
+    """`read_only` (tools that evaluate a run) never creates, cleans or rotates anything; `subdir` is
+    the directory under `workdir` (`best` for the selected checkpoint, `mmlearn.selection`)."""
     self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, "checkpoints")
+    self.directory = os.path.join(self.workdir, subdir)
     if not read_only and jax.process_index() == 0:
       remove_unfinished(self.directory)
     options = ocp.CheckpointManagerOptions(
@@ -114,18 +234,18 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, data_iterator: Any) -> None:
-    """Saves a host copy of `state` (the device buffers may be donated to the next step).
+    """Saves `state` as it lies (device arrays, sharded or not: never gathered; host arrays too).
 
     `data_iterator`: the training iterator, or the state it had after the last batch trained on
-    (`prefetch.IteratorState`: what a prefetching loop saves).
+    (`prefetch.IteratorState`: what a prefetching loop saves). The save is complete on return, so the
+    state's device buffers may then be donated to the next step.
     """
-    host = jax.device_get(state)
-    integrity = {"state_sha256": state_digest(host), "data_sha256": iterator_digest(data_iterator)}
+    integrity = {"state_checksum": state_checksum(state), "data_sha256": iterator_digest(data_iterator)}
     try:
       self.manager.save(
         step,
         args=ocp.args.Composite(
-          state=ocp.args.StandardSave(host),
+          state=ocp.args.StandardSave(state),
           data=grain.checkpoint.CheckpointSave(data_iterator),
           integrity=ocp.args.JsonSave(integrity),
         ),
@@ -139,15 +259,16 @@ class Checkpointer:
   def restore(self, step: int, template: Any, data_iterator: grain.DatasetIterator | None = None) -> Any:
     """Returns the state saved at `step` (structured like `template`); restores the iterator in place.
 
-    Verified against the checkpoint's integrity record (checkpoints written before it existed are
-    checked for finiteness only). Without `data_iterator` (a tool that only needs the parameters) the
-    iterator item is not read, so the caller need not build a training pipeline.
+    Leaves of `template` placed on a mesh come back in that layout (on another device count than the
+    run that saved them, too); other leaves come back as host arrays. Verified against the checkpoint's
+    integrity record (checkpoints written before it existed are checked for finiteness only). Without
+    `data_iterator` (a tool that only needs the parameters) the iterator item is not read, so the
+    caller need not build a training pipeline.
     """
     where = self.step_dir(step)
-    template = jax.device_get(template)
     self._check_matches(step, template)
     has_record = os.path.isdir(os.path.join(where, "integrity"))
-    items = {"state": ocp.args.StandardRestore(template)}
+    items = {"state": ocp.args.StandardRestore(abstract_template(template))}
     if has_record:
       items["integrity"] = ocp.args.JsonRestore()
     try:
@@ -156,9 +277,14 @@ class Checkpointer:
       raise CheckpointError(f"checkpoint {where} cannot be restored: {_first_line(e)}") from e
     state = restored.state
     record = restored.integrity if has_record else None
-    if record is not None and state_digest(state) != record.get("state_sha256"):
+    checksum, leaf = _state_checks(state)
+    if record is not None and (
+      ("state_checksum" in record and checksum != record["state_checksum"])
+      or ("state_sha256" in record and state_digest(state) != record["state_sha256"])
+      or not {"state_checksum", "state_sha256"} & set(record)
+    ):
       raise CheckpointError(f"checkpoint {where} is corrupt: its state does not match its checksum")
-    if (leaf := non_finite_leaf(state)) is not None:
+    if leaf is not None:
       raise CheckpointError(f"checkpoint {where} holds non-finite values (in state{leaf})")
     if data_iterator is not None:
       self._check_process_count(step)

@@ -29,6 +29,7 @@ FREE_FORM = (
   "mvae.decoders",
   "mvae.likelihood_weights",
   "mvae.private_dims",
+  "evals",
 )
 
 
@@ -83,8 +84,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"optimizer.learning_rate must be finite and positive, got {learning_rate}")
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError("set num_epochs or num_train_steps to a positive value")
-  if config.parallel.mode not in parallel.MODES:
-    raise ConfigError(f"unknown parallel.mode {config.parallel.mode!r}; known: {', '.join(parallel.MODES)}")
+  parallel.check_config(config)
   optim.OPTIMIZERS.get(config.optimizer.name)
   FUSIONS.get(config.model.fusion)
   losses.LOSSES.get(config.retrieval.loss)
@@ -92,6 +92,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   Augment.from_config(config.augment)  # Raises on negative or out-of-range strengths.
   class_losses.check_config(config.classification)
   check_missing(config)
+  check_core(config)
   check_eval_every_steps(config)
   check_mvae(config)
   if not config.model.modalities:
@@ -121,6 +122,24 @@ def check_missing(config: ml_collections.ConfigDict) -> None:
       used |= rate > 0
   if used and config.task != "classification":
     raise ConfigError(f"missing modalities are a classification option; task is {config.task!r}")
+
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def check_core(config: ml_collections.ConfigDict) -> None:
+  """Precision, EMA, evaluator entries and the parallel layout."""
+  if config.precision not in PRECISIONS:
+    raise ConfigError(f"unknown precision {config.precision!r}; known: {', '.join(PRECISIONS)}")
+  if not 0 <= config.ema_decay < 1:
+    raise ConfigError(f"ema_decay must be in [0, 1) (0: no moving average), got {config.ema_decay}")
+  for name, entry in config.evals.items():
+    if not isinstance(entry, ml_collections.ConfigDict | dict):
+      raise ConfigError(f"config.evals.{name} must be a dict with 'type' and 'split', got {entry!r}")
+  if config.select_metric and "/" not in config.select_metric:
+    raise ConfigError(
+      f"select_metric must name a split's metric, e.g. 'validation/accuracy'; got {config.select_metric!r}"
+    )
 
 
 def check_eval_every_steps(config: ml_collections.ConfigDict) -> None:

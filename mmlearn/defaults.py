@@ -49,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.fusion = "concat"
   config.model.fusion_kwargs = ml_collections.ConfigDict()
   config.model.head_hidden = (64,)
+  config.model.head_dropout = 0.0  # Dropout on the head's hidden layers while training.
 
   # Used by task="retrieval" only (dual encoder on config.model.modalities; see configs/retrieval/).
   config.retrieval = ml_collections.ConfigDict()
@@ -124,7 +125,23 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 500
   config.eval_every_steps = 0  # > 0: also evaluate every eval split this often (sample grids); 0: at the end.
   config.keep_checkpoints = 2
+  # Evaluators (see mmlearn/evaluators.py), big_vision style: `config.evals.<name> = {"type": ...,
+  # "split": ..., "every_steps": ...}` plus the type's own keys. Empty: the task's default evaluator on
+  # every `dataset.eval_splits` split, every `eval_every_steps` (0: at the end only).
+  config.evals = ml_collections.ConfigDict()
+  # Keeps a `best` checkpoint beside the latest, by this evaluation metric (e.g. "validation/accuracy");
+  # "" = none. Losses, errors and distances are minimised, everything else maximised.
+  config.select_metric = ""
+
+  # Computation dtype: float32 | bfloat16. Parameters, optimizer state, losses and metrics stay float32.
+  config.precision = "float32"
+  # Exponential moving average of the parameters (0 = off). With it, evaluation uses the average, which
+  # is checkpointed with the state.
+  config.ema_decay = 0.0
 
   config.parallel = ml_collections.ConfigDict()
   config.parallel.mode = "shard_map"  # shard_map | pmap
+  # Parameters (and their optimizer state and EMA) with at least this many elements are split over the
+  # devices, FSDP style (see mmlearn/parallel.py); 0 = every parameter replicated. shard_map mode only.
+  config.parallel.shard_min_size = 0
   return config

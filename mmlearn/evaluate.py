@@ -1,4 +1,4 @@
-"""Evaluators: one small contract, `Evaluator.run(params)` yields `(metric_name, value)` pairs.
+"""Evaluators: one small contract, `Evaluator.run(variables)` yields `(metric_name, value)` pairs.
 
 The trainer only logs what evaluators yield, so a task brings its metrics without touching the loop.
 """
@@ -14,15 +14,16 @@ from mmlearn import parallel as parallel_lib
 from mmlearn.data import pipeline
 
 
-def eval_step(params: Any, batch: dict[str, Any], *, task: Any) -> dict[str, jax.Array]:
+def eval_step(variables: dict[str, Any], batch: dict[str, Any], *, task: Any) -> dict[str, jax.Array]:
   """Per-device: the task's weighted sums on this device's examples, summed over all devices."""
-  return lax.psum(task.eval_sums(params, batch), parallel_lib.AXIS)
+  return lax.psum(task.eval_sums(variables, batch), parallel_lib.AXIS)
 
 
 class SplitPass:
   """What every evaluator shares: one ordered pass over a split, and its per-device step mapped once.
 
-  Subclasses set `per_device_step(params, batch, ..., *, task)` and write `run(params)`.
+  Subclasses set `per_device_step(variables, batch, ..., *, task)` and write `run(variables)`. The step
+  sees full parameters whatever their layout on the devices (`par.gather_params`).
   """
 
   per_device_step: Callable
@@ -40,7 +41,12 @@ class SplitPass:
   ):
     self.task, self.par, self.source, self.split = task, par, source, split
     self.batch_size, self.max_tokens, self.transform = batch_size, max_tokens, transform
-    self._step = par.map(functools.partial(type(self).per_device_step, task=task), sharded_args=(1,))
+    step = functools.partial(type(self).per_device_step, task=task)
+
+    def per_device(variables: dict[str, Any], *args: Any) -> Any:
+      return step({**variables, "params": par.gather_params(variables["params"])}, *args)
+
+    self._step = par.map(per_device, sharded_args=(1,))
 
   def batches(self) -> Iterator[dict[str, Any]]:
     """This process's share of the split, padded batches with `weight` (see `pipeline.eval_batches`)."""
@@ -54,10 +60,10 @@ class SplitEvaluator(SplitPass):
 
   per_device_step = staticmethod(eval_step)
 
-  def run(self, params: Any) -> Iterator[tuple[str, Any]]:
+  def run(self, variables: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     totals = None
     for batch in self.batches():
-      sums = self._step(params, self.par.shard(batch))
+      sums = self._step(variables, self.par.shard(batch))
       totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     for name, value in self.task.summarize(jax.device_get(totals)).items():
       yield f"{self.split}/{name}", value

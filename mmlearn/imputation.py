@@ -26,10 +26,10 @@ def check_run(config: ml_collections.ConfigDict, workdir: str, modalities: Seque
     raise ConfigError(f"the MVAE run {workdir} does not model modality(ies) {', '.join(lacking)}")
 
 
-def generator(task: Any, params: Any, modalities: Sequence[str], temperature: float) -> Callable:
-  """`impute`'s `generate(batch, present, seed) -> batch` from an `MVAETask` and its parameters."""
+def generator(task: Any, variables: Any, modalities: Sequence[str], temperature: float) -> Callable:
+  """`impute`'s `generate(batch, present, seed) -> batch` from an `MVAETask` and its variables."""
   fill = jax.jit(
-    lambda batch, present, key, targets: task.impute(params, batch, present, key, temperature, targets),
+    lambda batch, present, key, targets: task.impute(variables, batch, present, key, temperature, targets),
     static_argnums=3,
   )
 
@@ -50,5 +50,5 @@ def load_generator(workdir: str | None, modalities: Sequence[str], temperature: 
     raise ConfigError("missing.imputation='generative' needs missing.generative_workdir (a trained mvae run)")
   config = restore.read_config(workdir)
   check_run(config, workdir, modalities)
-  _, _, task, params = restore.load_run(config, workdir, ())
-  return generator(task, params, modalities, temperature)
+  _, _, task, variables = restore.load_run(config, workdir, ())
+  return generator(task, variables, modalities, temperature)

@@ -1,5 +1,10 @@
 """Optimizers by name, wrapped in the learning-rate schedule and optional global-norm clipping."""
 
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -44,10 +49,29 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
   raise ConfigError(f"unknown learning-rate schedule {cfg.schedule!r}; known: constant, cosine")
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-  """The configured optimizer; clipping (if `grad_clip_norm` > 0) acts on the already-averaged gradient."""
+def clip_by_norm(max_norm: float, norm: Callable[[Any], jax.Array]) -> optax.GradientTransformation:
+  """optax's `clip_by_global_norm`, with the norm computed by `norm`.
+
+  With sharded parameters each device holds a shard of the gradient, and the global norm needs a
+  reduction over devices (`DataParallel.global_norm`); optax's own would clip by the shard's norm.
+  """
+
+  def update(updates, state, params=None):
+    del params
+    total = norm(updates)
+    scale = jnp.where(total < max_norm, 1.0, max_norm / total)
+    return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(
+  cfg: ml_collections.ConfigDict, total_steps: int, *, norm: Callable[[Any], jax.Array] = optax.global_norm
+) -> optax.GradientTransformation:
+  """The configured optimizer; clipping (if `grad_clip_norm` > 0) acts on the already-averaged gradient,
+  by the norm `norm` computes (the trainer passes its layout's: `DataParallel.global_norm`)."""
   make = OPTIMIZERS.get(cfg.name)
   tx = make(make_schedule(cfg, total_steps), cfg)
   if cfg.grad_clip_norm > 0:
-    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
+    tx = optax.chain(clip_by_norm(cfg.grad_clip_norm, norm), tx)
   return tx

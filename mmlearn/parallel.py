@@ -1,14 +1,39 @@
-"""Data parallelism: map a per-device step over every device with `jax.shard_map` (default) or `jax.pmap`.
+"""Data parallelism, optionally with sharded parameters: map a per-device step over every device.
 
-Steps are written as per-device code: they see their device's slice of the global batch and average
-gradients and metrics with `lax.pmean(..., AXIS)`. Parameters are replicated. Under `shard_map` with the
-default `check_vma=True`, `jax.grad` of a device-varying loss with respect to replicated (invariant)
-parameters already *sums* the gradient over devices (the transpose of the implicit broadcast is a
-psum), so a pmap-style `pmean` on top would be N times too large. Marking the parameters as varying
-first (`lax.pcast(..., to="varying")`) fixes the gradient, but then every `scan` in the model (an LSTM)
-must make its initial carry varying too, leaking parallelism into model code. So the step is mapped
-with `check_vma=False`, where, as under `pmap`, the per-device gradient is local and the explicit
-`pmean` averages it: both modes give the parameters of a single-device run (tested on 4 devices).
+Steps are written as per-device code and mapped with `jax.shard_map` (default) or `jax.pmap`: they see
+their device's slice of the global batch and average gradients and metrics with `lax.pmean(..., AXIS)`.
+Under `shard_map` with the default `check_vma=True`, `jax.grad` of a device-varying loss with respect to
+replicated (invariant) parameters already *sums* the gradient over devices (the transpose of the
+implicit broadcast is a psum), so a pmap-style `pmean` on top would be N times too large. Marking the
+parameters as varying first (`lax.pcast(..., to="varying")`) fixes the gradient, but then every `scan`
+in the model (an LSTM) must make its initial carry varying too, leaking parallelism into model code. So
+the step is mapped with `check_vma=False`, where, as under `pmap`, the per-device gradient is local and
+the explicit `pmean` averages it: both modes give the parameters of a single-device run (tested on 4
+devices).
+
+Sharded parameters (`config.parallel.shard_min_size` > 0, `shard_map` only) are FSDP's FULL_SHARD /
+ZeRO-3 over the data-parallel group, on the same 1-D mesh: every device holds 1/N of the batch *and* 1/N
+of every large parameter, of its optimizer state and of its EMA. The step stays per-device code with
+explicit collectives (chosen over `jax.jit` with sharding annotations so the gradient maths above, the
+BatchNorm `pmean` and the losses' `all_gather`s keep one reading in every mode); it calls four hooks
+that are identities or plain `pmean`s when nothing is sharded:
+
+    params = par.gather_params(state.params)      # all_gather (tiled): the full parameters, for the forward
+    grads = grad(loss)(params, ...)               # local gradient of the full parameters
+    grads = par.reduce_gradients(grads)           # reduce-scatter / N: this device's shard of the mean
+    tx.update(grads, state.opt_state, state.params)  # elementwise on the shards
+    par.global_norm(grads)                        # psum of the shards' squares + the replicated leaves'
+
+Which leaves are split is data, not a code path: a leaf of `params`, `opt_state` or `ema_params` with at
+least `shard_min_size` elements is split along its largest dimension divisible by the device count
+(the first such on ties; `shard_dim`). The rule reads only the full shape, so Adam's moments and the EMA
+get their parameter's layout without being matched to it, and a checkpoint can be restored on another
+device count by recomputing the layout there. Everything else (small leaves, the step, the RNG, model
+state such as BatchNorm statistics, optimizer counters) stays replicated. The optimizer must act
+elementwise on sharded leaves (sgd, adam, adamw do); optax's `clip_by_global_norm` does not (it would
+take the norm of the local shard), so `check_config` refuses clipping with sharding.
+`DataParallel.map` reads each argument's layout from its arrays' shardings, and `out_layouts` gives an
+output the layout of an argument (the train step returns the state in the layout it took).
 
 Multi-host: `initialize_distributed` joins the processes of one run (before anything touches a device);
 the mesh then spans every device of every process, each process feeds only its share of each global
@@ -16,11 +41,16 @@ batch, and both modes give the parameters of a single-process run (tested with 2
 """
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
+from jax import lax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -29,25 +59,67 @@ from mmlearn.errors import ConfigError
 
 AXIS = "batch"
 MODES = ("shard_map", "pmap")
+# The train state's fields whose large leaves are split; every other field stays replicated.
+SHARDED_FIELDS = ("params", "opt_state", "ema_params")
+
+
+def shard_dim(shape: Sequence[int], num_devices: int, min_size: int) -> int | None:
+  """The dimension a leaf of this full `shape` is split along, or None (replicated).
+
+  At least `min_size` elements (0 = never split) and a dimension divisible by `num_devices`: the
+  largest such dimension, the first on ties. Deterministic in the full shape alone, so every tree
+  with the parameters' shapes (gradients, optimizer moments, EMA) gets the same layout on any mesh.
+  """
+  if min_size <= 0 or math.prod(shape) < min_size:
+    return None
+  divisible = [(size, -d) for d, size in enumerate(shape) if size % num_devices == 0 and size > 0]
+  return -max(divisible)[1] if divisible else None
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises a one-line `ConfigError` for a `config.parallel` that cannot run (called by config checks)."""
+  mode, min_size = config.parallel.mode, config.parallel.shard_min_size
+  if mode not in MODES:
+    raise ConfigError(f"unknown parallel.mode {mode!r}; known: {', '.join(MODES)}")
+  if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
+    raise ConfigError(f"parallel.shard_min_size must be an integer >= 0 (0 = replicate), got {min_size!r}")
+  if min_size > 0 and mode != "shard_map":
+    raise ConfigError(
+      f"parallel.shard_min_size={min_size} shards parameters, which needs parallel.mode='shard_map' "
+      f"(got {mode!r}); use shard_min_size=0 with pmap"
+    )
 
 
 class DataParallel:
   """One 1-D device mesh over all devices of all processes, and how to move data and steps onto it.
 
-  Host-side state is always a plain (unreplicated) pytree; batches are the process-local slice of the
+  Host-side state is a plain (unreplicated) pytree; `place_state` lays it out on the mesh (replicated,
+  or with large leaves split when `shard_min_size` > 0). Batches are the process-local slice of the
   global batch, leading axis = examples. Both modes take and return the same layouts, so the trainer
   does not know which one it runs.
   """
 
-  def __init__(self, mode: str = "shard_map", devices: Sequence[jax.Device] | None = None):
+  def __init__(
+    self, mode: str = "shard_map", devices: Sequence[jax.Device] | None = None, shard_min_size: int = 0
+  ):
     if mode not in MODES:
       raise ConfigError(f"unknown parallel.mode {mode!r}; known: {', '.join(MODES)}")
+    if shard_min_size < 0:
+      raise ConfigError(f"parallel.shard_min_size must be >= 0, got {shard_min_size}")
+    if shard_min_size > 0 and mode != "shard_map":
+      raise ConfigError(
+        f"parallel.shard_min_size={shard_min_size} needs parallel.mode='shard_map', got {mode!r}"
+      )
     self.mode = mode
+    self.shard_min_size = shard_min_size
     self.devices = list(jax.devices() if devices is None else devices)
     self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
     self.mesh = Mesh(np.array(self.devices), (AXIS,))
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P(AXIS))
+    # (full shape, split dim or None) of each parameter leaf, recorded by `place_state`; the per-device
+    # hooks read it, since a shard's shape alone does not say which dimension was split.
+    self._param_layout: tuple[Any, list[tuple[tuple[int, ...], int | None]]] | None = None
 
   @property
   def num_devices(self) -> int:
@@ -67,6 +139,102 @@ class DataParallel:
     """
     return jax.device_put(jax.device_get(tree), self.replicated)
 
+  def spec(self, shape: Sequence[int]) -> P:
+    """The partition spec of a shardable leaf of this full shape: P() or "batch" on its `shard_dim`."""
+    d = shard_dim(shape, self.num_devices, self.shard_min_size)
+    return P() if d is None else P(*([None] * d), AXIS)
+
+  def state_shardings(self, state: Any) -> Any:
+    """The `NamedSharding` of every leaf of a train state (host or abstract): see the module docstring."""
+
+    def sharding(path, leaf):
+      shardable = path and getattr(path[0], "name", getattr(path[0], "key", None)) in SHARDED_FIELDS
+      spec = self.spec(np.shape(leaf)) if shardable else P()
+      return NamedSharding(self.mesh, spec)
+
+    return jax.tree_util.tree_map_with_path(sharding, state)
+
+  def place_state(self, state: Any) -> Any:
+    """Puts the train state on the devices in its layout (replicated, or large leaves split).
+
+    Each device receives only its slice (`make_array_from_callback` reads it from the host copy), so
+    no device ever holds a sharded leaf whole, and every process can do this with its own host copy.
+    Remembers the parameters' layout for the per-device hooks.
+    """
+    host = jax.device_get(state)
+    if self.shard_min_size == 0:
+      placed = jax.device_put(host, self.replicated)
+    else:
+
+      def put(leaf, sharding):
+        leaf = np.asarray(leaf)
+        return jax.make_array_from_callback(leaf.shape, sharding, lambda index: leaf[index])
+
+      placed = jax.tree.map(put, host, self.state_shardings(host))
+    params = getattr(host, "params", None) if not isinstance(host, dict) else host.get("params")
+    if params is not None:
+      leaves, treedef = jax.tree.flatten(params)
+      shapes = [tuple(np.shape(x)) for x in leaves]
+      self._param_layout = (
+        treedef,
+        [(s, shard_dim(s, self.num_devices, self.shard_min_size)) for s in shapes],
+      )
+    return placed
+
+  def _layout(self, tree: Any) -> tuple[list[Any], Any, list[tuple[tuple[int, ...], int | None]]]:
+    """(leaves, treedef, per-leaf (full shape, dim)) of a tree structured like the placed parameters."""
+    leaves, treedef = jax.tree.flatten(tree)
+    if self.shard_min_size == 0:
+      return leaves, treedef, [(tuple(np.shape(x)), None) for x in leaves]
+    if self._param_layout is None:
+      raise ValueError("DataParallel: call place_state(state) before mapping a step over sharded parameters")
+    known, layout = self._param_layout
+    if treedef != known:
+      raise ValueError(f"DataParallel: expected a tree structured like the parameters, got {treedef}")
+    return leaves, treedef, layout
+
+  # Per-device hooks the train and eval steps call, so a step does not know how parameters are laid out.
+  def gather_params(self, params: Any) -> Any:
+    """Inside a step: the full parameters from this device's shards (all_gather of the split leaves).
+
+    Also for trees structured like the parameters (the EMA). A leaf that already has its full shape
+    (replicated, or passed in whole) is returned as it is.
+    """
+    leaves, treedef, layout = self._layout(params)
+    gathered = [
+      x if d is None or tuple(x.shape) == full else lax.all_gather(x, AXIS, axis=d, tiled=True)
+      for x, (full, d) in zip(leaves, layout, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, gathered)
+
+  def reduce_gradients(self, grads: Any) -> Any:
+    """Inside a step: the gradient of the full parameters averaged over devices, laid out as the
+    parameters are: a reduce-scatter (`psum_scatter` / N) for split leaves, a `pmean` for the others."""
+    leaves, treedef, layout = self._layout(grads)
+    reduced = [
+      lax.pmean(g, AXIS)
+      if d is None
+      else lax.psum_scatter(g, AXIS, scatter_dimension=d, tiled=True) / self.num_devices
+      for g, (_, d) in zip(leaves, layout, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, reduced)
+
+  def global_norm(self, tree: Any) -> jax.Array:
+    """Inside a step: the L2 norm of a tree laid out as the parameters are (the same on every device).
+
+    The squares of split leaves' shards are summed over devices; replicated leaves count once.
+    """
+    leaves, _, layout = self._layout(tree)
+    split = [
+      jnp.sum(jnp.square(x)) for x, (full, _) in zip(leaves, layout, strict=True) if tuple(x.shape) != full
+    ]
+    whole = [
+      jnp.sum(jnp.square(x)) for x, (full, _) in zip(leaves, layout, strict=True) if tuple(x.shape) == full
+    ]
+    if not split:
+      return optax.global_norm(tree)
+    return jnp.sqrt(lax.psum(sum(split), AXIS) + sum(whole, jnp.zeros((), jnp.float32)))
+
   def shard(self, local_batch: dict[str, np.ndarray]) -> Any:
     """Places this process's part of the global batch on its devices, split along the example axis."""
     if self.mode == "pmap":
@@ -74,11 +242,33 @@ class DataParallel:
       return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), local_batch)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.sharded, x), local_batch)
 
-  def map(self, step: Callable[..., Any], *, sharded_args: tuple[int, ...], donate_argnums=()) -> Callable:
-    """Compiles a per-device `step`; args listed in `sharded_args` are split by example, others replicated.
+  def specs(self, tree: Any) -> Any:
+    """Each leaf's partition spec on this mesh: from its `NamedSharding` if it has one here, else P()."""
 
-    Every output must be device-invariant (already reduced with `pmean`/`psum`), and comes back
-    replicated on all devices.
+    def spec(leaf):
+      sharding = getattr(leaf, "sharding", None)
+      if isinstance(sharding, NamedSharding) and sharding.mesh == self.mesh:
+        return sharding.spec
+      return P()
+
+    return jax.tree.map(spec, tree)
+
+  def map(
+    self,
+    step: Callable[..., Any],
+    *,
+    sharded_args: tuple[int, ...],
+    donate_argnums: tuple[int, ...] = (),
+    out_layouts: tuple[int | None, ...] | None = None,
+  ) -> Callable:
+    """Compiles a per-device `step`; args listed in `sharded_args` are split by example.
+
+    Every other argument enters in the layout its arrays have (`place_state`'s, read from their
+    shardings at each call; host arrays and other values are replicated). Outputs come back
+    replicated, and must then be device-invariant (reduced with `pmean`/`psum`), except that with
+    `out_layouts` (one entry per output of a step returning a tuple) output k has the layout of
+    argument `out_layouts[k]`, or is replicated where the entry is None: the train step returns
+    `(state, metrics)` with `out_layouts=(0, None)`. pmap mode replicates everything.
     """
     if self.mode == "pmap":
       compiled: dict[int, Callable] = {}
@@ -93,11 +283,27 @@ class DataParallel:
 
       return wrapper
 
-    def make(*args):
-      specs = tuple(P(AXIS) if i in sharded_args else P() for i in range(len(args)))
-      return jax.shard_map(step, mesh=self.mesh, in_specs=specs, out_specs=P(), check_vma=False)(*args)
+    cache: dict[Any, Callable] = {}
 
-    return jax.jit(make, donate_argnums=donate_argnums)
+    def compiled(args: tuple[Any, ...]) -> Any:
+      in_specs = tuple(P(AXIS) if i in sharded_args else self.specs(arg) for i, arg in enumerate(args))
+      flat, treedef = jax.tree.flatten(in_specs, is_leaf=lambda x: isinstance(x, P))
+      key = (treedef, tuple(flat))
+      if key not in cache:
+        out_specs = (
+          P() if out_layouts is None else tuple(P() if i is None else in_specs[i] for i in out_layouts)
+        )
+        cache[key] = jax.jit(
+          jax.shard_map(step, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False),
+          donate_argnums=donate_argnums,
+        )
+      return cache[key]
+
+    def mapped(*args):
+      return compiled(args)(*args)
+
+    mapped.lower = lambda *args: compiled(args).lower(*args)  # Ahead-of-time compilation (benchmarks).
+    return mapped
 
 
 # Each of `initialize_distributed`'s arguments can come from a flag of the same name or this variable.

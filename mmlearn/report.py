@@ -90,3 +90,20 @@ def confusion_chart(path: str, counts: np.ndarray, class_names: Sequence[str], *
   fig.savefig(path, dpi=fig.dpi)
   plt.close(fig)
   return picture
+
+
+def select(values: list[float], metric: str) -> int | None:
+  """The index of the best finite value (lowest for losses, errors and distances), or None."""
+  from mmlearn.selection import minimised  # noqa: PLC0415 (selection imports the checkpointer)
+
+  finite = [(v, i) for i, v in enumerate(values) if v == v and abs(v) != float("inf")]
+  if not finite:
+    return None
+  return (min if minimised(metric) else max)(finite)[1]
+
+
+def protocol_line(selected_by: str, reported: str) -> str:
+  """The one line every results table states its protocol with."""
+  if selected_by == reported:
+    return f"Compared on {selected_by}."
+  return f"Selected on {selected_by}; {reported} reported once, for the selected run."

@@ -29,7 +29,10 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 def load_run(
   config: ml_collections.ConfigDict, workdir: str, splits: Sequence[str]
 ) -> tuple[dict[str, Any], Any, Any, Any]:
-  """(sources of `splits` and "train", dataset info, task, the latest checkpoint's parameters)."""
+  """(sources of `splits` and "train", dataset info, task, the latest checkpoint's variables).
+
+  The variables are what the run evaluates with: its parameters' moving average when it kept one.
+  """
   sources, info = data.load_sources(
     config.dataset.name,
     config=config.dataset.config,
@@ -50,7 +53,7 @@ def load_run(
     state = checkpointer.restore(step, template)  # Parameters only: no training pipeline to build.
   finally:
     checkpointer.close()
-  return sources, info, task, state.params
+  return sources, info, task, state.variables(ema=config.get("ema_decay", 0.0) > 0)
 
 
 def require_task(config: ml_collections.ConfigDict, task: str, workdir: str, purpose: str) -> None:

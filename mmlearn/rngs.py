@@ -8,6 +8,8 @@ Functions here also take a single key (tools that sample outside the trainer), a
 `jax.random` does.
 """
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -19,6 +21,20 @@ def example_keys(key: jax.Array, local_size: int, axis: str = AXIS) -> jax.Array
   """[local_size] keys, row i being `fold_in(key, global index of this device's example i)`."""
   start = lax.axis_index(axis) * local_size
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(local_size))
+
+
+def stream_key(key: jax.Array, name: str) -> jax.Array:
+  """An independent key for the named stream (`"dropout"`), the same for a name on every run."""
+  return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def device_key(key: jax.Array, axis: str = AXIS) -> jax.Array:
+  """`key` folded with this device's position on the mapped axis, inside per-device code.
+
+  For layers that draw over the whole local batch at once (dropout): their masks then depend on how
+  the batch is split, so runs on different device counts agree in distribution, not bit for bit.
+  """
+  return jax.random.fold_in(key, lax.axis_index(axis))
 
 
 def is_batched(keys: jax.Array) -> bool:

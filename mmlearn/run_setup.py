@@ -26,10 +26,41 @@ from mmlearn.tasks.contract import Task
 
 @flax.struct.dataclass
 class TrainState:
+  """Everything a step reads and writes, checkpointed whole.
+
+  `model_state` holds the model's mutable collections other than `params` (BatchNorm's `batch_stats`),
+  `{}` for a stateless model; `ema_params` the exponential moving average of `params`, None when
+  `config.ema_decay` is 0. `rng` is the base key: a step's keys are derived from it and the step
+  number (`mmlearn.rngs`), so a restart replays them exactly.
+  """
+
   step: jax.Array
   params: Any
+  model_state: dict[str, Any]
   opt_state: Any
-  rng: jax.Array  # Base key; step keys are derived with fold_in(step), so restarts replay them exactly.
+  ema_params: Any
+  rng: jax.Array
+
+  @classmethod
+  def create(
+    cls, variables: dict[str, Any], tx: optax.GradientTransformation, rng: jax.Array, *, ema: bool = False
+  ) -> "TrainState":
+    """The step-0 state from a model's variables (`{"params": ..., **collections}`, as `Task.init` gives)."""
+    params = variables["params"]
+    model_state = {name: value for name, value in variables.items() if name != "params"}
+    return cls(
+      step=jnp.int32(0),
+      params=params,
+      model_state=model_state,
+      opt_state=tx.init(params),
+      ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+      rng=rng,
+    )
+
+  def variables(self, *, ema: bool = False) -> dict[str, Any]:
+    """The model's variables for evaluation: the EMA of the parameters when asked for and kept."""
+    params = self.ema_params if ema and self.ema_params is not None else self.params
+    return {"params": params, **self.model_state}
 
 
 def total_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
@@ -45,11 +76,11 @@ def initial_state(
   train_source: Any,
   batch: int,
 ) -> TrainState:
-  """The step-0 state (also the template a checkpoint is restored into): params from `config.seed`."""
+  """The step-0 state (also the template a checkpoint is restored into): variables from `config.seed`."""
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   example = next(pipeline.eval_batches(train_source, batch_size=batch, max_tokens=config.dataset.max_tokens))
-  params = jax.jit(task.init)(init_rng, example)
-  return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=state_rng)
+  variables = dict(jax.jit(task.init)(init_rng, example))
+  return TrainState.create(variables, tx, state_rng, ema=config.ema_decay > 0)
 
 
 def build_task(config: ml_collections.ConfigDict, train_source: Any, info: Any) -> tuple[Task, int]:

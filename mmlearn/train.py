@@ -4,12 +4,14 @@
 `DataParallel` maps it over all devices with `shard_map` or `pmap`. The loop locks the workdir, checks
 that a resume keeps the saved config, restores (and verifies) the latest checkpoint if there is one,
 trains, logs, guards against a non-finite loss, gradient or parameter norm before every checkpoint,
-checkpoints the state together with the data iterator, and evaluates every configured split at the end
-(and, with `config.eval_every_steps` > 0, every that many steps: e.g. to follow a generative model's
-sample grids).
+checkpoints the state together with the data iterator, and runs the configured evaluators
+(`mmlearn.evaluators`: each on its schedule, all at the end). With `config.select_metric` it keeps the
+best-validation state too (`mmlearn.selection`) and reports the test metrics at that step beside the
+last step's. With `config.ema_decay` > 0 evaluation uses the parameters' moving average.
 
-Tasks follow `mmlearn.tasks.contract.Task`: the loss is `loss(params, batch, rng, step=step)`, with one
-random key per example.
+Tasks follow `mmlearn.tasks.contract.Task`: the loss is `loss(variables, batch, rng, step=step,
+dropout_rng=key)`, with one random key per example for the task's own noise and one per device for
+dropout.
 """
 
 import functools
@@ -26,7 +28,8 @@ import optax
 from absl import logging
 from jax import lax
 
-from mmlearn import config_checks, data, imputation, optim, rngs
+from mmlearn import config_checks, data, imputation, optim, rngs, selection
+from mmlearn import evaluators as evaluators_lib
 from mmlearn import parallel as parallel_lib
 from mmlearn import workdir as workdir_lib
 from mmlearn.checkpoint import Checkpointer
@@ -48,18 +51,52 @@ from mmlearn.run_setup import (  # noqa: F401
 from mmlearn.tasks.contract import Task
 
 
-def train_step(state: TrainState, batch: dict[str, Any], *, task: Task, tx: optax.GradientTransformation):
-  """Per-device step: local gradient, `pmean` over devices, optax update. Returns (state, metrics)."""
+def train_step(
+  state: TrainState,
+  batch: dict[str, Any],
+  *,
+  task: Task,
+  tx: optax.GradientTransformation,
+  par: parallel_lib.DataParallel,
+  ema_decay: float = 0.0,
+):
+  """Per-device step: local gradient, averaged over devices, optax update, EMA. Returns (state, metrics).
+
+  The layout of the parameters is `par`'s business (replicated, or sharded and gathered for the
+  forward); the step sees full parameters. Mutable collections (BatchNorm statistics) come back from
+  the loss already averaged over devices (the layers reduce over the mapped axis).
+  """
   local_size = jax.tree.leaves(batch)[0].shape[0]
-  rng = rngs.example_keys(jax.random.fold_in(state.rng, state.step), local_size)
-  grad_fn = jax.value_and_grad(functools.partial(task.loss, step=state.step), has_aux=True)
-  (_, metrics), grads = grad_fn(state.params, batch, rng)
-  grads = lax.pmean(grads, parallel_lib.AXIS)
+  step_key = jax.random.fold_in(state.rng, state.step)
+  example_rng = rngs.example_keys(step_key, local_size)
+  dropout_rng = rngs.device_key(rngs.stream_key(step_key, "dropout"))
+
+  def objective(params):
+    variables = {"params": params, **state.model_state}
+    loss, metrics, updated = task.loss(
+      variables, batch, example_rng, step=state.step, dropout_rng=dropout_rng
+    )
+    return loss, (metrics, updated)
+
+  (_, (metrics, updated)), grads = jax.value_and_grad(objective, has_aux=True)(
+    par.gather_params(state.params)
+  )
+  grads = par.reduce_gradients(grads)
   metrics = lax.pmean(metrics, parallel_lib.AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics |= {"grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params)}
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  ema = state.ema_params
+  if ema is not None:
+    ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+  metrics |= {"grad_norm": par.global_norm(grads), "param_norm": par.global_norm(params)}
+  state = state.replace(
+    step=state.step + 1,
+    params=params,
+    model_state={**state.model_state, **updated},
+    opt_state=opt_state,
+    ema_params=ema,
+  )
+  return state, metrics
 
 
 GUARDED_METRICS = ("loss", "grad_norm", "param_norm")
@@ -108,10 +145,10 @@ def train_and_evaluate(
 
 
 def _train_and_evaluate(config, workdir, *, hooks, changed, fallback, profile_steps):
-  par = parallel_lib.DataParallel(config.parallel.mode)
+  par = parallel_lib.DataParallel(config.parallel.mode, shard_min_size=config.parallel.shard_min_size)
   par.check_batch_size(config.batch_size)
   par.check_batch_size(config.eval_batch_size)
-  splits = ("train", *config.dataset.eval_splits)
+  splits = ("train", *evaluators_lib.configured_splits(config))
   with parallel_lib.process_zero_first("prepare dataset"):  # Processes sharing a data_dir don't race.
     sources, info = data.load_sources(
       config.dataset.name,
@@ -121,9 +158,11 @@ def _train_and_evaluate(config, workdir, *, hooks, changed, fallback, profile_st
       splits=splits,
     )
   task, num_examples = build_task(config, sources["train"], info)
+  eval_specs = evaluators_lib.specs(config, task)
+  selection.check(config.select_metric, evaluators_lib.splits(eval_specs))
   check_batch_size(config, num_examples)
   num_steps = total_train_steps(config, num_examples)
-  tx = optim.make_optimizer(config.optimizer, num_steps)
+  tx = optim.make_optimizer(config.optimizer, num_steps, norm=par.global_norm)
   absent = missing.from_config(config, sources["train"], load_generator=imputation.load_generator)
   train_iter = pipeline.train_iterator(
     sources["train"],
@@ -138,6 +177,7 @@ def _train_and_evaluate(config, workdir, *, hooks, changed, fallback, profile_st
   state = initial_state(config, task, tx, sources["train"], par.num_devices)
   num_parameters = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info("parameters: %s", f"{num_parameters:,}")
+  state = par.place_state(state)
 
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
   try:
@@ -149,24 +189,27 @@ def _train_and_evaluate(config, workdir, *, hooks, changed, fallback, profile_st
     logging.info("resuming from the checkpoint at step %d", last_saved)
   if changed:
     logging.warning("resuming with changed config keys: %s", ", ".join(changed))
-  state = par.replicate(state)
   if jax.process_index() == 0:  # Only now: the config describes the parameters the checkpoints hold.
     workdir_lib.write_config(workdir, config)
 
-  evaluators = [
-    task.evaluator(
-      par,
-      sources[split],
-      split=split,
-      batch_size=config.eval_batch_size,
-      max_tokens=config.dataset.max_tokens,
-      transform=absent.evaluate(),
-    )
-    for split in config.dataset.eval_splits
-  ]
+  context = evaluators_lib.RunContext(
+    task=task,
+    par=par,
+    dataset=config.dataset.name,
+    batch_size=config.eval_batch_size,
+    max_tokens=config.dataset.max_tokens,
+    absent=absent,
+    seed=config.missing.seed,
+  )
+  evaluators = [(spec, evaluators_lib.build(spec, context, sources[spec.split])) for spec in eval_specs]
+  use_ema = config.ema_decay > 0
+  best = selection.BestCheckpoint(workdir, config.select_metric) if config.select_metric else None
   writer = MetricWriter(workdir, start_step=last_saved or 0, resumed=last_saved is not None)
   p_train_step = par.map(
-    functools.partial(train_step, task=task, tx=tx), sharded_args=(1,), donate_argnums=(0,)
+    functools.partial(train_step, task=task, tx=tx, par=par, ema_decay=config.ema_decay),
+    sharded_args=(1,),
+    donate_argnums=(0,),
+    out_layouts=(0, None),  # The new state keeps the state's layout (sharded or not); metrics replicated.
   )
   step = int(state.step)
   batches = DevicePrefetch(train_iter, par.shard)
@@ -195,22 +238,49 @@ def _train_and_evaluate(config, workdir, *, hooks, changed, fallback, profile_st
         last_saved = step
       if at_log or at_checkpoint:
         history = []
-      if config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and step < num_steps:
-        log_evaluation(writer, step, evaluate(evaluators, state.params))  # The final one follows the loop.
+      due = [(spec, e) for spec, e in evaluators if spec.due(step)]
+      if due and step < num_steps:  # The final evaluation, of every evaluator, follows the loop.
+        results = evaluate(due, state.variables(ema=use_ema))
+        log_evaluation(writer, step, results)
+        if best is not None:
+          best.update(step, results, state, batches.consumed_state(), write=jax.process_index() == 0)
+    results = {"model/num_parameters": num_parameters, **evaluate(evaluators, state.variables(ema=use_ema))}
+    log_evaluation(writer, step, results)
+    if best is not None:
+      best.update(step, results, state, batches.consumed_state(), write=jax.process_index() == 0)
+      if best.step != step:
+        at_best = evaluate(evaluators, best.restore(state).variables(ema=use_ema))
+        results |= {f"best/{name}": value for name, value in at_best.items()}
+      else:
+        results |= {f"best/{k}": v for k, v in results.items() if "/" in k and not k.startswith("model/")}
+      results["best/step"] = best.step
+      writer.write(step, {k: v for k, v in results.items() if k.startswith("best/")})
   finally:
     profiler.stop()
     checkpointer.close()
+    if best is not None:
+      best.close()
 
-  results = {"model/num_parameters": num_parameters, **evaluate(evaluators, state.params)}
-  log_evaluation(writer, step, results)
   writer.close()
   if jax.process_index() == 0:
-    print(summary_line(results, task, config.dataset.eval_splits, step), flush=True)
+    print(summary_line(results, task, evaluators_lib.splits(eval_specs), step), flush=True)
   return results
 
 
 def summary_line(results: dict[str, Any], task: Task, splits: Sequence[str], step: int) -> str:
-  """`test accuracy 99.98% (validation 99.95%) at step 640`: the task's headline metric, last split first."""
+  """`test accuracy 99.98% (validation 99.95%) at step 640`: the task's headline metric, last split first.
+
+  With a selected best checkpoint elsewhere than the last step, the same at that step follows.
+  """
+  line = _headline(results, task, splits, step)
+  best_step = results.get("best/step")
+  if best_step is not None and best_step != step:
+    at_best = {k.removeprefix("best/"): v for k, v in results.items() if k.startswith("best/")}
+    line += f"; best on validation: {_headline(at_best, task, splits, best_step)}"
+  return line
+
+
+def _headline(results: dict[str, Any], task: Task, splits: Sequence[str], step: int) -> str:
   metric = getattr(task, "summary_metric", "loss")
   values = [
     (split, results[f"{split}/{metric}"]) for split in reversed(splits) if f"{split}/{metric}" in results
@@ -227,11 +297,11 @@ def summary_line(results: dict[str, Any], task: Task, splits: Sequence[str], ste
   return f"{first} {metric} {show(value)}" + (f" ({others})" if others else "") + f" at step {step}"
 
 
-def evaluate(evaluators: Sequence[Any], params: Any) -> dict[str, Any]:
-  """Every evaluator's `(name, value)` pairs, one dict."""
+def evaluate(evaluators: Sequence[tuple[Any, Any]], variables: dict[str, Any]) -> dict[str, Any]:
+  """Every (spec, evaluator)'s `(name, value)` pairs, one dict."""
   results = {}
-  for evaluator in evaluators:
-    results.update(evaluator.run(params))
+  for _, evaluator in evaluators:
+    results.update(evaluator.run(variables))
   return results
 
 

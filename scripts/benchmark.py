@@ -106,10 +106,13 @@ class Bench:
       source, batch_size=batch_size, seed=config.seed, max_tokens=config.dataset.max_tokens
     )
     self.input_setup_s = time.perf_counter() - start
-    self.state = self.par.replicate(train.initial_state(config, task, tx, source, self.par.num_devices))
+    self.state = self.par.place_state(train.initial_state(config, task, tx, source, self.par.num_devices))
     self.fixed_batch = self.par.shard(next(self.iterator))
     mapped = self.par.map(
-      functools.partial(train.train_step, task=task, tx=tx), sharded_args=(1,), donate_argnums=(0,)
+      functools.partial(train.train_step, task=task, tx=tx, par=self.par),
+      sharded_args=(1,),
+      donate_argnums=(0,),
+      out_layouts=(0, None),
     )
     if not hasattr(mapped, "lower"):
       raise ConfigError(f"the benchmark compiles ahead of time: use shard_map, not {config.parallel.mode}")

@@ -35,7 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from mmlearn import coherence, restore  # noqa: E402
+from mmlearn import restore  # noqa: E402
+from mmlearn.coherence_eval import CoherenceEvaluator  # noqa: E402
 from mmlearn.data import pipeline  # noqa: E402
 from mmlearn.errors import USER_ERRORS, ConfigError, fail  # noqa: E402
 from mmlearn.image_grid import to_uint8  # noqa: E402
@@ -81,9 +82,9 @@ def save_grid(path: str, images: list[np.ndarray], titles: list[str], title: str
   plt.close(fig)
 
 
-def draw(task, params, batch, condition: str, target: str, num: int, temperature: float, seed: int):
+def draw(task, variables, batch, condition: str, target: str, num: int, temperature: float, seed: int):
   samples, _ = task.sample(
-    params,
+    variables,
     batch,
     jax.random.PRNGKey(seed),
     temperature,
@@ -100,14 +101,14 @@ def generate(workdir: str, output: str) -> None:
   if FLAGS.caption is not None:
     caption_batch = restore.text_batch(config, FLAGS.caption, what="caption")
   temperature = config.mvae.temperature if FLAGS.temperature is None else FLAGS.temperature
-  sources, info, task, params = restore.load_run(config, workdir, (FLAGS.split,))
+  sources, info, task, variables = restore.load_run(config, workdir, (FLAGS.split,))
   if FLAGS.target not in task.array_modalities:
     raise ConfigError(
       f"--target={FLAGS.target}: the run decodes arrays of {', '.join(task.array_modalities)}"
     )
   if caption_batch is not None:
     samples = draw(
-      task, params, caption_batch, TEXT_MODALITY, FLAGS.target, FLAGS.num, temperature, FLAGS.seed
+      task, variables, caption_batch, TEXT_MODALITY, FLAGS.target, FLAGS.num, temperature, FLAGS.seed
     )
     images, titles, title = samples, [f"sample {i + 1}" for i in range(len(samples))], f'"{FLAGS.caption}"'
   else:
@@ -122,7 +123,7 @@ def generate(workdir: str, output: str) -> None:
     example = pipeline.normalise_batch(
       pipeline.stack_examples([pipeline.DecodeExample(config.dataset.max_tokens).map(source[FLAGS.index])])
     )
-    samples = draw(task, params, example, condition, FLAGS.target, FLAGS.num, temperature, FLAGS.seed)
+    samples = draw(task, variables, example, condition, FLAGS.target, FLAGS.num, temperature, FLAGS.seed)
     label = info.features["label"].int2str(int(example["label"][0]))
     images = [example[FLAGS.target][0], *samples]
     titles = [f"real ({label})", *(f"sample {i + 1}" for i in range(len(samples)))]
@@ -133,57 +134,34 @@ def generate(workdir: str, output: str) -> None:
   print(f"saved {len(samples)} samples to {output}")
 
 
-def load_judge(judge_workdir: str, dataset: str, split: str):
-  """(judge_fn(images) -> logits, the judge's config): an image-only classification run of `dataset`."""
-  config = restore.read_config(judge_workdir)
-  if config.task != "classification" or set(config.model.modalities) != {"image"}:
-    raise ConfigError(f"the judge {judge_workdir} must be an image-only classification run")
-  if config.dataset.name != dataset:
-    raise ConfigError(f"the judge was trained on {config.dataset.name!r}, the generator on {dataset!r}")
-  _, _, task, params = restore.load_run(config, judge_workdir, (split,))
-  return jax.jit(lambda images: task.logits(params, {"image": images}, train=False)), config
-
-
 def measure_coherence(workdir: str, judge_workdir: str, split: str, seed: int) -> dict[str, float]:
+  """The `coherence` evaluator on the run's latest checkpoint; printed and saved to coherence.json."""
   config = read_mvae_config(workdir)
-  judge_fn, judge_config = load_judge(judge_workdir, config.dataset.name, split)
-  sources, _, task, params = restore.load_run(config, workdir, (split,))
-  if "image" not in task.array_modalities:
-    raise ConfigError("coherence judges generated images; the run has no image decoder")
+  sources, _, task, variables = restore.load_run(config, workdir, (split,))
   temperature = config.mvae.temperature if FLAGS.temperature is None else FLAGS.temperature
-  # The image itself too: its reconstruction from its own posterior is the reference for the others.
-  conditions = [m for m in task.modalities if m != "image"] + ["image"]
-  labels, real, generated = [], [], {c: [] for c in conditions}
-  batches = pipeline.eval_batches(
+  evaluator = CoherenceEvaluator(
+    task,
     sources[split],
+    split=split,
+    judge_workdir=judge_workdir,
+    dataset=config.dataset.name,
+    temperature=temperature,
     batch_size=config.eval_batch_size,
     max_tokens=config.dataset.max_tokens,
-    process_index=0,
-    process_count=1,
+    seed=seed,
   )
-  for b, batch in enumerate(batches):
-    keep = batch.pop("weight") > 0
-    labels.append(batch["label"][keep])
-    real.append(coherence.judge_labels(batch["image"], judge_fn)[keep])
-    for c in conditions:
-      rng = jax.random.fold_in(jax.random.PRNGKey(seed), b)
-      images, _ = task.sample(params, batch, rng, temperature, condition=(c,), target="image", num_samples=1)
-      generated[c].append(coherence.judge_labels(np.asarray(images)[:, 0], judge_fn)[keep])
-  labels = np.concatenate(labels)
-  dataset = config.dataset.name
-  results = {
-    f"judge/{split}/{k}": v for k, v in coherence.agreement(np.concatenate(real), labels, dataset).items()
-  }
-  for c in conditions:
-    agree = coherence.agreement(np.concatenate(generated[c]), labels, dataset)
-    results |= {f"coherence/{split}/{c}_to_image/{k}": v for k, v in agree.items()}
+  # Named as before the evaluator existed (coherence/<split>/..., judge/<split>/...), which runs' files use.
+  results = {}
+  for name, value in evaluator.run(variables):
+    _, kind, rest = name.split("/", 2)
+    results[f"{kind}/{split}/{rest}"] = value
   record = {
     "workdir": workdir,
     "judge": judge_workdir,
-    "judge_dataset_config": judge_config.dataset.config,
+    "judge_dataset_config": evaluator.judge_config.dataset.config,
     "temperature": temperature,
     "seed": seed,
-    "examples": len(labels),
+    "examples": len(sources[split]),
     **results,
   }
   with open(os.path.join(workdir, "coherence.json"), "w") as f:

@@ -29,9 +29,22 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("seeds", 1, "Seeds 0..N-1 per config.")
 flags.DEFINE_multi_string("override", [], "key=value applied to every config, e.g. num_epochs=2.")
-flags.DEFINE_string("metric", "test/accuracy", "The metric the table and chart report.")
+flags.DEFINE_string("metric", "validation/accuracy", "The metric configs are compared and selected by.")
+flags.DEFINE_string(
+  "report", None, "The metric reported beside it; default the same metric on test (validation/x -> test/x)."
+)
 flags.mark_flags_as_required(["configs", "workdir"])
 FLAGS = flags.FLAGS
+
+
+def reported_metric() -> str:
+  if FLAGS.report:
+    return FLAGS.report
+  return (
+    FLAGS.metric.replace("validation/", "test/", 1)
+    if FLAGS.metric.startswith("validation/")
+    else FLAGS.metric
+  )
 
 
 def run_once(path: str, seed: int) -> dict:
@@ -60,12 +73,15 @@ def summarize(path: str, runs: list[dict]) -> dict:
   """Mean and std over the seeds that finished; seeds whose loss went non-finite are counted apart."""
   finished = [run for run in runs if "diverged" not in run]
   values = np.array([run[FLAGS.metric] for run in finished])
+  tested = np.array([run.get(reported_metric(), float("nan")) for run in finished])
   return {
     "config": path,
     "seeds": len(finished),
     "diverged": len(runs) - len(finished),
     "mean": values.mean() if finished else float("nan"),
     "std": values.std(ddof=1) if len(values) > 1 else 0.0,
+    "test_mean": tested.mean() if finished else float("nan"),
+    "test_std": tested.std(ddof=1) if len(tested) > 1 else 0.0,
     "parameters": int(finished[0]["model/num_parameters"]) if finished else 0,
     "wall_s_per_run": float(np.mean([run["wall_s"] for run in finished])) if finished else float("nan"),
   }
@@ -73,20 +89,32 @@ def summarize(path: str, runs: list[dict]) -> dict:
 
 def write_tables(rows: list[dict]) -> None:
   report.write_csv(os.path.join(FLAGS.workdir, "results.csv"), rows)
-  header = ["config", f"{FLAGS.metric} (mean +- std)", "seeds", "parameters", "train wall time per run (s)"]
+  reported = reported_metric()
+  selected = report.select([r["mean"] for r in rows], FLAGS.metric)
+  header = [
+    "config",
+    f"{FLAGS.metric} (mean +- std)",
+    f"{reported} (mean +- std)",
+    "seeds",
+    "parameters",
+    "train wall time per run (s)",
+  ]
   cells = [
     [
-      f"`{r['config']}`",
+      f"`{r['config']}`" + (" (selected)" if i == selected else ""),
       f"{r['mean']:.2%} +- {r['std']:.2%}",
+      f"{r['test_mean']:.2%} +- {r['test_std']:.2%}",
       f"{r['seeds']}" + (f" ({r['diverged']} diverged)" if r["diverged"] else ""),
       f"{r['parameters']:,}",
       f"{r['wall_s_per_run']:.0f}",
     ]
-    for r in rows
+    for i, r in enumerate(rows)
   ]
+  protocol = report.protocol_line(FLAGS.metric, reported)
   table = report.markdown_table(header, cells)
   with open(os.path.join(FLAGS.workdir, "results.md"), "w") as f:
-    f.write(table)
+    f.write(f"{protocol}\n\n{table}")
+  print(protocol)
   print(table, end="")
   report.bar_chart(
     os.path.join(FLAGS.workdir, "results.png"),

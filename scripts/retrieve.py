@@ -39,10 +39,10 @@ TEXT_MODALITY = pipeline.TOKEN_FEATURES["tokens"]
 
 
 def load_run(config: ml_collections.ConfigDict, workdir: str, split: str):
-  """(the split's source, dataset info, task, restored params) of a retrieval run."""
+  """(the split's source, dataset info, task, restored variables) of a retrieval run."""
   restore.require_task(config, "retrieval", workdir, "searching")
-  sources, info, task, params = restore.load_run(config, workdir, (split,))
-  return sources[split], info, task, params
+  sources, info, task, variables = restore.load_run(config, workdir, (split,))
+  return sources[split], info, task, variables
 
 
 def describe(example: dict, info) -> str:
@@ -78,14 +78,14 @@ def save_grid(path: str, images: list[np.ndarray], titles: list[str], query: str
 def search(workdir: str, query: str, top_k: int, split: str, output: str) -> None:
   config = restore.read_config(workdir)
   query_batch = restore.text_batch(config, query, what="query")
-  source, info, task, params = load_run(config, workdir, split)
-  query_embedding = task.embed(params, query_batch)[TEXT_MODALITY][0]
+  source, info, task, variables = load_run(config, workdir, split)
+  query_embedding = task.embed(variables, query_batch)[TEXT_MODALITY][0]
   (target,) = [m for m in task.modalities if m != TEXT_MODALITY]
   par = parallel_lib.DataParallel(config.parallel.mode)
   evaluator = task.evaluator(
     par, source, split=split, batch_size=config.eval_batch_size, max_tokens=config.dataset.max_tokens
   )
-  items = evaluator.embed_split(params)[target]
+  items = evaluator.embed_split(variables)[target]
   scores = items @ np.asarray(query_embedding)
   best = np.argsort(-scores, kind="stable")[:top_k]
   print(f'query: "{query}" -> top {len(best)} of {len(scores):,} {split} {target}s')

@@ -14,14 +14,14 @@ import os
 import sys
 
 import matplotlib
-from absl import app, flags, logging
+from absl import app, flags
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmlearn import imputation, report, restore, robustness  # noqa: E402
+from mmlearn import evaluators, imputation, report, restore, robustness  # noqa: E402
 from mmlearn import parallel as parallel_lib  # noqa: E402
 from mmlearn.data import missing  # noqa: E402
 from mmlearn.errors import USER_ERRORS, fail  # noqa: E402
@@ -41,25 +41,20 @@ def measure(workdir: str, split: str, noise: bool, num_examples: int = 0) -> lis
   """The curves; each point evaluates the split (or `num_examples` of it: a curve is 10-30 passes)."""
   config = restore.read_config(workdir)
   restore.require_task(config, "classification", workdir, "the robustness suite")
-  sources, _, task, params = restore.load_run(config, workdir, (split,))
-  absent = missing.from_config(config, sources["train"], load_generator=imputation.load_generator)
-  par = parallel_lib.DataParallel(config.parallel.mode)
-  source = robustness.subsample(sources[split], num_examples, seed=config.missing.seed)
-
-  def accuracy(transform) -> float:
-    evaluator = task.evaluator(
-      par,
-      source,
-      split=split,
-      batch_size=config.eval_batch_size,
-      max_tokens=config.dataset.max_tokens,
-      transform=transform,
-    )
-    value = dict(evaluator.run(params))[f"{split}/accuracy"]
-    logging.info("%s accuracy %.4f", split, value)
-    return value
-
-  return list(robustness.curves(accuracy, absent, noise=noise, seed=config.missing.seed))
+  sources, _, task, variables = restore.load_run(config, workdir, (split,))
+  context = evaluators.RunContext(
+    task=task,
+    par=parallel_lib.DataParallel(config.parallel.mode),
+    dataset=config.dataset.name,
+    batch_size=config.eval_batch_size,
+    max_tokens=config.dataset.max_tokens,
+    absent=missing.from_config(config, sources["train"], load_generator=imputation.load_generator),
+    seed=config.missing.seed,
+  )
+  evaluator = evaluators.RobustnessEvaluator(
+    context, sources[split], split=split, noise=noise, num_examples=num_examples
+  )
+  return evaluator.curves(variables)
 
 
 def write(curves: list[robustness.Curve], output: str, title: str) -> None:

@@ -24,43 +24,59 @@ from mmlearn.errors import USER_ERRORS, fail  # noqa: E402
 flags.DEFINE_string("config", None, "Config file defining get_config and get_sweep, optionally FILE:ARG.")
 flags.DEFINE_string("workdir", None, "Root directory: one sub-directory per variant, plus the summary.")
 flags.DEFINE_integer("parallel", 1, "How many variants train at once.")
-flags.DEFINE_string("metric", "test/accuracy", "The final metric the summary reports.")
+flags.DEFINE_string("metric", "validation/accuracy", "The metric variants are compared and selected by.")
+flags.DEFINE_string(
+  "report", None, "The metric reported beside it; default the same metric on test (validation/x -> test/x)."
+)
 flags.DEFINE_multi_string("override", [], "KEY=VALUE given to every variant, e.g. num_epochs=1.")
 flags.DEFINE_bool("dry_run", False, "List the variants and their commands; train nothing.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
+def report_metric(metric: str, explicit: str | None) -> str:
+  return explicit or (
+    metric.replace("validation/", "test/", 1) if metric.startswith("validation/") else metric
+  )
+
+
 def summarize(records: list[dict], variants: dict[str, dict]) -> None:
   """Writes summary.csv (one row per variant), summary.md and summary.png into --workdir."""
   keys = list(dict.fromkeys(k for overrides in variants.values() for k in overrides))
+  reported = report_metric(FLAGS.metric, FLAGS.report)
   rows = [
     {
       "variant": name,
       **{k: overrides.get(k, "") for k in keys},
       "status": record["status"],
       FLAGS.metric: record.get("metrics", {}).get(FLAGS.metric, ""),
+      reported: record.get("metrics", {}).get(reported, ""),
       "wall_s": round(record["wall_s"], 1),
       "error": record.get("error", ""),
     }
     for record, (name, overrides) in zip(records, variants.items(), strict=True)
   ]
   values = [math.nan if r[FLAGS.metric] == "" else r[FLAGS.metric] for r in rows]
+  tested = [math.nan if r[reported] == "" else r[reported] for r in rows]
+  selected = report.select(values, FLAGS.metric)
   report.write_csv(os.path.join(FLAGS.workdir, "summary.csv"), rows)
   status = [f"failed: {r['error'].removeprefix('error: ')}" if r["error"] else r["status"] for r in rows]
   cells = [
     [
-      f"`{r['variant']}`",
+      f"`{r['variant']}`" + (" (selected)" if i == selected else ""),
       *(r[k] for k in keys),
       report.format_metric(FLAGS.metric, v),
+      report.format_metric(reported, t),
       f"{r['wall_s']:.0f}",
       s,
     ]
-    for r, v, s in zip(rows, values, status, strict=True)
+    for i, (r, v, t, s) in enumerate(zip(rows, values, tested, status, strict=True))
   ]
-  table = report.markdown_table(["variant", *keys, FLAGS.metric, "wall time (s)", "status"], cells)
+  protocol = report.protocol_line(FLAGS.metric, reported)
+  table = report.markdown_table(["variant", *keys, FLAGS.metric, reported, "wall time (s)", "status"], cells)
   with open(os.path.join(FLAGS.workdir, "summary.md"), "w") as f:
-    f.write(table)
+    f.write(f"{protocol}\n\n{table}")
+  print(protocol)
   print(table, end="")
   report.bar_chart(
     os.path.join(FLAGS.workdir, "summary.png"),

@@ -38,23 +38,26 @@ def run_python(args: list[str], *, env: dict[str, str] | None = None, timeout: i
   )
 
 
-def run_steps(par, task, tx, params, batches):
-  """Trains from `params` with the real per-device `train_step` mapped by `par`; one step per batch.
+def run_steps(par, task, tx, variables, batches, *, ema_decay=0.0):
+  """Trains from `variables` (`task.init`'s) with the real per-device `train_step` mapped by `par`.
 
-  Returns the host copy of the final parameters and the loss of every step.
+  One step per batch. Returns the host copy of the final variables (BatchNorm statistics included)
+  and the loss of every step.
   """
   from mmlearn import train
 
-  state = train.TrainState(
-    step=np.int32(0), params=params, opt_state=tx.init(params), rng=jax.random.PRNGKey(1)
+  state = train.TrainState.create(dict(variables), tx, jax.random.PRNGKey(1), ema=ema_decay > 0)
+  step = par.map(
+    functools.partial(train.train_step, task=task, tx=tx, par=par, ema_decay=ema_decay),
+    sharded_args=(1,),
+    out_layouts=(0, None),
   )
-  step = par.map(functools.partial(train.train_step, task=task, tx=tx), sharded_args=(1,))
-  state = par.replicate(state)
+  state = par.place_state(state)
   losses = []
   for batch in batches:
     state, metrics = step(state, par.shard(batch))
     losses.append(float(metrics["loss"]))
-  return jax.device_get(state.params), losses
+  return jax.device_get(state.variables()), losses
 
 
 def max_diff(a, b) -> float:

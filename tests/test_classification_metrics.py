@@ -78,7 +78,7 @@ def test_eval_sums_and_summarize_match_brute_force(task_and_params):
   batch = make_batch(np.random.default_rng(1), 64, padding=5)
   metrics = task.summarize(jax.device_get(jax.jit(task.eval_sums)(params, batch)))
 
-  logits = np.asarray(task.logits(params, batch, train=False), np.float64)
+  logits = np.asarray(task.logits(params, batch), np.float64)
   real = batch["weight"] > 0
   labels, predictions = batch["label"][real], logits[real].argmax(1)
   log_probs = logits[real] - np.log(np.exp(logits[real]).sum(1, keepdims=True))
@@ -117,8 +117,8 @@ def test_the_training_loss_is_the_configured_class_loss(task_and_params):
     config, num_classes=16, vocab_size=data.vocab_size("mmshapes"), class_counts=counts
   )
   batch = make_batch(np.random.default_rng(2), 8)
-  loss, metrics = task.loss(params, batch, jax.random.PRNGKey(0))
-  logits = task.logits(params, batch, train=False)  # The classifier has no dropout: same logits.
+  loss, metrics, _ = task.loss(params, batch, jax.random.PRNGKey(0))
+  logits = task.logits(params, batch)  # The classifier has no dropout: same logits.
   weights = class_losses.inverse_frequency_weights(counts)[batch["label"]]
   ce = np.asarray(class_losses.CLASS_LOSSES.get("cross_entropy")(None, None)(logits, batch["label"]))
   assert float(loss) == pytest.approx(np.mean(weights * ce), rel=1e-5)

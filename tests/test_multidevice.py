@@ -15,3 +15,7 @@ def test_shard_map_and_pmap_match_a_single_device_run(data_dir):
   assert diffs["shard_map_vs_single"] < 1e-5  # ...and all three runs agree (float tolerance):
   assert diffs["pmap_vs_single"] < 1e-5  # a gradient summed instead of averaged would be 4x off.
   assert diffs["shard_map_vs_pmap"] < 1e-5
+  # With BatchNorm: parameters and running statistics agree too (statistics averaged over devices).
+  assert diffs["bn_moved"] > 1e-3 and diffs["bn_stats_moved"] > 1e-3
+  for key in ("bn_shard_map_vs_single", "bn_pmap_vs_single", "bn_shard_map_vs_pmap"):
+    assert diffs[key] < 1e-5, diffs

@@ -208,7 +208,7 @@ def test_loss_is_the_negative_sub_sampled_elbo(task_and_batch):
   assert [(s.name, s.reconstruct) for s in task.subsets] == [
     (name, ("image", "text")) for name in ("joint", "from_image", "from_text")
   ]
-  loss, metrics = jax.jit(task.loss)(params, batch, jax.random.PRNGKey(3))
+  loss, metrics, _ = jax.jit(task.loss)(params, batch, jax.random.PRNGKey(3))
   m = {k: float(v) for k, v in metrics.items()}
   assert m["loss"] == pytest.approx(float(loss)) and 0 < m["loss"] < np.inf
   assert m["elbo"] == m["joint/elbo"] < 0  # Likelihoods of stored levels and tokens: a bound <= 0.
@@ -242,7 +242,7 @@ def test_private_latent_is_the_image_encoders_own_and_its_kl_is_never_annealed(t
   assert {m: mu.shape for m, (mu, _) in private.items()} == {"image": (8, 2)}
   mu, logvar = private["image"]
   expected_kl = float(mvae.gaussian_kl(mu, logvar).mean())
-  _, metrics = task.loss(params, batch, jax.random.PRNGKey(3), step=0)  # Shared KL weight 0 at step 0.
+  _, metrics, _ = task.loss(params, batch, jax.random.PRNGKey(3), step=0)  # Shared KL weight 0 at step 0.
   m = {k: float(v) for k, v in metrics.items()}
   assert float(metrics["kl_weight"]) == 0.0 and "from_text/kl_private_text" not in m
   for subset in ("joint", "from_image", "from_text"):  # Every subset reconstructs the image.
@@ -255,8 +255,8 @@ def test_private_latent_is_the_image_encoders_own_and_its_kl_is_never_annealed(t
   config.mvae.decoders.image.translate = False
   plain = TASKS.get("mvae")(config, vocab_size=VOCAB)
   plain_params = plain.init(jax.random.PRNGKey(0), batch)
-  assert plain_params["encoder_image"]["mu"]["kernel"].shape[-1] == 8
-  assert params["encoder_image"]["mu"]["kernel"].shape[-1] == 10
+  assert plain_params["params"]["encoder_image"]["mu"]["kernel"].shape[-1] == 8
+  assert params["params"]["encoder_image"]["mu"]["kernel"].shape[-1] == 10
   assert not [k for k in plain.loss(plain_params, batch, jax.random.PRNGKey(3))[1] if "private" in k]
 
 
@@ -266,11 +266,8 @@ def test_step_reaches_the_loss_through_train_step(task_and_batch, mvae_data):
   config = tiny_config(mvae_data[0])
   tx = optim.make_optimizer(config.optimizer, 100)
   par = parallel_lib.DataParallel("shard_map")
-  state = train.TrainState(
-    step=np.int32(0), params=params, opt_state=tx.init(params), rng=jax.random.PRNGKey(1)
-  )
-  state = par.replicate(state)
-  step = par.map(functools.partial(train.train_step, task=task, tx=tx), sharded_args=(1,))
+  state = par.place_state(train.TrainState.create(params, tx, jax.random.PRNGKey(1)))
+  step = par.map(functools.partial(train.train_step, task=task, tx=tx, par=par), sharded_args=(1,))
   weights = []
   for _ in range(3):
     state, metrics = step(state, par.shard(batch))

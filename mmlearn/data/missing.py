@@ -190,7 +190,7 @@ class MissingModalities:
 
   def __call__(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
     present = train_masks(
-      self.modalities, self.train_rates, self.dropout, batch_size=len(batch["label"]), rng=rng
+      self.modalities, self.train_rates, self.dropout, batch_size=len(next(iter(batch.values()))), rng=rng
     )
     return self._impute(batch, present, rng)
 

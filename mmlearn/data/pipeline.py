@@ -51,13 +51,14 @@ class BatchTransform(Protocol):
 
 
 class DecodeExample(grain.transforms.Map):
-  """Keeps model inputs and the label; pads/truncates token sequences to `max_tokens` with a mask."""
+  """Keeps model inputs and the label (if the dataset has one: tasks such as retrieval need none); pads or
+  truncates token sequences to `max_tokens` with a mask."""
 
   def __init__(self, max_tokens: int):
     self.max_tokens = max_tokens
 
   def map(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    out = {"label": np.int32(example["label"])}
+    out = {"label": np.int32(example["label"])} if "label" in example else {}
     for name in ARRAY_FEATURES:
       if name in example:
         out[name] = np.asarray(example[name])

@@ -7,6 +7,10 @@ rather than in the classifier that first needed them.
 
 A mistake in a config (an unknown argument, a missing one, an unregistered name) raises a `ConfigError`
 naming the modality and the module, instead of a bare dataclass `__init__` error at trace time.
+
+Precision: `config.precision` names the computation dtype (`compute_dtype`), which the models hand to
+every encoder, fusion and decoder they build (`with_dtype`). A module's own `dtype` in the config wins,
+so one tower can be pinned to float32 in a bfloat16 model.
 """
 
 import dataclasses
@@ -14,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 import ml_collections
 from flax.core import FrozenDict
 
@@ -22,6 +27,15 @@ from mmlearn.models.encoders import ENCODERS
 
 # Dataclass fields every Linen module has, which are never configuration.
 _LINEN_FIELDS = ("parent", "name")
+# `config.precision` -> computation dtype. Parameters, optimizer state, losses and metrics stay float32.
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(precision: str) -> jnp.dtype:
+  """The computation dtype named by `config.precision` ("float32" or "bfloat16")."""
+  if precision not in PRECISIONS:
+    raise ConfigError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+  return jnp.dtype(PRECISIONS[precision])
 
 
 def module_arguments(module_class: type[nn.Module]) -> tuple[set[str], set[str]]:
@@ -59,6 +73,30 @@ def split_encoder_config(modality: str, config: Mapping[str, Any]) -> tuple[type
   encoder_class = ENCODERS.get(config["encoder"])
   check_arguments(encoder_class, kwargs, f"encoder {config['encoder']!r} of modality {modality!r}")
   return encoder_class, kwargs
+
+
+def with_dtype(
+  module_class: type[nn.Module], kwargs: Mapping[str, Any], dtype: Any, what: str
+) -> dict[str, Any]:
+  """`kwargs` plus `dtype=dtype`, unless they set their own; a `ConfigError` if the module takes no dtype.
+
+  A module without a `dtype` attribute (a fork's new encoder, say) is still built in float32, where it
+  changes nothing; asked for another precision it raises rather than silently compute in float32.
+  """
+  kwargs = dict(kwargs)
+  accepted, _ = module_arguments(module_class)
+  if "dtype" in accepted:
+    kwargs.setdefault("dtype", dtype)
+  elif jnp.dtype(dtype) != jnp.float32:
+    raise ConfigError(f"{what} has no 'dtype' attribute, so it cannot compute in {jnp.dtype(dtype).name}")
+  return kwargs
+
+
+def build_encoder(modality: str, config: Mapping[str, Any], *, dtype: Any, name: str) -> nn.Module:
+  """The registered encoder of `config` (`{"encoder": name, **kwargs}`), computing in `dtype`."""
+  encoder_class, kwargs = split_encoder_config(modality, config)
+  kwargs = with_dtype(encoder_class, kwargs, dtype, f"encoder {config['encoder']!r} of modality {modality!r}")
+  return encoder_class(**kwargs, name=name)
 
 
 def freeze_config(value: Any) -> Any:

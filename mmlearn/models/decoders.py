@@ -15,10 +15,15 @@ a bound on a log-probability: comparable across models, and a loss (-ELBO) is ne
     A plain Gaussian density would reward shrinking the deviation without bound on the flat background.
   - `lstm` (token sequences): categorical over the vocabulary at every real token and at the first
     padding position, which teaches where a caption ends (id 0, `<pad>`, doubles as end-of-sequence).
+
+Every decoder takes `dtype`, the computation dtype of its layers; parameters stay float32, and the
+distribution's parameters (the mean and deviation, the logits) come back as float32, so likelihoods,
+the ELBO and samples are computed in float32. The LSTM's carry stays float32, as the encoders'.
 """
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -28,6 +33,7 @@ from jax.scipy.special import log_ndtr
 
 from mmlearn import rngs
 from mmlearn.errors import ConfigError
+from mmlearn.models.encoders import computation_dtype
 from mmlearn.registry import Registry
 
 DECODERS = Registry("decoder")
@@ -89,6 +95,7 @@ class DeconvDecoder(nn.Module):
       mmshapes: unbounded, the decoder drew off-centre and w moved shapes 22 pixels on average, far
       beyond the prior's draws; a dense layer reading a coarse position from z beside w drew worse.)
     max_shift: the bound of the translation, in pixels, on each axis.
+    dtype: computation dtype of the dense and transposed-conv layers; the mean is returned as float32.
   """
 
   shape: Sequence[int]
@@ -97,6 +104,7 @@ class DeconvDecoder(nn.Module):
   learn_std: bool = False
   translate: bool = False
   max_shift: float = 4.0
+  dtype: Any = jnp.float32
 
   def setup(self):
     height, width, channels = self.shape
@@ -109,9 +117,10 @@ class DeconvDecoder(nn.Module):
     if self.std <= 0:
       raise ConfigError(f"deconv decoder: std must be positive, got {self.std}")
     self.start = (height // scale, width // scale, self.widths[0])
-    self.project = nn.Dense(math.prod(self.start))
+    dtype = computation_dtype(self.dtype, "deconv decoder")
+    self.project = nn.Dense(math.prod(self.start), dtype=dtype, param_dtype=jnp.float32)
     self.upsample = [
-      nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")
+      nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", dtype=dtype, param_dtype=jnp.float32)
       for features in (*self.widths[1:], channels)
     ]
     initial = math.log(self.std)
@@ -127,7 +136,7 @@ class DeconvDecoder(nn.Module):
       x = layer(x)
       if i < len(self.upsample) - 1:
         x = nn.relu(x)
-    mean = jnp.tanh(x)
+    mean = jnp.tanh(x).astype(jnp.float32)
     if self.translate:
       shift = self.max_shift * jnp.tanh(z[:, -2:] * jnp.exp(self.shift_log_scale) / self.max_shift)
       mean = translate(mean, shift)
@@ -150,12 +159,17 @@ class TokenStep(nn.Module):
   vocab_size: int
   embed_dim: int
   hidden: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, carry, previous: jax.Array, z: jax.Array):
-    inputs = jnp.concatenate([nn.Embed(self.vocab_size, self.embed_dim, name="embed")(previous), z], axis=-1)
-    carry, out = nn.OptimizedLSTMCell(self.hidden, name="cell")(carry, inputs)
-    return carry, nn.Dense(self.vocab_size, name="readout")(out)
+    embed = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=jnp.float32, name="embed")
+    inputs = jnp.concatenate([embed(previous), z.astype(self.dtype)], axis=-1)
+    carry, out = nn.OptimizedLSTMCell(self.hidden, dtype=self.dtype, param_dtype=jnp.float32, name="cell")(
+      carry, inputs
+    )
+    logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=jnp.float32, name="readout")(out)
+    return carry, logits.astype(jnp.float32)
 
 
 # The step scanned over a sequence's positions [B, T] (z broadcast), one set of parameters for every step.
@@ -178,19 +192,22 @@ class LSTMDecoder(nn.Module):
     max_tokens: length of generated sequences (the pipeline's `max_tokens`).
     embed_dim: token embedding width.
     hidden: LSTM state width.
+    dtype: computation dtype of the layers; the carry and the logits are float32.
   """
 
   vocab_size: int
   max_tokens: int
   embed_dim: int = 32
   hidden: int = 64
+  dtype: Any = jnp.float32
 
   def setup(self):
-    self.initial_state = nn.Dense(2 * self.hidden)
-    self.steps = ScannedTokenSteps(self.vocab_size, self.embed_dim, self.hidden)
+    dtype = computation_dtype(self.dtype, "lstm decoder")
+    self.initial_state = nn.Dense(2 * self.hidden, dtype=dtype, param_dtype=jnp.float32)
+    self.steps = ScannedTokenSteps(self.vocab_size, self.embed_dim, self.hidden, dtype)
 
   def _start(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
-    c, h = jnp.split(jnp.tanh(self.initial_state(z)), 2, axis=-1)
+    c, h = jnp.split(jnp.tanh(self.initial_state(z)).astype(jnp.float32), 2, axis=-1)
     return c, h
 
   def __call__(self, z: jax.Array, tokens: jax.Array, mask: jax.Array | None = None) -> jax.Array:

@@ -8,6 +8,10 @@ retrieval config reuses the encoders of a classification config unchanged:
 
 The model also owns the contrastive loss's learned temperature `log_scale` (and `bias`, for losses that
 have one), so they are ordinary parameters: optimised, checkpointed and restored with the towers.
+
+`dtype` is the computation dtype of the towers and projections; parameters (`log_scale` and `bias`
+included) stay float32, and the embeddings are normalised and returned in float32, so the contrastive
+loss and the retrieval metrics reduce in float32.
 """
 
 from collections.abc import Mapping
@@ -17,7 +21,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from mmlearn.models.config import freeze_config, split_encoder_config
+from mmlearn.models.config import build_encoder, freeze_config
+from mmlearn.models.encoders import computation_dtype
 
 
 def l2_normalise(x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
@@ -35,12 +40,14 @@ class DualEncoder(nn.Module):
     embed_dim: width of the joint embedding space.
     log_scale_init: initial log of the similarity scale (the inverse temperature).
     bias_init: initial logit bias; None for losses without one (no `bias` parameter is created).
+    dtype: computation dtype of the towers and projections; parameters and embeddings are float32.
   """
 
   modalities: Mapping[str, Mapping[str, Any]]
   embed_dim: int
   log_scale_init: float
   bias_init: float | None = None
+  dtype: Any = jnp.float32
 
   def __post_init__(self):
     object.__setattr__(self, "modalities", freeze_config(self.modalities))  # Hashable, like Classifier.
@@ -48,6 +55,7 @@ class DualEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, batch: Mapping[str, jnp.ndarray], *, train: bool = False) -> dict[str, jnp.ndarray]:
+    dtype = computation_dtype(self.dtype, "DualEncoder")
     self.param("log_scale", nn.initializers.constant(self.log_scale_init), (), jnp.float32)
     if self.bias_init is not None:
       self.param("bias", nn.initializers.constant(self.bias_init), (), jnp.float32)
@@ -55,10 +63,10 @@ class DualEncoder(nn.Module):
     for modality in sorted(self.modalities):
       if modality not in batch:
         continue
-      encoder_class, kwargs = split_encoder_config(modality, self.modalities[modality])
-      features = encoder_class(**kwargs, name=f"{modality}_encoder")(
-        batch[modality], batch.get(f"{modality}_mask"), train=train
+      encoder = build_encoder(modality, self.modalities[modality], dtype=dtype, name=f"{modality}_encoder")
+      features = encoder(batch[modality], batch.get(f"{modality}_mask"), train=train)
+      projection = nn.Dense(
+        self.embed_dim, dtype=dtype, param_dtype=jnp.float32, name=f"{modality}_projection"
       )
-      projected = nn.Dense(self.embed_dim, name=f"{modality}_projection")(features)
-      embeddings[modality] = l2_normalise(projected)
+      embeddings[modality] = l2_normalise(projection(features).astype(jnp.float32))
     return embeddings

@@ -23,15 +23,20 @@ the fusion's shape:
     cannot leave a slot out and use the features as given: the classifier's imputation strategy (zero or
     mean input, or a learned embedding) decides what fills an absent modality's slot.
 With every modality present the mask changes nothing (tested against `present=None`).
+
+Every fusion takes `dtype`, the computation dtype (the classifier passes its own): it computes and
+returns in it, with float32 parameters. Fusions without parameters just cast the features.
 """
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from mmlearn.errors import ConfigError
+from mmlearn.models.encoders import computation_dtype
 from mmlearn.registry import Registry
 
 FUSIONS = Registry("fusion")
@@ -46,20 +51,32 @@ def check_features(features: Sequence[jnp.ndarray]) -> None:
     raise ValueError(f"fusion expects [B, D_i] features with one B, got shapes {[f.shape for f in features]}")
 
 
-def presence(present: jnp.ndarray | None, features: Sequence[jnp.ndarray]) -> jnp.ndarray:
-  """The mask as float [B, M] (all ones when None), to weight per-modality terms."""
+def presence(present: jnp.ndarray | None, features: Sequence[jnp.ndarray], dtype=jnp.float32) -> jnp.ndarray:
+  """The mask as float [B, M] in `dtype` (all ones when None), to weight per-modality terms."""
   if present is None:
-    return jnp.ones((features[0].shape[0], len(features)), jnp.float32)
+    return jnp.ones((features[0].shape[0], len(features)), dtype)
   if present.shape != (features[0].shape[0], len(features)):
     raise ValueError(
       f"presence mask of shape {present.shape} for {len(features)} modalities of {features[0].shape[0]}"
     )
-  return present.astype(jnp.float32)
+  return present.astype(dtype)
 
 
 def outputs_logits(fusion_class: type[nn.Module]) -> bool:
   """Whether a fusion's output is the final logits, so the classifier must not add a head after it."""
   return getattr(fusion_class, "outputs_logits", False)
+
+
+def cast_features(module: nn.Module, features: Sequence[jnp.ndarray]) -> tuple[jnp.dtype, list[jnp.ndarray]]:
+  """(the module's computation dtype, the features in it), after `check_features`."""
+  check_features(features)
+  dtype = computation_dtype(module.dtype, f"fusion {type(module).__name__}")
+  return dtype, [jnp.asarray(f).astype(dtype) for f in features]
+
+
+def dense(width: int, dtype: jnp.dtype, name: str) -> nn.Dense:
+  """A dense layer computing in `dtype` with float32 parameters."""
+  return nn.Dense(width, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 def append_one(x: jnp.ndarray) -> jnp.ndarray:
@@ -71,13 +88,15 @@ def append_one(x: jnp.ndarray) -> jnp.ndarray:
 class ConcatFusion(nn.Module):
   """Early fusion by concatenation: [B, sum(D_i)]. No parameters; the head learns the interactions."""
 
+  dtype: Any = jnp.float32
+
   @nn.compact
   def __call__(
     self, features: Sequence[jnp.ndarray], *, present: jnp.ndarray | None = None, train: bool = False
   ) -> jnp.ndarray:
     del present, train  # One slot per modality: an absent one is filled by the imputation.
-    check_features(features)
-    return jnp.concatenate(list(features), axis=-1)
+    _, features = cast_features(self, features)
+    return jnp.concatenate(features, axis=-1)
 
 
 @FUSIONS.register("sum")
@@ -92,15 +111,16 @@ class SumFusion(nn.Module):
   """
 
   dim: int = 64
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(
     self, features: Sequence[jnp.ndarray], *, present: jnp.ndarray | None = None, train: bool = False
   ) -> jnp.ndarray:
     del train
-    check_features(features)
-    weights = presence(present, features)
-    projected = [nn.Dense(self.dim, name=f"project{i}")(f) for i, f in enumerate(features)]
+    dtype, features = cast_features(self, features)
+    weights = presence(present, features, dtype)
+    projected = [dense(self.dim, dtype, f"project{i}")(f) for i, f in enumerate(features)]
     return sum(weights[:, i : i + 1] * p for i, p in enumerate(projected))
 
 
@@ -109,12 +129,13 @@ class MLP(nn.Module):
 
   hidden: Sequence[int]
   out: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     for i, width in enumerate(self.hidden):
-      x = nn.relu(nn.Dense(width, name=f"hidden{i}")(x))
-    return nn.Dense(self.out, name="logits")(x)
+      x = nn.relu(dense(width, self.dtype, f"hidden{i}")(x))
+    return dense(self.out, self.dtype, "logits")(x)
 
 
 @FUSIONS.register("late")
@@ -134,16 +155,18 @@ class LateFusion(nn.Module):
 
   num_classes: int
   head_hidden: Sequence[int] = ()
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(
     self, features: Sequence[jnp.ndarray], *, present: jnp.ndarray | None = None, train: bool = False
   ) -> jnp.ndarray:
     del train
-    check_features(features)
-    weights = presence(present, features)
+    dtype, features = cast_features(self, features)
+    weights = presence(present, features, dtype)
     logits = [
-      MLP(tuple(self.head_hidden), self.num_classes, name=f"head{i}")(f) for i, f in enumerate(features)
+      MLP(tuple(self.head_hidden), self.num_classes, dtype, name=f"head{i}")(f)
+      for i, f in enumerate(features)
     ]
     return jnp.einsum("bm,mbc->bc", weights / weights.sum(-1, keepdims=True), jnp.stack(logits))
 
@@ -163,20 +186,21 @@ class GatedFusion(nn.Module):
   """
 
   dim: int = 64
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(
     self, features: Sequence[jnp.ndarray], *, present: jnp.ndarray | None = None, train: bool = False
   ) -> jnp.ndarray:
     del train
-    check_features(features)
-    weights = presence(present, features)
+    dtype, features = cast_features(self, features)
+    weights = presence(present, features, dtype)
     # The gates read every present modality; an absent one enters them as zeros.
     everything = jnp.concatenate([weights[:, i : i + 1] * f for i, f in enumerate(features)], axis=-1)
     fused = 0.0
     for i, f in enumerate(features):
-      hidden = jnp.tanh(nn.Dense(self.dim, name=f"project{i}")(f))
-      gate = nn.sigmoid(nn.Dense(self.dim, name=f"gate{i}")(everything))
+      hidden = jnp.tanh(dense(self.dim, dtype, f"project{i}")(f))
+      gate = nn.sigmoid(dense(self.dim, dtype, f"gate{i}")(everything))
       fused = fused + weights[:, i : i + 1] * gate * hidden
     return fused
 
@@ -196,23 +220,30 @@ class AttentionFusion(nn.Module):
 
   dim: int = 64
   num_heads: int = 4
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(
     self, features: Sequence[jnp.ndarray], *, present: jnp.ndarray | None = None, train: bool = False
   ) -> jnp.ndarray:
     del train
-    check_features(features)
-    weights = presence(present, features)
+    dtype, features = cast_features(self, features)
+    weights = presence(present, features, dtype)
     if self.dim % self.num_heads:
       raise ConfigError(f"attention fusion: dim={self.dim} is not divisible by num_heads={self.num_heads}")
-    tokens = jnp.stack([nn.Dense(self.dim, name=f"project{i}")(f) for i, f in enumerate(features)], axis=1)
+    tokens = jnp.stack([dense(self.dim, dtype, f"project{i}")(f) for i, f in enumerate(features)], axis=1)
     modality_embedding = self.param(
-      "modality_embedding", nn.initializers.normal(0.02), (len(features), self.dim)
+      "modality_embedding", nn.initializers.normal(0.02), (len(features), self.dim), jnp.float32
     )
-    tokens = tokens + modality_embedding
+    tokens = tokens + modality_embedding.astype(dtype)
     mask = nn.make_attention_mask(weights, weights) > 0  # Absent tokens are neither read nor pooled.
-    attention = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name="attention")
+    attention = nn.MultiHeadDotProductAttention(
+      num_heads=self.num_heads,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      force_fp32_for_softmax=True,
+      name="attention",
+    )
     tokens = tokens + attention(tokens, mask=mask)
     return jnp.einsum("bm,bmd->bd", weights / weights.sum(-1, keepdims=True), tokens)
 
@@ -227,12 +258,14 @@ class TensorFusion(nn.Module):
   so use it on small embeddings only, or prefer `low_rank_tensor`.
   """
 
+  dtype: Any = jnp.float32
+
   @nn.compact
   def __call__(
     self, features: Sequence[jnp.ndarray], *, present: jnp.ndarray | None = None, train: bool = False
   ) -> jnp.ndarray:
     del present, train  # One slot per modality: an absent one is filled by the imputation.
-    check_features(features)
+    _, features = cast_features(self, features)
     batch_size = features[0].shape[0]
     return functools.reduce(
       lambda fused, x: jnp.einsum("bi,bj->bij", fused, append_one(x)).reshape(batch_size, -1),
@@ -257,21 +290,24 @@ class LowRankTensorFusion(nn.Module):
 
   dim: int = 64
   rank: int = 4
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(
     self, features: Sequence[jnp.ndarray], *, present: jnp.ndarray | None = None, train: bool = False
   ) -> jnp.ndarray:
     del present, train  # One slot per modality: an absent one is filled by the imputation.
-    check_features(features)
+    dtype, features = cast_features(self, features)
     factor_init = nn.initializers.glorot_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
     product = 1.0
     for i, f in enumerate(features):
-      factor = self.param(f"factor{i}", factor_init, (self.rank, f.shape[-1] + 1, self.dim))
-      product = product * jnp.einsum("bi,kid->kbd", append_one(f), factor)  # [rank, B, dim]
-    fusion_weights = self.param("fusion_weights", nn.initializers.glorot_normal(), (1, self.rank))
-    fusion_bias = self.param("fusion_bias", nn.initializers.zeros, (1, self.dim))
-    return jnp.einsum("k,kbd->bd", fusion_weights[0], product) + fusion_bias
+      factor = self.param(f"factor{i}", factor_init, (self.rank, f.shape[-1] + 1, self.dim), jnp.float32)
+      product = product * jnp.einsum("bi,kid->kbd", append_one(f), factor.astype(dtype))  # [rank, B, dim]
+    fusion_weights = self.param(
+      "fusion_weights", nn.initializers.glorot_normal(), (1, self.rank), jnp.float32
+    )
+    fusion_bias = self.param("fusion_bias", nn.initializers.zeros, (1, self.dim), jnp.float32)
+    return jnp.einsum("k,kbd->bd", fusion_weights[0].astype(dtype), product) + fusion_bias.astype(dtype)
 
 
 @FUSIONS.register("multiplicative")
@@ -290,17 +326,20 @@ class MultiplicativeFusion(nn.Module):
   """
 
   dim: int = 64
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(
     self, features: Sequence[jnp.ndarray], *, present: jnp.ndarray | None = None, train: bool = False
   ) -> jnp.ndarray:
     del present, train  # One slot per modality: an absent one is filled by the imputation.
-    check_features(features)
+    dtype, features = cast_features(self, features)
     x = features[0]
-    first_kernel = self.param("first_kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.dim))
-    bias = self.param("bias", nn.initializers.zeros, (self.dim,))
-    fused = x @ first_kernel + bias
+    first_kernel = self.param(
+      "first_kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.dim), jnp.float32
+    )
+    bias = self.param("bias", nn.initializers.zeros, (self.dim,), jnp.float32)
+    fused = x @ first_kernel.astype(dtype) + bias.astype(dtype)
     if len(features) == 1:
       return fused
     z = jnp.concatenate(list(features[1:]), axis=-1)
@@ -308,6 +347,11 @@ class MultiplicativeFusion(nn.Module):
       "interaction",
       nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
       (z.shape[-1], x.shape[-1], self.dim),
+      jnp.float32,
     )
-    others_kernel = self.param("others_kernel", nn.initializers.lecun_normal(), (z.shape[-1], self.dim))
-    return fused + jnp.einsum("bx,bz,zxd->bd", x, z, interaction) + z @ others_kernel
+    others_kernel = self.param(
+      "others_kernel", nn.initializers.lecun_normal(), (z.shape[-1], self.dim), jnp.float32
+    )
+    return (
+      fused + jnp.einsum("bx,bz,zxd->bd", x, z, interaction.astype(dtype)) + z @ others_kernel.astype(dtype)
+    )

@@ -15,6 +15,9 @@ average over every position z cannot know.
 
 The pure functions here (`product_of_experts`, `gaussian_kl`, `reparameterize`) are the ELBO's pieces;
 `mmlearn.tasks.mvae` assembles them into the sub-sampled ELBO, imputation and sampling.
+
+`dtype` is the computation dtype of every encoder, expert head and decoder; parameters stay float32, and
+the experts' (mu, logvar) and the decoders' distributions are float32, so the ELBO's pieces run in float32.
 """
 
 import dataclasses
@@ -27,8 +30,9 @@ import jax.numpy as jnp
 
 from mmlearn import rngs
 from mmlearn.errors import ConfigError
-from mmlearn.models.config import check_arguments, freeze_config, module_arguments, split_encoder_config
+from mmlearn.models.config import build_encoder, check_arguments, freeze_config, module_arguments, with_dtype
 from mmlearn.models.decoders import DECODERS
+from mmlearn.models.encoders import computation_dtype
 
 
 def product_of_experts(mus: jax.Array, logvars: jax.Array, present: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -62,17 +66,23 @@ def reparameterize(rng: jax.Array, mu: jax.Array, logvar: jax.Array, temperature
 
 
 class GaussianEncoder(nn.Module):
-  """A registered encoder's features -> dense heads -> (mu, logvar), each [B, latent_dim]."""
+  """A registered encoder's features -> dense heads -> float32 (mu, logvar), each [B, latent_dim]."""
 
   modality: str
   encoder: Mapping[str, Any]  # {"encoder": <registered name>, **kwargs}
   latent_dim: int
+  dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    encoder_class, kwargs = split_encoder_config(self.modality, self.encoder)
-    features = encoder_class(**kwargs, name="features")(x, mask, train=False)
-    return nn.Dense(self.latent_dim, name="mu")(features), nn.Dense(self.latent_dim, name="logvar")(features)
+  def __call__(
+    self, x: jax.Array, mask: jax.Array | None = None, *, train: bool = False
+  ) -> tuple[jax.Array, jax.Array]:
+    dtype = computation_dtype(self.dtype, f"encoder of modality {self.modality!r}")
+    features = build_encoder(self.modality, self.encoder, dtype=dtype, name="features")(x, mask, train=train)
+    heads = [
+      nn.Dense(self.latent_dim, dtype=dtype, param_dtype=jnp.float32, name=n) for n in ("mu", "logvar")
+    ]
+    return tuple(head(features).astype(jnp.float32) for head in heads)
 
 
 def resolve_decoders(
@@ -118,12 +128,14 @@ class MVAE(nn.Module):
     decoder_configs: modality -> `{"decoder": <registered decoder>, **kwargs}` (`resolve_decoders`).
     latent_dim: width of the shared z.
     private_dims: modality -> width of its private latent w_m (absent: 0, none).
+    dtype: computation dtype of the encoders and decoders (a config's own `dtype` for one of them wins).
   """
 
   encoder_configs: Mapping[str, Mapping[str, Any]]
   decoder_configs: Mapping[str, Mapping[str, Any]]
   latent_dim: int
   private_dims: Mapping[str, int] = dataclasses.field(default_factory=dict)
+  dtype: Any = jnp.float32
 
   def __post_init__(self):
     for field in ("encoder_configs", "decoder_configs", "private_dims"):  # Hashable, as Classifier's configs.
@@ -131,24 +143,33 @@ class MVAE(nn.Module):
     super().__post_init__()
 
   def setup(self):
+    dtype = computation_dtype(self.dtype, "MVAE")
     self.encoder = {
-      m: GaussianEncoder(m, config, self.latent_dim + self.private_dims.get(m, 0))
+      m: GaussianEncoder(m, config, self.latent_dim + self.private_dims.get(m, 0), dtype)
       for m, config in sorted(self.encoder_configs.items())
     }
     decoders = {}
     for m, config in sorted(self.decoder_configs.items()):
+      decoder_class = DECODERS.get(config["decoder"])
       kwargs = {k: v for k, v in config.items() if k != "decoder"}
-      decoders[m] = DECODERS.get(config["decoder"])(**kwargs)
+      decoders[m] = decoder_class(
+        **with_dtype(decoder_class, kwargs, dtype, f"the decoder of modality {m!r}")
+      )
     self.decoder = decoders
 
-  def encode(self, batch: Mapping[str, jax.Array]) -> dict[str, tuple[jax.Array, jax.Array]]:
+  def encode(
+    self, batch: Mapping[str, jax.Array], *, train: bool = False
+  ) -> dict[str, tuple[jax.Array, jax.Array]]:
     """`{modality: (mu, logvar)}` for every configured modality whose input is in `batch`.
 
     Each is [B, latent_dim + private_dims[m]]: the shared expert, then the private posterior (the task's
-    `experts` splits them).
+    `experts` splits them). `train` switches the encoders' dropout and BatchNorm (if configured) to
+    training mode.
     """
     return {
-      m: self.encoder[m](batch[m], batch.get(f"{m}_mask")) for m in sorted(self.encoder_configs) if m in batch
+      m: self.encoder[m](batch[m], batch.get(f"{m}_mask"), train=train)
+      for m in sorted(self.encoder_configs)
+      if m in batch
     }
 
   def log_likelihood(
@@ -163,12 +184,12 @@ class MVAE(nn.Module):
     """A sample of x_m per row of z, and its token mask (None for arrays)."""
     return self.decoder[modality].generate(z, rng, temperature)
 
-  def __call__(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  def __call__(self, batch: Mapping[str, jax.Array], *, train: bool = False) -> dict[str, jax.Array]:
     """Touches every expert and decoder (for `init`): log p(x_m | z) at z = the first expert's mean.
 
     (A private latent's part of z is zeros.)
     """
-    experts = self.encode(batch)
+    experts = self.encode(batch, train=train)
     z = next(iter(experts.values()))[0][:, : self.latent_dim]
     out = {}
     for m in sorted(self.decoder_configs):

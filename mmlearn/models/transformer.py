@@ -21,15 +21,16 @@ ids under the padding are replaced by 0 before the embedding lookup. The output 
 on what sits under the padding (the padded positions' own states do, but nothing reads them). A sequence
 with no real tokens encodes to zeros with mean pooling (as `lstm`), and to its CLS state with "cls".
 
-`dtype` is the computation dtype ("float32", "bfloat16", ... or a jnp dtype): the embeddings, LayerNorms,
-attention and MLPs compute in it, while parameters stay float32 (`param_dtype`), LayerNorm statistics and
-the attention softmax are computed in float32, and the pooled features are returned as float32 like the
-other encoders' (the pool itself is float32).
+`dtype` is the computation dtype (a jnp dtype or a name, "bfloat16"), as every module's in
+`mmlearn.models`: the embeddings, LayerNorms, attention, MLPs and the `dense` head compute in it, while
+parameters stay float32 (`param_dtype`), LayerNorm statistics and the attention softmax are computed in
+float32, and the pooled features are returned as float32 like the other encoders' (the pool itself is
+float32).
 
 Dropout: `dropout` (after the embeddings, the attention output and inside/after the MLP) and
 `attention_dropout` (on the attention weights) act only when `train=True` and the rate is > 0, and then
-need a 'dropout' RNG stream (`model.apply(..., rngs={"dropout": key})`). The tasks do not pass one yet,
-so both default to 0.0; with rate 0 (or `train=False`) the modules are deterministic and need no RNG.
+need a 'dropout' RNG stream (`model.apply(..., rngs={"dropout": key})`, as the trainer's step passes).
+Both default to 0.0; with rate 0 (or `train=False`) the modules are deterministic and need no RNG.
 Training with a rate > 0 without a 'dropout' stream raises a `ConfigError` naming the key.
 """
 
@@ -39,21 +40,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mmlearn.errors import ConfigError
-from mmlearn.models.encoders import ENCODERS
+from mmlearn.models.encoders import ENCODERS, computation_dtype
 
 POOLS = ("mean", "cls")
 _POS_INIT = nn.initializers.normal(stddev=0.02)
-
-
-def computation_dtype(dtype: Any, what: str) -> jnp.dtype:
-  """`dtype` (a name such as "bfloat16" or a jnp dtype) as a floating jnp dtype; a `ConfigError` otherwise."""
-  try:
-    resolved = jnp.dtype(dtype)
-  except TypeError as error:
-    raise ConfigError(f"{what}: dtype {dtype!r} is not a dtype") from error
-  if not jnp.issubdtype(resolved, jnp.floating):
-    raise ConfigError(f"{what}: dtype must be a floating dtype, got {dtype!r}")
-  return resolved
 
 
 def check_transformer_config(module: Any, what: str) -> None:
@@ -166,11 +156,12 @@ def prepend_cls(module: nn.Module, x: jnp.ndarray) -> jnp.ndarray:
   return jnp.concatenate([cls, x], axis=1)
 
 
-def features_head(module: nn.Module, pooled: jnp.ndarray) -> jnp.ndarray:
-  """The float32 pooled features, through `dense` + relu when the module sets `dense`."""
+def features_head(module: nn.Module, pooled: jnp.ndarray, dtype: jnp.dtype) -> jnp.ndarray:
+  """The float32 pooled features, through `dense` + relu (in `dtype`) when the module sets `dense`."""
   if module.dense is None:
     return pooled
-  return nn.relu(nn.Dense(module.dense, name="dense")(pooled))
+  dense = nn.Dense(module.dense, dtype=dtype, param_dtype=jnp.float32, name="dense")
+  return nn.relu(dense(pooled)).astype(jnp.float32)
 
 
 @ENCODERS.register("vit")
@@ -205,7 +196,7 @@ class VisionTransformer(nn.Module):
   attention_dropout: float = 0.0
   pool: str = "mean"
   dense: int | None = None
-  dtype: Any = "float32"
+  dtype: Any = jnp.float32
 
   def __post_init__(self):
     check_transformer_config(self, "encoder 'vit'")
@@ -241,7 +232,7 @@ class VisionTransformer(nn.Module):
     )(tokens, deterministic=deterministic)
     tokens = tokens.astype(jnp.float32)
     pooled = tokens[:, 0] if self.pool == "cls" else tokens.mean(axis=1)
-    return features_head(self, pooled)
+    return features_head(self, pooled, dtype)
 
 
 @ENCODERS.register("transformer")
@@ -277,7 +268,7 @@ class TextTransformer(nn.Module):
   attention_dropout: float = 0.0
   pool: str = "mean"
   dense: int | None = None
-  dtype: Any = "float32"
+  dtype: Any = jnp.float32
 
   def __post_init__(self):
     check_transformer_config(self, "encoder 'transformer'")
@@ -323,4 +314,4 @@ class TextTransformer(nn.Module):
       count = weights.sum(axis=1)
       # An empty sequence (count 0) pools to zeros; `where` keeps NaN-free gradients through the division.
       pooled = jnp.where(count > 0, (states * weights).sum(axis=1) / jnp.maximum(count, 1.0), 0.0)
-    return features_head(self, pooled)
+    return features_head(self, pooled, dtype)

@@ -25,6 +25,8 @@ from mmlearn import classification_metrics as cm
 from mmlearn import parallel as parallel_lib
 from mmlearn.evaluate import SplitEvaluator
 from mmlearn.models.classifier import build_classifier
+from mmlearn.models.config import compute_dtype
+from mmlearn.tasks.contract import apply_for_training
 from mmlearn.tasks.registry import TASKS
 
 
@@ -37,6 +39,8 @@ class ClassificationTask:
   """
 
   summary_metric = "accuracy"
+  evaluator_types = ("classification", "robustness")  # Registered evaluators (mmlearn.evaluators) that apply.
+  default_evaluators = ("classification",)
 
   def __init__(
     self,
@@ -60,6 +64,7 @@ class ClassificationTask:
       num_classes=num_classes,
       vocab_size=vocab_size,
       learned_missing=config.missing.imputation == "learned",
+      dtype=compute_dtype(config.get("precision", "float32")),
     )
 
     def counts() -> np.ndarray:
@@ -73,23 +78,30 @@ class ClassificationTask:
   def evaluator(self, par: parallel_lib.DataParallel, source: Any, **kwargs: Any) -> SplitEvaluator:
     return SplitEvaluator(self, par, source, **kwargs)
 
-  def init(self, rng: jax.Array, batch: dict[str, Any]) -> Any:
-    return self.model.init(rng, batch, train=False)["params"]
+  def init(self, rng: jax.Array, batch: dict[str, Any]) -> dict[str, Any]:
+    return dict(self.model.init(rng, batch, train=False))
 
-  def logits(self, params: Any, batch: dict[str, Any], *, train: bool) -> jax.Array:
-    return self.model.apply({"params": params}, batch, train=train)
+  def logits(self, variables: dict[str, Any], batch: dict[str, Any]) -> jax.Array:
+    """Evaluation-mode logits (running BatchNorm statistics, no dropout)."""
+    return self.model.apply(variables, batch, train=False)
 
   def loss(
-    self, params: Any, batch: dict[str, Any], rng: jax.Array, *, step: Any = None
-  ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    del rng, step  # The classifier has no stochastic layers or schedules yet.
-    logits = self.logits(params, batch, train=True)
+    self,
+    variables: dict[str, Any],
+    batch: dict[str, Any],
+    rng: jax.Array,
+    *,
+    step: Any = None,
+    dropout_rng: jax.Array | None = None,
+  ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
+    del rng, step  # The classifier's randomness is dropout alone; it has no schedules.
+    logits, updated = apply_for_training(self.model, variables, batch, dropout_rng=dropout_rng)
     loss = self.class_loss(logits, batch["label"]).mean()
     accuracy = (logits.argmax(-1) == batch["label"]).mean()
-    return loss, {"loss": loss, "accuracy": accuracy}
+    return loss, {"loss": loss, "accuracy": accuracy}, updated
 
-  def eval_sums(self, params: Any, batch: dict[str, Any]) -> dict[str, jax.Array]:
-    logits = self.logits(params, batch, train=False)
+  def eval_sums(self, variables: dict[str, Any], batch: dict[str, Any]) -> dict[str, jax.Array]:
+    logits = self.logits(variables, batch)
     weight = batch["weight"].astype(jnp.float32)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     confusion = jnp.zeros((self.num_classes, self.num_classes), jnp.float32)

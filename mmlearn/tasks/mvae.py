@@ -25,7 +25,7 @@ and ignore z, which conditional generation needs. Sampling and imputation draw w
 
 The KL weight depends on the step. The trainer passes `step=` to every task loss (`mmlearn.tasks.contract`),
 so the schedule needs neither a copy of the step in the batch nor a guess from the RNG;
-`loss(params, batch, rng)` without a step (tools, tests) uses the final weight.
+`loss(variables, batch, rng)` without a step (tools, tests) uses the final weight.
 
 Reported (training and evaluation): `elbo`, the joint ELBO with unit weights and beta = 1 (the bound on
 log p(x), in nats per example: likelihoods are probabilities of the stored data, so it is <= 0), and per
@@ -52,7 +52,7 @@ from mmlearn import parallel as parallel_lib
 from mmlearn import rngs
 from mmlearn.errors import ConfigError
 from mmlearn.models import mvae
-from mmlearn.models.config import resolve_modalities
+from mmlearn.models.config import compute_dtype, resolve_modalities
 from mmlearn.tasks.mvae_eval import GenerationEvaluator
 from mmlearn.tasks.registry import TASKS
 
@@ -87,17 +87,19 @@ def kl_weight(step: Any, beta: float, anneal_steps: int) -> Any:
 class MVAETask:
   """The MVAE as a task. Beyond the task contract (`init`, `loss`, `evaluator`):
 
-  - `posterior(params, batch, present=None) -> (mu, logvar)`: q(z | the modalities present).
-  - `sample(params, batch, rng, temperature, *, condition, target, num_samples) -> (x, mask)`, jitted:
+  - `posterior(variables, batch, present=None) -> (mu, logvar)`: q(z | the modalities present).
+  - `sample(variables, batch, rng, temperature, *, condition, target, num_samples) -> (x, mask)`, jitted:
     `num_samples` samples of `target` given only the `condition` modalities (a tuple) of each example,
     [B, num_samples, ...], with a token mask for a sequence target (else None). Deterministic in `rng`
     (one key, or [B] keys: one per example, split into its samples' keys);
     `temperature` scales the posterior's spread and the token softmax (0: the mean, greedy tokens).
-  - `impute(params, batch, present, rng, temperature=1.0) -> batch`: generative imputation.
+  - `impute(variables, batch, present, rng, temperature=1.0) -> batch`: generative imputation.
   - `array_modalities`: the modalities decoded to arrays (decoders with a `shape`), e.g. for grids.
   """
 
   summary_metric = "elbo"
+  evaluator_types = ("elbo", "samples", "coherence")  # Registered evaluators (mmlearn.evaluators) that apply.
+  default_evaluators = ("elbo", "samples")
 
   def __init__(
     self,
@@ -130,7 +132,8 @@ class MVAETask:
           f"config.mvae.decoders.{m}.translate reads a 2-wide private latent (dx, dy); "
           f"config.mvae.private_dims.{m} is {self.private_dims[m]}"
         )
-    self.model = mvae.MVAE(encoders, self.decoders, self.latent_dim, self.private_dims)
+    dtype = compute_dtype(config.get("precision", "float32"))
+    self.model = mvae.MVAE(encoders, self.decoders, self.latent_dim, self.private_dims, dtype=dtype)
     weights = dict(settings.likelihood_weights)
     missing = [m for m in self.modalities if m not in weights]
     if missing:
@@ -154,23 +157,23 @@ class MVAETask:
     missing = [m for m in self.modalities if m not in batch]
     if missing:
       raise ConfigError(f"batch has no input for modalities {missing}; batch keys: {sorted(batch)}")
-    return self.model.init(rng, batch)["params"]
+    return dict(self.model.init(rng, batch))
 
   def experts(
-    self, params: Any, batch: dict[str, Any]
+    self, variables: Any, batch: dict[str, Any]
   ) -> tuple[dict[str, tuple[jax.Array, jax.Array]], dict[str, tuple[jax.Array, jax.Array]]]:
     """({m: shared expert (mu, logvar)}, {m: private posterior (mu, logvar)}) for the inputs in `batch`.
 
     The private dict has only the modalities with a private latent.
     """
-    encoded = self.model.apply({"params": params}, batch, method=mvae.MVAE.encode)
+    encoded = self.model.apply(variables, batch, method=mvae.MVAE.encode)
     d = self.latent_dim
     shared = {m: (mu[:, :d], logvar[:, :d]) for m, (mu, logvar) in encoded.items()}
     private = {m: (mu[:, d:], logvar[:, d:]) for m, (mu, logvar) in encoded.items() if self.private_dims[m]}
     return shared, private
 
   def posterior(
-    self, params: Any, batch: dict[str, Any], present: Mapping[str, Any] | None = None
+    self, variables: Any, batch: dict[str, Any], present: Mapping[str, Any] | None = None
   ) -> tuple[jax.Array, jax.Array]:
     """q(z | the modalities present): the product of their experts and the prior, (mu, logvar) [B, D].
 
@@ -178,7 +181,7 @@ class MVAETask:
     input in the batch is present where its `<m>_present` says so (everywhere without one). Modalities
     not in the batch are absent.
     """
-    experts, _ = self.experts(params, batch)
+    experts, _ = self.experts(variables, batch)
     size = next(iter(experts.values()))[0].shape[0]
     mus, logvars, mask = [], [], []
     for m, (mu, logvar) in experts.items():
@@ -191,9 +194,9 @@ class MVAETask:
       )
     return mvae.product_of_experts(jnp.stack(mus), jnp.stack(logvars), jnp.stack(mask))
 
-  def log_likelihood(self, params: Any, modality: str, z: jax.Array, batch: dict[str, Any]) -> jax.Array:
+  def log_likelihood(self, variables: Any, modality: str, z: jax.Array, batch: dict[str, Any]) -> jax.Array:
     return self.model.apply(
-      {"params": params},
+      variables,
       modality,
       z,
       batch[modality],
@@ -202,7 +205,7 @@ class MVAETask:
     )
 
   def decode(
-    self, params: Any, modality: str, z: jax.Array, rng: jax.Array, temperature: Any = 1.0
+    self, variables: Any, modality: str, z: jax.Array, rng: jax.Array, temperature: Any = 1.0
   ) -> tuple[jax.Array, jax.Array | None]:
     """A sample of `modality` per row of the shared z (a token mask with it for sequences, else None).
 
@@ -213,12 +216,12 @@ class MVAETask:
     if self.private_dims[modality]:
       shape = (z.shape[0], self.private_dims[modality])
       z = jnp.concatenate([z, temperature * rngs.normal(private_key, shape, z.dtype)], axis=-1)
-    return self.model.apply({"params": params}, modality, z, rng, temperature, method=mvae.MVAE.generate)
+    return self.model.apply(variables, modality, z, rng, temperature, method=mvae.MVAE.generate)
 
   # ---- The objective ----
 
   def elbo_terms(
-    self, params: Any, batch: dict[str, Any], rng: jax.Array, beta: Any
+    self, variables: Any, batch: dict[str, Any], rng: jax.Array, beta: Any
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(objective [B] to maximise, {metric: [B]}) with one z sample per subset.
 
@@ -227,7 +230,7 @@ class MVAETask:
     that scores it, stacked, rather than once per subset. `rng`: one key per example ([B], each
     example's samples from its own key), or one key for all.
     """
-    experts, private = self.experts(params, batch)
+    experts, private = self.experts(variables, batch)
     size = batch[self.modalities[0]].shape[0]
     present = {
       m: jnp.broadcast_to(jnp.asarray(batch.get(f"{m}_present", True), bool), (size,))
@@ -254,7 +257,7 @@ class MVAETask:
         ws = [mvae.reparameterize(rngs.fold_in(keys[name], 1 + i), mu, logvar) for name in scoring]
         inputs = [jnp.concatenate([z, w], axis=-1) for z, w in zip(inputs, ws, strict=True)]
       tiled = {k: jnp.concatenate([batch[k]] * len(scoring)) for k in (m, f"{m}_mask") if k in batch}
-      ll = self.log_likelihood(params, m, jnp.concatenate(inputs), tiled)
+      ll = self.log_likelihood(variables, m, jnp.concatenate(inputs), tiled)
       for name, part in zip(scoring, jnp.split(ll, len(scoring)), strict=True):
         recon[name, m] = part * present[m]
     objective = jnp.zeros(size, jnp.float32)
@@ -274,22 +277,31 @@ class MVAETask:
     return objective, metrics
 
   def loss(
-    self, params: Any, batch: dict[str, Any], rng: jax.Array, *, step: Any = None
-  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    self,
+    variables: Any,
+    batch: dict[str, Any],
+    rng: jax.Array,
+    *,
+    step: Any = None,
+    dropout_rng: jax.Array | None = None,
+  ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
     """Per-device negative sub-sampled ELBO (mean over the device's examples); `step` sets the KL weight.
 
-    `rng`: the trainer's per-example keys ([B], `rngs.example_keys`), or one key (tools, tests).
+    `rng`: the trainer's per-example keys ([B], `rngs.example_keys`), or one key (tools, tests). The
+    MVAE's encoders and decoders run in evaluation mode (no dropout, running statistics): its noise is
+    the latent samples', drawn per example, so it has no collections to update.
     """
+    del dropout_rng
     beta = kl_weight(step, self.beta, self.anneal_steps)
-    objective, metrics = self.elbo_terms(params, batch, rng, beta)
+    objective, metrics = self.elbo_terms(variables, batch, rng, beta)
     loss = -objective.mean()
-    return loss, {"loss": loss, "kl_weight": beta, **{k: v.mean() for k, v in metrics.items()}}
+    return loss, {"loss": loss, "kl_weight": beta, **{k: v.mean() for k, v in metrics.items()}}, {}
 
   # ---- Evaluation ----
 
-  def eval_sums(self, params: Any, batch: dict[str, Any], rng: jax.Array) -> dict[str, jax.Array]:
+  def eval_sums(self, variables: Any, batch: dict[str, Any], rng: jax.Array) -> dict[str, jax.Array]:
     """Weighted sums of every per-example metric at beta = 1, and the example count (`rng` as `loss`'s)."""
-    _, metrics = self.elbo_terms(params, batch, rng, 1.0)
+    _, metrics = self.elbo_terms(variables, batch, rng, 1.0)
     weight = batch["weight"].astype(jnp.float32)
     return {"count": weight.sum(), **{k: (v * weight).sum() for k, v in metrics.items()}}
 
@@ -304,7 +316,7 @@ class MVAETask:
 
   def _sample(
     self,
-    params: Any,
+    variables: Any,
     batch: dict[str, Any],
     rng: jax.Array,
     temperature: Any = 1.0,
@@ -314,19 +326,19 @@ class MVAETask:
     num_samples: int = 1,
   ) -> tuple[jax.Array, jax.Array | None]:
     inputs = {k: batch[k] for m in condition for k in (m, f"{m}_mask") if k in batch}  # Encode only these.
-    mu, logvar = self.posterior(params, inputs, {m: True for m in condition})
+    mu, logvar = self.posterior(variables, inputs, {m: True for m in condition})
     # Per-example keys: each example's key split into one per sample, the rows of the repeated posterior.
     z_key, decode_key = rngs.split(rngs.per_sample(rng, num_samples), 2)
     mu, logvar = (jnp.repeat(x, num_samples, axis=0) for x in (mu, logvar))
     x, mask = self.decode(
-      params, target, mvae.reparameterize(z_key, mu, logvar, temperature), decode_key, temperature
+      variables, target, mvae.reparameterize(z_key, mu, logvar, temperature), decode_key, temperature
     )
     unflatten = lambda a: None if a is None else a.reshape(-1, num_samples, *a.shape[1:])  # noqa: E731
     return unflatten(x), unflatten(mask)
 
   def impute(
     self,
-    params: Any,
+    variables: Any,
     batch: dict[str, Any],
     present: Mapping[str, Any],
     rng: jax.Array,
@@ -351,14 +363,14 @@ class MVAETask:
       else jnp.zeros(size, bool)
       for m in self.modalities
     }
-    mu, logvar = self.posterior(params, batch, flags)
+    mu, logvar = self.posterior(variables, batch, flags)
     z_key, *decode_keys = rngs.split(rng, len(self.modalities) + 1)
     z = mvae.reparameterize(z_key, mu, logvar, temperature)
     out = dict(batch)
     for m, key in zip(self.modalities, decode_keys, strict=True):
       if targets is not None and m not in targets and m in batch:
         continue
-      x, mask = self.decode(params, m, z, key, temperature)
+      x, mask = self.decode(variables, m, z, key, temperature)
       keep = flags[m].reshape(-1, *([1] * (x.ndim - 1)))
       out[m] = jnp.where(keep, batch[m], x.astype(jnp.asarray(batch[m]).dtype)) if m in batch else x
       if mask is not None:

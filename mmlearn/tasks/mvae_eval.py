@@ -30,32 +30,37 @@ EVAL_SEED = 0  # Of evaluation's z samples: every evaluation of the same paramet
 GRID_SEED = 1
 
 
-def eval_step(params: Any, batch: dict[str, Any], rng: jax.Array, *, task: Any) -> dict[str, jax.Array]:
+def eval_step(variables: Any, batch: dict[str, Any], rng: jax.Array, *, task: Any) -> dict[str, jax.Array]:
   """Per-device: the `MVAETask`'s weighted sums, over all devices, with per-example keys.
 
   Each example's z is drawn from the batch's `rng` folded with its index in the global batch, so the sums
   do not depend on the number of devices.
   """
   rng = rngs.example_keys(rng, jax.tree.leaves(batch)[0].shape[0])
-  return lax.psum(task.eval_sums(params, batch, rng), parallel_lib.AXIS)
+  return lax.psum(task.eval_sums(variables, batch, rng), parallel_lib.AXIS)
 
 
 class GenerationEvaluator(SplitPass):
-  """Test ELBO (and its parts) over a whole split, then sample grids from its first examples."""
+  """Test ELBO (and its parts) over a whole split, then (with `grids`) sample grids of its first examples."""
 
   per_device_step = staticmethod(eval_step)
 
-  def run(self, params: Any) -> Iterator[tuple[str, Any]]:
+  def __init__(self, *args: Any, grids: bool = True, **kwargs: Any):
+    super().__init__(*args, **kwargs)
+    self.grids = grids
+
+  def run(self, variables: Any) -> Iterator[tuple[str, Any]]:
     totals = None
     for b, batch in enumerate(self.batches()):
       rng = jax.random.fold_in(jax.random.PRNGKey(EVAL_SEED), b)
-      sums = self._step(params, self.par.shard(batch), rng)
+      sums = self._step(variables, self.par.shard(batch), rng)
       totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     for name, value in self.task.summarize(jax.device_get(totals)).items():
       yield f"{self.split}/{name}", value
-    yield from self.sample_grids(params)
+    if self.grids:
+      yield from self.sample_grids(variables)
 
-  def sample_grids(self, params: Any) -> Iterator[tuple[str, Image]]:
+  def sample_grids(self, variables: Any) -> Iterator[tuple[str, Image]]:
     """`<split>/samples/<condition>_to_<target>` for every array target and every other modality."""
     task, count = self.task, min(self.task.grid_conditions, len(self.source))
     if count <= 0 or task.grid_samples <= 0:
@@ -67,11 +72,11 @@ class GenerationEvaluator(SplitPass):
       )
     )
     batch = {k: v for k, v in batch.items() if k != "weight"}
-    params = jax.device_get(params)
+    variables = jax.device_get(variables)
     for target in task.array_modalities:
       for condition in (m for m in task.modalities if m != target):
         samples, _ = task.sample(
-          params,
+          variables,
           batch,
           jax.random.PRNGKey(GRID_SEED),
           task.temperature,
@@ -81,3 +86,10 @@ class GenerationEvaluator(SplitPass):
         )
         grid = sample_grid(batch[target], np.asarray(samples))
         yield f"{self.split}/samples/{condition}_to_{target}", Image(grid)
+
+
+class SampleGridEvaluator(GenerationEvaluator):
+  """Only the sample grids (the `samples` evaluator), e.g. on a schedule apart from the ELBO's."""
+
+  def run(self, variables: Any) -> Iterator[tuple[str, Any]]:
+    return self.sample_grids(variables)

@@ -24,8 +24,9 @@ from mmlearn import retrieval_metrics
 from mmlearn.errors import ConfigError
 from mmlearn.evaluate import SplitPass
 from mmlearn.losses import LOSSES
-from mmlearn.models.config import resolve_modalities
+from mmlearn.models.config import compute_dtype, resolve_modalities
 from mmlearn.models.dual_encoder import DualEncoder
+from mmlearn.tasks.contract import apply_for_training
 from mmlearn.tasks.registry import TASKS
 
 RANDOM_BASELINE_SEED = 0
@@ -33,6 +34,9 @@ RANDOM_BASELINE_SEED = 0
 
 @TASKS.register("retrieval")
 class RetrievalTask:
+  evaluator_types = ("retrieval",)  # Registered evaluators (mmlearn.evaluators) that apply.
+  default_evaluators = ("retrieval",)
+
   def __init__(
     self,
     config: ml_collections.ConfigDict,
@@ -55,6 +59,7 @@ class RetrievalTask:
       embed_dim=settings.embed_dim,
       log_scale_init=self.loss_fn.log_scale_init,
       bias_init=self.loss_fn.bias_init,
+      dtype=compute_dtype(config.get("precision", "float32")),
     )
     self.relevance = tuple(settings.relevance)
     if info is not None:
@@ -81,29 +86,37 @@ class RetrievalTask:
       if modality not in batch:
         raise ConfigError(f"batch has no input for modality {modality!r}; batch keys: {sorted(batch)}")
 
-  def init(self, rng: jax.Array, batch: dict[str, Any]) -> Any:
+  def init(self, rng: jax.Array, batch: dict[str, Any]) -> dict[str, Any]:
     self._check_batch(batch)
-    return self.model.init(rng, batch, train=False)["params"]
+    return dict(self.model.init(rng, batch, train=False))
 
-  def embed(self, params: Any, batch: dict[str, Any], *, train: bool = False) -> dict[str, jax.Array]:
-    """Unit-norm embeddings of the modalities present in `batch`."""
-    return self.model.apply({"params": params}, batch, train=train)
+  def embed(self, variables: dict[str, Any], batch: dict[str, Any]) -> dict[str, jax.Array]:
+    """Unit-norm evaluation-mode embeddings of the modalities present in `batch`."""
+    return self.model.apply(variables, batch, train=False)
 
   def loss(
-    self, params: Any, batch: dict[str, Any], rng: jax.Array, *, step: Any = None
-  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    self,
+    variables: dict[str, Any],
+    batch: dict[str, Any],
+    rng: jax.Array,
+    *,
+    step: Any = None,
+    dropout_rng: jax.Array | None = None,
+  ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
     """Per-device contrastive loss of this device's pairs against the global batch (see mmlearn.losses)."""
-    del rng, step  # No stochastic layers or schedules yet.
+    del rng, step  # Dropout is the only randomness; no schedules.
     self._check_batch(batch)
-    embeddings = self.embed(params, batch, train=True)
+    embeddings, updated = apply_for_training(self.model, variables, batch, dropout_rng=dropout_rng)
     a, b = self.modalities
-    return self.loss_fn(
+    params = variables["params"]
+    loss, metrics = self.loss_fn(
       embeddings[a],
       embeddings[b],
       log_scale=params["log_scale"],
       bias=params.get("bias"),
       axis_name=parallel_lib.AXIS,
     )
+    return loss, metrics, updated
 
   def relevance_keys(self, source: Any) -> np.ndarray:
     """One id per example of `source`; examples are relevant to each other when their ids are equal."""
@@ -116,9 +129,11 @@ class RetrievalTask:
     return RetrievalEvaluator(self, par, source, **kwargs)
 
 
-def embed_step(params: Any, batch: dict[str, Any], *, task: RetrievalTask) -> dict[str, jax.Array]:
+def embed_step(
+  variables: dict[str, Any], batch: dict[str, Any], *, task: RetrievalTask
+) -> dict[str, jax.Array]:
   """Per-device: this device's embeddings, all-gathered into the global batch (the same on every device)."""
-  out = {m: e for m, e in task.embed(params, batch).items() if m in task.modalities}
+  out = {m: e for m, e in task.embed(variables, batch).items() if m in task.modalities}
   out |= {"weight": batch["weight"], "index": batch["index"]}
   return jax.tree.map(lambda x: lax.all_gather(x, parallel_lib.AXIS, tiled=True), out)
 
@@ -128,7 +143,7 @@ class RetrievalEvaluator(SplitPass):
 
   per_device_step = staticmethod(embed_step)
 
-  def embed_split(self, params: Any) -> dict[str, np.ndarray]:
+  def embed_split(self, variables: dict[str, Any]) -> dict[str, np.ndarray]:
     """`{modality: [N, D]}` for every example of the split, in source order, padding dropped.
 
     Each process reads its share `source[process::count]` (see `pipeline.eval_batches`); every row is
@@ -140,7 +155,7 @@ class RetrievalEvaluator(SplitPass):
     for b, batch in enumerate(self.batches()):
       position = b * local_batch + np.arange(local_batch)
       batch["index"] = np.where(batch["weight"] > 0, process + count * position, -1).astype(np.int32)
-      parts.append(jax.device_get(self._step(params, self.par.shard(batch))))
+      parts.append(jax.device_get(self._step(variables, self.par.shard(batch))))
     gathered = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     real = gathered["weight"] > 0
     order = np.argsort(gathered["index"][real])
@@ -148,8 +163,8 @@ class RetrievalEvaluator(SplitPass):
       raise RuntimeError(f"embedding {self.split} did not see every example exactly once")
     return {m: gathered[m][real][order] for m in self.task.modalities}
 
-  def run(self, params: Any):
-    embeddings = self.embed_split(params)
+  def run(self, variables: dict[str, Any]):
+    embeddings = self.embed_split(variables)
     keys = self.task.relevance_keys(self.source)
     rule = self.task.relevance_rule
     logging.info(
