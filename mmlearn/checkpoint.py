@@ -115,7 +115,8 @@ def _pieces(x: Any) -> list[tuple[Any, tuple[int, ...]]]:
       for shard in x.addressable_shards
       if shard.replica_id == 0
     ]
-  return [(x, (0,) * x.ndim)]
+  # A host leaf holds the same value on every process: counted once, by process 0.
+  return [(x, (0,) * x.ndim)] if jax.process_index() == 0 else []
 
 
 def _state_checks(state: Any) -> tuple[dict[str, str], str | None]:
@@ -142,7 +143,11 @@ def _state_checks(state: Any) -> tuple[dict[str, str], str | None]:
       ]
     )
   checks = jax.device_get(pending)  # One host sync for all shards.
-  sums = np.array([np.sum([c[0] for c in leaf], axis=0, dtype=np.uint32) for leaf in checks], np.uint32)
+  # A process may hold no piece of a leaf (the copies other processes count): it adds zeros.
+  zero = np.zeros(2, np.uint32)
+  sums = np.array(
+    [np.sum([zero, *(c[0] for c in leaf)], axis=0, dtype=np.uint32) for leaf in checks], np.uint32
+  )
   finite = np.array([all(bool(c[1]) for c in leaf) for leaf in checks])
   if jax.process_count() > 1:
     gathered = multihost_utils.process_allgather((sums, finite))

@@ -22,16 +22,16 @@ from mmlearn.data import pipeline
 from mmlearn.tasks import TASKS
 
 
-def one_step(par, task, batch, params):
+def one_step(par, task, batch, variables):
   """(loss, gradient) of one mapped train step with SGD(1): the gradient is params - new params."""
   tx = optax.sgd(1.0)
-  state = train.TrainState(
-    step=np.int32(0), params=params, opt_state=tx.init(params), rng=jax.random.PRNGKey(1)
+  state = train.TrainState.create(variables, tx, jax.random.PRNGKey(1))
+  step = par.map(
+    functools.partial(train.train_step, task=task, tx=tx, par=par), sharded_args=(1,), out_layouts=(0, None)
   )
-  step = par.map(functools.partial(train.train_step, task=task, tx=tx), sharded_args=(1,))
-  state, metrics = step(par.replicate(state), par.shard(batch))
-  new_params = jax.device_get(state.params)
-  grads = jax.tree.map(lambda old, new: np.asarray(old) - np.asarray(new), params, new_params)
+  state, metrics = step(par.place_state(state), par.shard(batch))
+  new_variables = jax.device_get(state.variables())
+  grads = jax.tree.map(lambda old, new: np.asarray(old) - np.asarray(new), variables, new_variables)
   return float(metrics["loss"]), grads
 
 

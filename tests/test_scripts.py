@@ -22,15 +22,17 @@ def test_results_table_over_seeds(data_dir, tmp_path):
   rows = list(csv.DictReader(open(tmp_path / "results.csv")))  # noqa: SIM115
   assert len(rows) == 1 and rows[0]["seeds"] == "2"
   runs = [json.loads((tmp_path / "tiny" / f"seed{s}" / "result.json").read_text()) for s in (0, 1)]
-  accuracies = [run["test/accuracy"] for run in runs]
-  assert float(rows[0]["mean"]) == sum(accuracies) / 2
+  selected_by = [run["validation/accuracy"] for run in runs]  # The default --metric.
+  assert float(rows[0]["mean"]) == sum(selected_by) / 2
+  assert float(rows[0]["test_mean"]) == sum(run["test/accuracy"] for run in runs) / 2
   assert int(rows[0]["parameters"]) == runs[0]["model/num_parameters"] > 0
   assert (
     json.loads((tmp_path / "tiny" / "seed0" / "config.json").read_text())["optimizer"]["learning_rate"]
     == 0.05
   )
   assert (tmp_path / "results.png").stat().st_size > 0
-  assert "| `configs/tiny.py` |" in (tmp_path / "results.md").read_text()
+  table = (tmp_path / "results.md").read_text()
+  assert "| `configs/tiny.py` (selected) |" in table and table.startswith("Selected on validation/accuracy")
 
   # A second invocation reads the finished runs back: nothing is retrained, so no new metrics lines.
   before = (tmp_path / "tiny" / "seed0" / "metrics.jsonl").read_text()
