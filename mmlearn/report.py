@@ -92,10 +92,17 @@ def confusion_chart(path: str, counts: np.ndarray, class_names: Sequence[str], *
   return picture
 
 
+MINIMISED = ("loss", "error", "distance", "fid", "median_rank", "nll", "bpd")
+
+
+def minimised(metric: str) -> bool:
+  """Whether a smaller value of `metric` is better (judged by the last part of its name)."""
+  last = metric.rsplit("/", 1)[-1].lower()
+  return any(word in last for word in MINIMISED)
+
+
 def select(values: list[float], metric: str) -> int | None:
   """The index of the best finite value (lowest for losses, errors and distances), or None."""
-  from mmlearn.selection import minimised  # noqa: PLC0415 (selection imports the checkpointer)
-
   finite = [(v, i) for i, v in enumerate(values) if v == v and abs(v) != float("inf")]
   if not finite:
     return None

@@ -15,14 +15,9 @@ from typing import Any
 
 from mmlearn.checkpoint import Checkpointer
 from mmlearn.errors import ConfigError
+from mmlearn.report import minimised
 
-MINIMISED = ("loss", "error", "distance", "fid", "median_rank", "nll", "bpd")
 RECORD = "best.json"
-
-
-def minimised(metric: str) -> bool:
-  last = metric.rsplit("/", 1)[-1].lower()
-  return any(word in last for word in MINIMISED)
 
 
 class BestCheckpoint:

@@ -35,7 +35,7 @@ from mmlearn import workdir as workdir_lib
 from mmlearn.checkpoint import Checkpointer
 from mmlearn.data import missing, pipeline
 from mmlearn.data.augment import Augment
-from mmlearn.errors import DivergedError
+from mmlearn.errors import ConfigError, DivergedError
 from mmlearn.metric_writer import MetricWriter
 from mmlearn.prefetch import DevicePrefetch
 from mmlearn.profiler import StepProfiler
@@ -248,6 +248,9 @@ def _train_and_evaluate(config, workdir, *, hooks, changed, fallback, profile_st
     log_evaluation(writer, step, results)
     if best is not None:
       best.update(step, results, state, batches.consumed_state(), write=jax.process_index() == 0)
+      if best.step is None:
+        reported = ", ".join(sorted(k for k in results if np.ndim(results[k]) == 0))
+        raise ConfigError(f"select_metric {config.select_metric!r} was never reported; reported: {reported}")
       if best.step != step:
         at_best = evaluate(evaluators, best.restore(state).variables(ema=use_ema))
         results |= {f"best/{name}": value for name, value in at_best.items()}

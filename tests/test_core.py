@@ -148,3 +148,9 @@ def test_a_dataset_without_labels_trains_a_task_that_needs_none(tiny_config, tmp
   tiny_config.dataset.eval_splits = ("test",)
   results = train.train_and_evaluate(tiny_config, str(tmp_path))
   assert 0 <= results["test/pair/image_to_text/R@1"] <= 1
+
+
+def test_a_select_metric_no_evaluator_reports_is_a_config_error(tiny_config, tmp_path):
+  tiny_config.select_metric = "validation/acuracy"  # A typo: the split is evaluated, the metric is not.
+  with pytest.raises(ConfigError, match="select_metric 'validation/acuracy' was never reported"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
