@@ -5,11 +5,11 @@ Image: Conv(32, 3x3, VALID) -> relu -> flatten (30x30x32) -> dense 64 -> relu, n
 differs: the Keras LSTM uses relu where this one uses tanh, and its vocabulary is 64 ids, mmshapes' own.
 """
 
-from configs import default
+from mmlearn import defaults
 
 
 def get_config():
-  config = default.get_config()
+  config = defaults.get_config()
   config.model.modalities.image = {
     "encoder": "cnn",
     "widths": (32,),

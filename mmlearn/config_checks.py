@@ -11,7 +11,7 @@ from typing import Any
 
 import ml_collections
 
-from mmlearn import class_losses, defaults, losses, optim, parallel
+from mmlearn import class_losses, defaults, losses, optim, parallel, registry
 from mmlearn.data import imbalance, missing
 from mmlearn.data.augment import Augment
 from mmlearn.errors import ConfigError
@@ -20,8 +20,9 @@ from mmlearn.models.encoders import ENCODERS
 from mmlearn.models.fusion import FUSIONS
 
 # Sub-trees whose keys are the user's to choose: modality names (the encoders, the missing rates, the
-# MVAE's decoders and likelihood weights) and fusion arguments.
+# MVAE's decoders and likelihood weights), fusion arguments and the dataset builder's options.
 FREE_FORM = (
+  "dataset.options",
   "model.modalities",
   "model.fusion_kwargs",
   "missing.train_rates",
@@ -66,8 +67,12 @@ def check_keys_and_types(config: ml_collections.ConfigDict, reference: ml_collec
 
 
 def check(config: ml_collections.ConfigDict) -> None:
-  """Raises `ConfigError` with a one-line message naming the first problem found."""
+  """Raises `ConfigError` with a one-line message naming the first problem found.
+
+  Imports `config.imports` first: the names checked below may be registered by those modules.
+  """
   check_keys_and_types(config, defaults.get_config())
+  registry.import_modules(config.imports)
   for key in (
     "batch_size",
     "eval_batch_size",

@@ -15,6 +15,9 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.task = "classification"
+  # Modules imported before any name is looked up (datasets, encoders, fusions, tasks registered outside
+  # mmlearn, e.g. ("my_lab.datasets",)); recorded in config.json, so tools reading the run import them too.
+  config.imports = ()
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "mmshapes"
@@ -23,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.data_dir = config_dict.placeholder(str)
   # Raw files for builders that need them (AV-MNIST); None -> the builder's environment variable.
   config.dataset.manual_dir = config_dict.placeholder(str)
+  # The builder's own settings (the generic `captioned` builder's: manifest, image_shape, tokenizer, ...;
+  # see docs/datasets.md); a builder that takes none rejects any.
+  config.dataset.options = ml_collections.ConfigDict()
   config.dataset.max_tokens = 16  # Captions are padded/truncated to this many tokens (with a mask).
   config.dataset.eval_splits = ("validation", "test")
   # Class imbalance (training split only; see mmlearn/data/imbalance.py). A ratio > 1 keeps a seeded
@@ -106,6 +112,22 @@ def get_config() -> ml_collections.ConfigDict:
   config.mvae.temperature = 1.0  # Sample grids' (and generate.py's default) posterior temperature.
   config.mvae.grid_conditions = 8  # Sample grids: rows (the split's first examples) ...
   config.mvae.grid_samples = 4  # ... and samples per row; 0 disables the grids.
+
+  # Used by task="flow" only (conditional flow matching; see mmlearn/tasks/flow.py, configs/flow/). The
+  # condition is the one modality of config.model.modalities (its encoder); the target is generated.
+  config.flow = ml_collections.ConfigDict()
+  config.flow.target = "image"  # The generated array modality (image or audio).
+  config.flow.widths = (32, 64)  # U-Net channels per resolution; H and W divisible by 2 ** (levels - 1).
+  config.flow.blocks = 1  # Residual blocks per resolution (each way).
+  config.flow.groups = 8  # GroupNorm groups.
+  config.flow.embed_dim = 128  # Time and condition embedding width (FiLM input).
+  config.flow.cond_dropout = 0.1  # P(the condition is replaced by the learned null one): enables guidance.
+  config.flow.guidance_scale = 1.0  # Classifier-free guidance at sampling: 0 unconditional, 1 conditional.
+  config.flow.num_steps = 20  # ODE steps from noise to data.
+  config.flow.sampler = "euler"  # euler | heun
+  config.flow.temperature = 1.0  # Scale of the starting noise (generate.py's default).
+  config.flow.grid_conditions = 8  # Sample grids: rows (the split's first examples) ...
+  config.flow.grid_samples = 4  # ... and samples per row; 0 disables the grids.
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "sgd"  # sgd | adam | adamw

@@ -11,7 +11,7 @@ import jax
 from jax import lax
 
 from mmlearn import parallel as parallel_lib
-from mmlearn.data import pipeline
+from mmlearn.data import pipeline, progress
 
 
 def eval_step(variables: dict[str, Any], batch: dict[str, Any], *, task: Any) -> dict[str, jax.Array]:
@@ -49,10 +49,16 @@ class SplitPass:
     self._step = par.map(per_device, sharded_args=(1,))
 
   def batches(self) -> Iterator[dict[str, Any]]:
-    """This process's share of the split, padded batches with `weight` (see `pipeline.eval_batches`)."""
-    return pipeline.eval_batches(
+    """This process's share of the split, padded batches with `weight` (see `pipeline.eval_batches`).
+
+    A pass longer than `progress.QUIET_S` logs progress lines with an ETA (every evaluator walks its
+    split through here, so none runs silently for minutes).
+    """
+    batches = pipeline.eval_batches(
       self.source, batch_size=self.batch_size, max_tokens=self.max_tokens, transform=self.transform
     )
+    total = pipeline.num_eval_batches(len(self.source), self.batch_size)
+    return progress.track(batches, f"evaluating {self.split}", total, unit="batches")
 
 
 class SplitEvaluator(SplitPass):

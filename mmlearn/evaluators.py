@@ -12,8 +12,8 @@ compiles its per-device step once and reuses it. All of them follow `mmlearn.tas
 `run(variables)` yields `(name, value)` pairs, names prefixed with the split.
 
 A type applies to the tasks that provide what it calls (`classification` needs `eval_sums`/`summarize`
-and class logits, `elbo` and `samples` an MVAE-like `sample`); a mismatch is a `ConfigError` naming the
-entry before anything trains.
+and class logits, `elbo`, `flow_loss` and `samples` a generator's `sample`); a mismatch is a
+`ConfigError` naming the entry before anything trains.
 """
 
 import dataclasses
@@ -135,6 +135,14 @@ def _elbo(context: RunContext, source: Any, *, split: str) -> Any:
   return GenerationEvaluator(context.task, context.par, source, grids=False, **_split_kwargs(context, split))
 
 
+@EVALUATORS.register("flow_loss")
+def _flow_loss(context: RunContext, source: Any, *, split: str) -> Any:
+  """The flow model's velocity loss over the split, every condition kept, fixed keys."""
+  from mmlearn.tasks.mvae_eval import GenerationEvaluator  # noqa: PLC0415
+
+  return GenerationEvaluator(context.task, context.par, source, grids=False, **_split_kwargs(context, split))
+
+
 @EVALUATORS.register("samples")
 def _samples(context: RunContext, source: Any, *, split: str) -> Any:
   """Sample grids of every array modality given each other one (images in TensorBoard)."""
@@ -145,9 +153,19 @@ def _samples(context: RunContext, source: Any, *, split: str) -> Any:
 
 @EVALUATORS.register("coherence")
 def _coherence(
-  context: RunContext, source: Any, *, split: str, judge_workdir: str = "", temperature: float = 1.0
+  context: RunContext,
+  source: Any,
+  *,
+  split: str,
+  judge_workdir: str = "",
+  temperature: float = 1.0,
+  frechet: bool = True,
+  guidance_scale: float | None = None,
+  num_steps: int = 0,
 ) -> Any:
-  """What a trained judge classifier reads in images generated from each other modality."""
+  """What a trained judge classifier reads in images generated from each other modality; with `frechet`,
+  the Fréchet distance and within-class diversity of those images in the judge's feature space.
+  `guidance_scale` and `num_steps` (flow runs) override the run's sampling settings."""
   from mmlearn.coherence_eval import CoherenceEvaluator  # noqa: PLC0415 (loads a run: on demand)
 
   if not judge_workdir:
@@ -162,7 +180,15 @@ def _coherence(
     batch_size=context.batch_size,
     max_tokens=context.max_tokens,
     seed=context.seed,
+    frechet=frechet,
+    sample_options=sample_options(guidance_scale=guidance_scale, num_steps=num_steps),
   )
+
+
+def sample_options(*, guidance_scale: float | None = None, num_steps: int = 0) -> dict[str, Any]:
+  """The sampling overrides that are set (None / 0: the run's own)."""
+  options = {"guidance_scale": guidance_scale, "num_steps": num_steps or None}
+  return {k: v for k, v in options.items() if v is not None}
 
 
 class RobustnessEvaluator:

@@ -1,4 +1,8 @@
-"""Generative imputation: a trained MVAE run as the `generate` of `mmlearn.data.missing.impute`.
+"""Generative imputation: a trained MVAE or flow run as the `generate` of `mmlearn.data.missing.impute`.
+
+An MVAE run draws any absent modality from the product of the present ones' experts; a flow run draws
+its target (the image) from its condition (the other modality), and leaves an absent condition at 0.
+Both tasks have the same `impute(variables, batch, present, rng, temperature, targets)`.
 
 `mmlearn.data.missing` fills absent inputs in the numpy data pipeline and must not load runs: that needs
 JAX, the run's checkpoint and the trainer's builders (`mmlearn.restore`), and the trainer imports the
@@ -17,17 +21,25 @@ from mmlearn import restore
 from mmlearn.errors import ConfigError
 
 
+def modelled(config: ml_collections.ConfigDict) -> set[str]:
+  """The modalities a generator run reads or draws: the MVAE's all, the flow's condition and target."""
+  extra = {config.flow.target} if config.task == "flow" else set()
+  return set(config.model.modalities) | extra
+
+
 def check_run(config: ml_collections.ConfigDict, workdir: str, modalities: Sequence[str]) -> None:
-  """A ConfigError unless `workdir` is an MVAE run that models every one of `modalities`."""
-  if config.task != "mvae":
-    raise ConfigError(f"missing.generative_workdir {workdir} is a {config.task!r} run, not an 'mvae' run")
-  lacking = sorted(set(modalities) - set(config.model.modalities))
+  """A ConfigError unless `workdir` is an MVAE or flow run that models every one of `modalities`."""
+  if config.task not in ("mvae", "flow"):
+    raise ConfigError(
+      f"missing.generative_workdir {workdir} is a {config.task!r} run, not an 'mvae' run or a 'flow' run"
+    )
+  lacking = sorted(set(modalities) - modelled(config))
   if lacking:
-    raise ConfigError(f"the MVAE run {workdir} does not model modality(ies) {', '.join(lacking)}")
+    raise ConfigError(f"the {config.task} run {workdir} does not model modality(ies) {', '.join(lacking)}")
 
 
 def generator(task: Any, variables: Any, modalities: Sequence[str], temperature: float) -> Callable:
-  """`impute`'s `generate(batch, present, seed) -> batch` from an `MVAETask` and its variables."""
+  """`impute`'s `generate(batch, present, seed) -> batch` from an MVAE or flow task and its variables."""
   fill = jax.jit(
     lambda batch, present, key, targets: task.impute(variables, batch, present, key, temperature, targets),
     static_argnums=3,
@@ -45,9 +57,11 @@ def generator(task: Any, variables: Any, modalities: Sequence[str], temperature:
 
 
 def load_generator(workdir: str | None, modalities: Sequence[str], temperature: float) -> Callable:
-  """`impute`'s `generate` from a trained MVAE run, which must model every modality of the classifier."""
+  """`impute`'s `generate` from a trained MVAE or flow run that models every modality of the classifier."""
   if not workdir:
-    raise ConfigError("missing.imputation='generative' needs missing.generative_workdir (a trained mvae run)")
+    raise ConfigError(
+      "missing.imputation='generative' needs missing.generative_workdir (a trained mvae or flow run)"
+    )
   config = restore.read_config(workdir)
   check_run(config, workdir, modalities)
   _, _, task, variables = restore.load_run(config, workdir, ())

@@ -8,11 +8,16 @@ it is drawn to `confusion_<split>.png` in the workdir and to TensorBoard as an i
 `metrics.jsonl`, so every JSON record stays flat name -> number. An `Image` (e.g. a grid of generated
 samples, `test/samples/text_to_image`) is saved as `<name, '/' -> '_'>.png` in the workdir (the latest
 write; TensorBoard keeps every step's). Anything else is an error, not a silent drop.
+
+TensorBoard tags allow only letters, digits, `_`, `-`, `.` and `/`; tensorboardX rewrites any other
+character with an "illegal summary name" warning per tag and write. So TensorBoard gets `tensorboard_tag`
+(`test/image_to_text/R@1` -> `test/image_to_text/R_at_1`), and `metrics.jsonl` keeps the names as given.
 """
 
 import dataclasses
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -21,6 +26,7 @@ import numpy as np
 from tensorboardX import summary
 from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto.event_pb2 import Event, SessionLog
+from tensorboardX.proto.summary_pb2 import Summary
 
 from mmlearn.classification_metrics import ConfusionMatrix
 
@@ -47,6 +53,20 @@ class Image:
   def __array__(self, dtype=None, copy=None):
     del copy
     return np.asarray(self.pixels, dtype=dtype)
+
+
+_ILLEGAL_TAG_CHARACTERS = re.compile(r"[^-/\w.]")
+
+
+def tensorboard_tag(metric_name: str) -> str:
+  """A name TensorBoard accepts: `@` -> `_at_`, any other illegal character -> `_`."""
+  return _ILLEGAL_TAG_CHARACTERS.sub("_", metric_name.replace("@", "_at_"))
+
+
+def scalar_summary(metric_name: str, value: float) -> Summary:
+  """`summary.scalar`'s proto, built directly: that function warns "NaN or Inf found" for every
+  non-finite value, and a NaN is a legitimate result here (the recall of a class a split lacks)."""
+  return Summary(value=[Summary.Value(tag=tensorboard_tag(metric_name), simple_value=float(value))])
 
 
 def image_png_name(metric_name: str) -> str:
@@ -143,7 +163,7 @@ class MetricWriter:
         raise TypeError(f"metric {name!r} is not a scalar, ConfusionMatrix or Image: {type(value).__name__}")
     self._append({"step": int(step), **values})
     for name, value in values.items():
-      self._tb.add(int(step), summary.scalar(name, value))
+      self._tb.add(int(step), scalar_summary(name, value))
     for name, value in matrices.items():
       if isinstance(value, Image):
         self._write_image(int(step), name, value)
@@ -163,13 +183,13 @@ class MetricWriter:
 
     path = os.path.join(self.workdir, confusion_png_name(name))
     picture = report.confusion_chart(path, matrix.counts, matrix.class_names, title=f"{name}, step {step}")
-    self._tb.add(step, summary.image(name, picture, dataformats="HWC"))
+    self._tb.add(step, summary.image(tensorboard_tag(name), picture, dataformats="HWC"))
 
   def _write_image(self, step: int, name: str, image: Image) -> None:
     from PIL import Image as PILImage  # Pillow comes with matplotlib; only runs that log images load it.
 
     PILImage.fromarray(np.asarray(image.pixels)).save(os.path.join(self.workdir, image_png_name(name)))
-    self._tb.add(step, summary.image(name, np.asarray(image.pixels), dataformats="HWC"))
+    self._tb.add(step, summary.image(tensorboard_tag(name), np.asarray(image.pixels), dataformats="HWC"))
 
   def close(self) -> None:
     if self.enabled:

@@ -1,6 +1,7 @@
 """Name -> component registries, so configs pick parts by name and trainers never grow if/elif chains."""
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mmlearn.errors import ConfigError
@@ -37,3 +38,27 @@ class Registry:
 
   def __contains__(self, name: str) -> bool:
     return name in self._items
+
+
+def import_modules(names: Sequence[str], *, key: str = "imports") -> None:
+  """Imports the user's modules named in `config.imports`, so what they register is known by name.
+
+  A component (dataset, encoder, fusion, task) may live outside mmlearn: its module registers it on
+  import. Every entry point that looks names up (the trainer, and every tool reading a run back from its
+  `config.json`) calls this first, so a run trained with an outside component reads back with it. A
+  module that is not there is a `ConfigError` naming it; an error raised inside it is its own bug and
+  keeps its traceback.
+  """
+  if isinstance(names, str):
+    raise ConfigError(f"config.{key} must be a tuple of module names, got the string {names!r}")
+  for name in names:
+    if not isinstance(name, str) or not all(part.isidentifier() for part in name.split(".")):
+      raise ConfigError(f"config.{key}: {name!r} is not a module name (such as 'my_lab.datasets')")
+    try:
+      importlib.import_module(name)
+    except ModuleNotFoundError as e:
+      if e.name is None or not (name == e.name or name.startswith(f"{e.name}.")):
+        raise  # The module exists but imports something missing: its own error, with a traceback.
+      raise ConfigError(
+        f"config.{key}: cannot import {name!r} ({e}); put the directory above it on PYTHONPATH"
+      ) from None

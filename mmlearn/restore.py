@@ -11,7 +11,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from mmlearn import data, optim, run_setup
+from mmlearn import data, optim, registry, run_setup
 from mmlearn import workdir as workdir_lib
 from mmlearn.checkpoint import Checkpointer
 from mmlearn.data import pipeline
@@ -19,11 +19,13 @@ from mmlearn.errors import ConfigError, DataError, WorkdirError
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config, with the modules it names in `imports` imported (they register its components)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise WorkdirError(f"{path} is missing; is {workdir} a training run?")
-  saved = workdir_lib.read_config(workdir)
-  return ml_collections.ConfigDict(saved)
+  config = ml_collections.ConfigDict(workdir_lib.read_config(workdir))
+  registry.import_modules(config.get("imports", ()))
+  return config
 
 
 def load_run(
@@ -38,6 +40,7 @@ def load_run(
     config=config.dataset.config,
     data_dir=config.dataset.data_dir,
     manual_dir=config.dataset.manual_dir,
+    options=config.dataset.get("options"),
     splits=("train", *splits),
   )
   task, num_examples = run_setup.build_task(config, sources["train"], info)
@@ -69,7 +72,10 @@ def text_batch(config: ml_collections.ConfigDict, text: str, *, what: str) -> di
   if modality not in config.model.modalities:
     modalities = ", ".join(sorted(config.model.modalities))
     raise DataError(f"the run's modalities are {modalities}: there is no text modality for the {what}")
-  ids = data.get_tokenizer(config.dataset.name).encode(text)
+  tokenizer = data.dataset_tokenizer(config.dataset)
+  if tokenizer is None:
+    raise DataError(f"dataset {config.dataset.name!r} has no tokenizer: it cannot encode the {what}")
+  ids = tokenizer.encode(text)
   max_tokens = config.dataset.max_tokens
   if not 0 < len(ids) <= max_tokens:
     raise DataError(f"the {what} has {len(ids)} words; the model reads 1 to {max_tokens}")

@@ -17,6 +17,8 @@ with numpy (whose sorts are several times faster than XLA's on CPU); 512 x 10,00
 
 import numpy as np
 
+from mmlearn.data.progress import Progress
+
 RECALL_AT = (1, 5, 10)
 
 
@@ -49,6 +51,7 @@ def rank_queries(
   query_keys, target_keys = np.asarray(query_keys), np.asarray(target_keys)
   num_queries = len(queries)
   ranks, aps, counts = [], [], []
+  progress = Progress("ranking", num_queries, unit="queries")  # Silent unless it takes over 10 s.
   for start in range(0, num_queries, chunk):
     rank, ap, count = _chunk_ranks(
       queries[start : start + chunk], targets, query_keys[start : start + chunk], target_keys
@@ -56,6 +59,8 @@ def rank_queries(
     ranks.append(rank)
     aps.append(ap)
     counts.append(count)
+    progress.update(min(start + chunk, num_queries))
+  progress.finish()
   counts = np.concatenate(counts) if counts else np.zeros(0, int)
   if (counts == 0).any():
     raise ValueError(f"{int((counts == 0).sum())} queries have no relevant target; check the relevance keys")

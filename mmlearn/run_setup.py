@@ -101,7 +101,8 @@ def build_task(config: ml_collections.ConfigDict, train_source: Any, info: Any) 
     logging.info("training examples per class: %s", counts.tolist())
     return counts
 
-  vocab_size = data.vocab_size(config.dataset.name)
+  tokenizer = data.dataset_tokenizer(config.dataset)
+  vocab_size = None if tokenizer is None else tokenizer.vocab_size
   task = TASKS.get(config.task)(config, info=info, vocab_size=vocab_size, class_counts=class_counts)
   return task, num_examples
 

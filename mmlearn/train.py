@@ -155,6 +155,7 @@ def _train_and_evaluate(config, workdir, *, hooks, changed, fallback, profile_st
       config=config.dataset.config,
       data_dir=config.dataset.data_dir,
       manual_dir=config.dataset.manual_dir,
+      options=config.dataset.options,
       splits=splits,
     )
   task, num_examples = build_task(config, sources["train"], info)

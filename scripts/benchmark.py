@@ -96,10 +96,13 @@ class Bench:
       config=config.dataset.config,
       data_dir=config.dataset.data_dir,
       manual_dir=config.dataset.manual_dir,
+      options=config.dataset.options,
       splits=("train",),
     )
     source = sources["train"]
-    task = TASKS.get(config.task)(config, info=info, vocab_size=data.vocab_size(config.dataset.name))
+    tokenizer = data.dataset_tokenizer(config.dataset)
+    vocab_size = None if tokenizer is None else tokenizer.vocab_size
+    task = TASKS.get(config.task)(config, info=info, vocab_size=vocab_size)
     tx = optim.make_optimizer(config.optimizer, train.total_train_steps(config, len(source)))
     start = time.perf_counter()
     self.iterator = pipeline.train_iterator(

@@ -1,22 +1,27 @@
-"""Conditional generation from a trained MVAE run; with `--judge`, its coherence over a split.
+"""Conditional generation from a trained MVAE or flow run; with `--judge`, its coherence over a split.
 
   python scripts/generate.py --workdir=runs/mvae --caption="a small blue triangle" --num=16
   python scripts/generate.py --workdir=runs/mvae_av --index=7 --condition=audio  # test example 7's digit
   python scripts/generate.py --workdir=runs/mvae --judge=runs/judge              # coherence on --split
+  python scripts/generate.py --workdir=runs/flow --caption="a small blue triangle" --guidance_scale=2
 
-Reads the run's resolved config (`WORKDIR/config.json`) and its latest checkpoint. `--caption` (or
-`--index`: example N of `--split`, its `--condition` modality alone) infers z from that one modality,
-draws `--num` samples at `--temperature` (default: the run's `mvae.temperature`) and saves them as a PNG
-grid (`--output`, default `WORKDIR/generated.png`; with `--index` the example's real image comes first).
+Reads the run's resolved config (`WORKDIR/config.json`) and its latest checkpoint (its parameters'
+moving average when it kept one). `--caption` (or `--index`: example N of `--split`, its `--condition`
+modality alone) conditions on that one modality, draws `--num` samples at `--temperature` (default: the
+run's `mvae.temperature` / `flow.temperature`) and saves them as a PNG grid (`--output`, default
+`WORKDIR/generated.png`; with `--index` the example's real image comes first). A flow run also takes
+`--guidance_scale` (0: unconditional, 1: conditional, > 1: guided) and `--num_steps` (ODE steps);
+default: the run's `flow.*`.
 
 `--judge=RUN` names a classification run of the same dataset on images alone (configs/mvae/judge_*.py).
 For every other modality c, each example of `--split` gets one image generated from its c alone; the
 coherence is the share the judge labels with the example's label (mmshapes: also shape and colour
 separately; `mmlearn.coherence`), reported beside the judge's accuracy on the real images, printed and
-saved to `WORKDIR/coherence.json`. `image_to_image` is the same for each image's reconstruction from
-its own posterior: how well the decoder draws what the image itself tells, a reference for the
-others. A word outside the vocabulary, a run without a checkpoint or a run of another task ends with
-one `error:` line and exit status 1.
+saved to `WORKDIR/coherence.json` with the Fréchet distance and diversity of the same images in the
+judge's feature space (`mmlearn.coherence_eval`). For an MVAE, `image_to_image` is the same for each
+image's reconstruction from its own posterior: how well the decoder draws what the image itself tells,
+a reference for the others. A word outside the vocabulary, a run without a checkpoint, a run of another
+task or a flow option given to an MVAE run ends with one `error:` line and exit status 1.
 """
 
 import json
@@ -39,9 +44,10 @@ from mmlearn import restore  # noqa: E402
 from mmlearn.coherence_eval import CoherenceEvaluator  # noqa: E402
 from mmlearn.data import pipeline  # noqa: E402
 from mmlearn.errors import USER_ERRORS, ConfigError, fail  # noqa: E402
+from mmlearn.evaluators import sample_options  # noqa: E402
 from mmlearn.image_grid import to_uint8  # noqa: E402
 
-flags.DEFINE_string("workdir", None, "A finished (or checkpointed) mvae run.")
+flags.DEFINE_string("workdir", None, "A finished (or checkpointed) mvae or flow run.")
 flags.DEFINE_string("caption", None, "Generate from this text, in the dataset's vocabulary.")
 flags.DEFINE_integer("index", None, "Generate from example INDEX of --split (its --condition modality).")
 flags.DEFINE_string(
@@ -49,7 +55,11 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("target", "image", "The modality to generate.")
 flags.DEFINE_integer("num", 16, "How many samples to draw.")
-flags.DEFINE_float("temperature", None, "Posterior temperature; default the run's mvae.temperature.")
+flags.DEFINE_float("temperature", None, "Posterior (flow: starting noise) temperature; default the run's.")
+flags.DEFINE_float(
+  "guidance_scale", None, "Flow runs: classifier-free guidance; default flow.guidance_scale."
+)
+flags.DEFINE_integer("num_steps", None, "Flow runs: ODE steps; default flow.num_steps.")
 flags.DEFINE_integer("seed", 0, "Seed of the samples.")
 flags.DEFINE_string("split", "test", "The split --index and --judge read.")
 flags.DEFINE_string("output", None, "PNG grid of the samples; default WORKDIR/generated.png.")
@@ -61,10 +71,35 @@ TEXT_MODALITY = pipeline.TOKEN_FEATURES["tokens"]
 COLUMNS = 8
 
 
-def read_mvae_config(workdir: str) -> ml_collections.ConfigDict:
+GENERATORS = ("mvae", "flow")
+
+
+def read_generator_config(workdir: str) -> ml_collections.ConfigDict:
   config = restore.read_config(workdir)
-  restore.require_task(config, "mvae", workdir, "generating")
+  if config.task not in GENERATORS:
+    raise ConfigError(f"{workdir} is a {config.task!r} run; generating needs an 'mvae' or 'flow' run")
+  if config.task != "flow" and (FLAGS.guidance_scale is not None or FLAGS.num_steps is not None):
+    raise ConfigError(
+      f"--guidance_scale and --num_steps apply to flow runs; {workdir} is an {config.task!r} run"
+    )
   return config
+
+
+def default_temperature(config: ml_collections.ConfigDict) -> float:
+  return config[config.task].temperature if FLAGS.temperature is None else FLAGS.temperature
+
+
+def options() -> dict:
+  """The flow sampling flags that are set (the run's own settings otherwise)."""
+  return sample_options(guidance_scale=FLAGS.guidance_scale, num_steps=FLAGS.num_steps or 0)
+
+
+def describe(config: ml_collections.ConfigDict, temperature: float) -> str:
+  if config.task != "flow":
+    return f"temperature {temperature:g}"
+  scale = config.flow.guidance_scale if FLAGS.guidance_scale is None else FLAGS.guidance_scale
+  steps = FLAGS.num_steps or config.flow.num_steps
+  return f"guidance {scale:g}, {steps} {config.flow.sampler} steps, temperature {temperature:g}"
 
 
 def save_grid(path: str, images: list[np.ndarray], titles: list[str], title: str) -> None:
@@ -91,16 +126,17 @@ def draw(task, variables, batch, condition: str, target: str, num: int, temperat
     condition=(condition,),
     target=target,
     num_samples=num,
+    **options(),
   )
   return list(np.asarray(samples)[0])
 
 
 def generate(workdir: str, output: str) -> None:
-  config = read_mvae_config(workdir)
+  config = read_generator_config(workdir)
   caption_batch = None
   if FLAGS.caption is not None:
     caption_batch = restore.text_batch(config, FLAGS.caption, what="caption")
-  temperature = config.mvae.temperature if FLAGS.temperature is None else FLAGS.temperature
+  temperature = default_temperature(config)
   sources, info, task, variables = restore.load_run(config, workdir, (FLAGS.split,))
   if FLAGS.target not in task.array_modalities:
     raise ConfigError(
@@ -130,15 +166,15 @@ def generate(workdir: str, output: str) -> None:
     caption = source[FLAGS.index].get("caption") if condition == TEXT_MODALITY else None
     said = f' "{caption.decode() if isinstance(caption, bytes) else caption}"' if caption is not None else ""
     title = f"{FLAGS.split} #{FLAGS.index} ({label}): its {condition}{said} -> {FLAGS.target}"
-  save_grid(output, images, titles, f"{title}, temperature {temperature:g}")
+  save_grid(output, images, titles, f"{title}, {describe(config, temperature)}")
   print(f"saved {len(samples)} samples to {output}")
 
 
 def measure_coherence(workdir: str, judge_workdir: str, split: str, seed: int) -> dict[str, float]:
   """The `coherence` evaluator on the run's latest checkpoint; printed and saved to coherence.json."""
-  config = read_mvae_config(workdir)
+  config = read_generator_config(workdir)
   sources, _, task, variables = restore.load_run(config, workdir, (split,))
-  temperature = config.mvae.temperature if FLAGS.temperature is None else FLAGS.temperature
+  temperature = default_temperature(config)
   evaluator = CoherenceEvaluator(
     task,
     sources[split],
@@ -149,6 +185,7 @@ def measure_coherence(workdir: str, judge_workdir: str, split: str, seed: int) -
     batch_size=config.eval_batch_size,
     max_tokens=config.dataset.max_tokens,
     seed=seed,
+    sample_options=options(),
   )
   # Named as before the evaluator existed (coherence/<split>/..., judge/<split>/...), which runs' files use.
   results = {}
@@ -160,6 +197,7 @@ def measure_coherence(workdir: str, judge_workdir: str, split: str, seed: int) -
     "judge": judge_workdir,
     "judge_dataset_config": evaluator.judge_config.dataset.config,
     "temperature": temperature,
+    **({"sampling": describe(config, temperature)} if config.task == "flow" else {}),
     "seed": seed,
     "examples": len(sources[split]),
     **results,

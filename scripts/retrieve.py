@@ -4,10 +4,14 @@
 
 Reads the run's resolved config (`WORKDIR/config.json`) and its latest checkpoint, embeds every item of
 `--split` and the query, prints the best `--top_k` items (score, attributes, caption) and saves their
-images as a grid (`--output`, default `WORKDIR/retrieved.png`). A word outside the dataset's vocabulary,
-a run without a checkpoint or a run of another task ends with one `error:` line and exit status 1.
+images as a grid (`--output`, default `WORKDIR/retrieved.png`). The query is tokenized with the dataset's
+own tokenizer: a synthetic dataset's closed vocabulary rejects an unknown word (one `error:` line, exit
+status 1), an open one (`captioned`, built from the training captions) reads it as `<unk>`. So do a run
+without a checkpoint and a run of another task. Runs of datasets registered outside mmlearn work as long
+as the modules in their `config.imports` are importable (on PYTHONPATH).
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -22,13 +26,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mmlearn import data, restore  # noqa: E402
 from mmlearn import parallel as parallel_lib  # noqa: E402
-from mmlearn import restore  # noqa: E402
 from mmlearn.data import pipeline  # noqa: E402
 from mmlearn.errors import USER_ERRORS, fail  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A finished (or checkpointed) retrieval run.")
-flags.DEFINE_string("query", None, "The text to search with, in the dataset's vocabulary.")
+flags.DEFINE_string("query", None, "The text to search with (tokenized as the dataset's captions).")
 flags.DEFINE_integer("top_k", 5, "How many items to print and draw.")
 flags.DEFINE_string("split", "test", "The split to search.")
 flags.DEFINE_string("output", None, "PNG grid of the retrieved images; default WORKDIR/retrieved.png.")
@@ -46,12 +50,16 @@ def load_run(config: ml_collections.ConfigDict, workdir: str, split: str):
 
 
 def describe(example: dict, info) -> str:
-  """`name=value` for every scalar feature (class names for ClassLabels), then the caption, if any."""
+  """`name=value` for every scalar and text feature (class names for ClassLabels), then the caption."""
   parts, caption = [], None
   for name, feature in info.features.items():
     value = example[name]
     if isinstance(feature, tfds.features.Text):
-      caption = value.decode() if isinstance(value, bytes) else str(value)
+      text = value.decode() if isinstance(value, bytes) else str(value)
+      if name == "caption":
+        caption = text
+      else:
+        parts.append(f"{name}={text}")
     elif isinstance(feature, tfds.features.ClassLabel):
       parts.append(f"{name}={feature.int2str(int(value))}")
     elif np.ndim(value) == 0:
@@ -89,6 +97,9 @@ def search(workdir: str, query: str, top_k: int, split: str, output: str) -> Non
   scores = items @ np.asarray(query_embedding)
   best = np.argsort(-scores, kind="stable")[:top_k]
   print(f'query: "{query}" -> top {len(best)} of {len(scores):,} {split} {target}s')
+  unknown = getattr(data.dataset_tokenizer(config.dataset), "unknown_words", lambda _: [])(query)
+  if unknown:
+    print(f"note: not in the training captions' vocabulary, read as <unk>: {', '.join(unknown)}")
   examples = [source[int(i)] for i in best]
   for rank, (i, example) in enumerate(zip(best, examples, strict=True), start=1):
     print(f"{rank:3d}. #{i:<6d} score {scores[i]:+.3f}  {describe(example, info)}")
@@ -98,13 +109,22 @@ def search(workdir: str, query: str, top_k: int, split: str, output: str) -> Non
     print(f"saved {output}")
 
 
+def quiet_library_info(record) -> bool:
+  """Drops JAX's, orbax's and TFDS's INFO lines (dozens per restore); mmlearn's own stay (a long
+  embedding pass logs its progress and ETA)."""
+  noisy = any(f"/{library}/" in record.pathname for library in ("jax", "orbax", "tensorflow_datasets"))
+  return record.levelno > std_logging.INFO or not noisy
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if FLAGS.top_k <= 0:
     raise app.UsageError("--top_k must be positive")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log dozens of INFO lines per restore.
+  if logging.get_verbosity() <= logging.INFO:
+    # Orbax and TFDS log dozens of INFO lines per restore; mmlearn's own (progress of a long
+    # embedding pass, with its ETA) stay.
+    logging.get_absl_handler().addFilter(quiet_library_info)
   output = FLAGS.output or os.path.join(FLAGS.workdir, "retrieved.png")
   try:
     search(FLAGS.workdir, FLAGS.query, FLAGS.top_k, FLAGS.split, output)

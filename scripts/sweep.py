@@ -2,13 +2,19 @@
 
   python scripts/sweep.py --config=configs/sweeps/mmshapes_lr.py --workdir=runs/lr --parallel=2
   python scripts/sweep.py --config=configs/sweeps/mmshapes_lr.py:sum --workdir=runs/lr_sum --dry_run
+  python scripts/sweep.py --config=configs/sweeps/mmshapes_lr.py --workdir=runs/lr --launcher=slurm
 
 Each variant trains as `python -m mmlearn.main --config=CONFIG --workdir=WORKDIR/<variant>
 --config.KEY=VALUE ...`. Re-running the same command skips finished variants and resumes cut-off ones.
 Writes `summary.csv`, `summary.md` and `summary.png` (the metric by variant) into `--workdir`; a failed
 variant is listed with its error line, and the exit status is 1 if any failed.
+
+`--launcher=slurm` submits each variant as a Slurm job instead (`mmlearn/slurm_launcher.py`, same
+skip / resume / `done.json` / summary behaviour); its settings come from the flags below or the sweep
+file's `get_launcher()` dict (flags win). See docs/cluster.md.
 """
 
+import dataclasses
 import math
 import os
 import shlex
@@ -18,8 +24,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmlearn import launcher, report, sweep  # noqa: E402
-from mmlearn.errors import USER_ERRORS, fail  # noqa: E402
+from mmlearn import launcher, report, slurm_launcher, sweep  # noqa: E402
+from mmlearn.errors import USER_ERRORS, ConfigError, fail  # noqa: E402
 
 flags.DEFINE_string("config", None, "Config file defining get_config and get_sweep, optionally FILE:ARG.")
 flags.DEFINE_string("workdir", None, "Root directory: one sub-directory per variant, plus the summary.")
@@ -29,7 +35,20 @@ flags.DEFINE_string(
   "report", None, "The metric reported beside it; default the same metric on test (validation/x -> test/x)."
 )
 flags.DEFINE_multi_string("override", [], "KEY=VALUE given to every variant, e.g. num_epochs=1.")
-flags.DEFINE_bool("dry_run", False, "List the variants and their commands; train nothing.")
+flags.DEFINE_bool("dry_run", False, "List the variants and their commands (or Slurm jobs); train nothing.")
+flags.DEFINE_string(
+  "launcher", "local", "Where variants train: `local` (subprocesses) or `slurm` (one job each)."
+)
+# Slurm settings (--launcher=slurm); unset ones come from the sweep file's get_launcher(), else the defaults.
+flags.DEFINE_string("partition", None, "Slurm partition (default: the cluster's default partition).")
+flags.DEFINE_integer("time_min", None, "Slurm time limit of each job, in minutes (default 60).")
+flags.DEFINE_integer("nodes", None, "Nodes per job (default 1).")
+flags.DEFINE_integer("tasks_per_node", None, "Tasks (trainer processes) per node (default 1).")
+flags.DEFINE_integer("cpus_per_task", None, "CPUs per task (default 1).")
+flags.DEFINE_integer("gpus_per_task", None, "GPUs per task (default 0).")
+flags.DEFINE_integer(
+  "max_requeues", None, "How often a job that reaches its time limit is requeued (default 3)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -87,23 +106,54 @@ def summarize(records: list[dict], variants: dict[str, dict]) -> None:
   )
 
 
+SLURM_FLAGS = [f.name for f in dataclasses.fields(slurm_launcher.Settings)]
+
+
+def slurm_settings() -> slurm_launcher.Settings | None:
+  """The Slurm settings for `--launcher=slurm`, None for `local`; Slurm flags without it are a mistake."""
+  given = {name: FLAGS[name].value for name in SLURM_FLAGS}
+  if FLAGS.launcher == "local":
+    if set_flags := [f"--{name}" for name, value in given.items() if value is not None]:
+      raise ConfigError(f"{', '.join(set_flags)} only apply with --launcher=slurm")
+    return None
+  if FLAGS.launcher != "slurm":
+    raise ConfigError(f"unknown launcher {FLAGS.launcher!r}; known: local, slurm")
+  if FLAGS["parallel"].present:
+    raise ConfigError(
+      "--parallel is for --launcher=local; Slurm runs as many jobs as the cluster has room for"
+    )
+  return slurm_launcher.settings(FLAGS.config, given)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     fixed = sweep.parse_fixed(FLAGS.override)
     variants = sweep.load(FLAGS.config, fixed)
+    slurm = slurm_settings()
   except USER_ERRORS as e:
     fail(e)
   if FLAGS.dry_run:
     for name, overrides in variants.items():
       workdir = os.path.join(os.path.abspath(FLAGS.workdir), name)
       args = launcher.trainer_flags(FLAGS.config, workdir, {**fixed, **overrides})
-      print(f"{name} ({launcher.state(workdir)})\n  {shlex.join(['python', '-m', 'mmlearn.main', *args])}")
-    print(f"{len(variants)} variants")
+      command = (
+        slurm_launcher.describe(name, args, slurm)
+        if slurm
+        else shlex.join(["python", "-m", "mmlearn.main", *args])
+      )
+      print(f"{name} ({launcher.state(workdir)})\n  {command}")
+    print(f"{len(variants)} variants" + (" (Slurm jobs)" if slurm else ""))
     return
   os.makedirs(FLAGS.workdir, exist_ok=True)
-  records = launcher.run_sweep(FLAGS.config, FLAGS.workdir, variants, fixed=fixed, parallel=FLAGS.parallel)
+  if slurm is None:
+    records = launcher.run_sweep(FLAGS.config, FLAGS.workdir, variants, fixed=fixed, parallel=FLAGS.parallel)
+  else:
+    try:
+      records = slurm_launcher.run_sweep(FLAGS.config, FLAGS.workdir, variants, settings=slurm, fixed=fixed)
+    except USER_ERRORS as e:
+      fail(e)
   summarize(records, variants)
   if failed := sum(r["status"] != "done" for r in records):
     print(

@@ -1,7 +1,5 @@
 """Training-batch augmentation: each transform, seeding and restore, off by default, eval untouched."""
 
-import os
-
 import numpy as np
 import pytest
 
@@ -11,8 +9,6 @@ from mmlearn.data import augment as A
 from mmlearn.data import pipeline
 from mmlearn.errors import ConfigError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-AVMNIST_RAW = os.environ.get("MMLEARN_AVMNIST_DIR") or os.path.join(REPO, "..", "shared", "data", "avmnist")
 # One of each, as the config names them; which feature each changes.
 EACH = [
   ({"image_crop_pad": 4}, "image"),
@@ -193,12 +189,9 @@ def test_config_checks_reject_bad_values(tiny_config):
       config_checks.check(config)
 
 
-@pytest.mark.skipif(not os.path.isdir(AVMNIST_RAW), reason="AV-MNIST raw files not found")
-def test_avmnist_audio_masks_and_image_augmentations(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp("tfds"))
-  source = data.load_sources(
-    "avmnist", config="tiny", data_dir=directory, manual_dir=AVMNIST_RAW, splits=("train",)
-  )[0]["train"]
+def test_avmnist_audio_masks_and_image_augmentations(avmnist_data_dir):
+  sources, _ = data.load_sources("avmnist", config="tiny", data_dir=avmnist_data_dir, splits=("train",))
+  source = sources["train"]
   augment = A.Augment(image_crop_pad=3, image_rotate_degrees=10.0, audio_time_mask=20, audio_freq_mask=20)
   plain, augmented = train_batches(source, n=1), train_batches(source, n=1, transforms=(augment,))
   a, b = plain[0], augmented[0]

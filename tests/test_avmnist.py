@@ -48,9 +48,8 @@ def tiny_clean_test(raw, prep):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp("tfds"))
-  return data.load_sources("avmnist", config="tiny", data_dir=directory, manual_dir=RAW_DIR)
+def built(avmnist_data_dir):
+  return data.load_sources("avmnist", config="tiny", data_dir=avmnist_data_dir, manual_dir=RAW_DIR)
 
 
 def takes(recordings) -> np.ndarray:

@@ -19,7 +19,7 @@ from scipy import stats
 
 from configs.mvae import tiny
 from conftest import run_python
-from mmlearn import coherence, config_checks, data, optim, rngs, train
+from mmlearn import coherence, config_checks, optim, rngs, train
 from mmlearn import parallel as parallel_lib
 from mmlearn.data import mmshapes, pipeline
 from mmlearn.errors import ConfigError
@@ -33,13 +33,6 @@ from mmlearn.tasks.mvae import kl_weight
 VOCAB = len(mmshapes.VOCABULARY)
 
 
-@pytest.fixture(scope="module")
-def mvae_data(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp("tfds"))
-  sources, info = data.load_sources("mmshapes", config="retrieval_tiny", data_dir=directory)
-  return directory, sources, info
-
-
 def tiny_config(data_dir):
   config = tiny.get_config()
   config.dataset.data_dir = data_dir
@@ -47,8 +40,8 @@ def tiny_config(data_dir):
 
 
 @pytest.fixture(scope="module")
-def task_and_batch(mvae_data):
-  directory, sources, info = mvae_data
+def task_and_batch(retrieval_tiny_data):
+  directory, sources, info = retrieval_tiny_data
   task = TASKS.get("mvae")(tiny_config(directory), info=info, vocab_size=VOCAB)
   batch = next(pipeline.train_iterator(sources["train"], batch_size=8, seed=0, max_tokens=16))
   params = jax.jit(task.init)(jax.random.PRNGKey(0), batch)
@@ -233,7 +226,9 @@ def test_without_cross_reconstruction_each_single_term_scores_its_own_modality()
   assert [(s.name, s.weight) for s in reported_only] == [("joint", 0.0)]  # One modality: no sub-sampling.
 
 
-def test_private_latent_is_the_image_encoders_own_and_its_kl_is_never_annealed(task_and_batch, mvae_data):
+def test_private_latent_is_the_image_encoders_own_and_its_kl_is_never_annealed(
+  task_and_batch, retrieval_tiny_data
+):
   """The tiny config's image has a 2-wide private latent (configs/mvae/mmshapes.py); the text has none."""
   task, batch, params = task_and_batch
   assert task.private_dims == {"image": 2, "text": 0}
@@ -250,7 +245,7 @@ def test_private_latent_is_the_image_encoders_own_and_its_kl_is_never_annealed(t
   recon = sum(m[f"{s}/recon_{x}"] for s in ("joint", "from_image", "from_text") for x in ("image", "text"))
   assert m["loss"] == pytest.approx(-(recon - 3 * expected_kl), rel=1e-5)
   # Without private latents the encoders are latent_dim wide and no subset has a private KL.
-  config = tiny_config(mvae_data[0])
+  config = tiny_config(retrieval_tiny_data[0])
   config.mvae.private_dims.image = 0
   config.mvae.decoders.image.translate = False
   plain = TASKS.get("mvae")(config, vocab_size=VOCAB)
@@ -260,10 +255,10 @@ def test_private_latent_is_the_image_encoders_own_and_its_kl_is_never_annealed(t
   assert not [k for k in plain.loss(plain_params, batch, jax.random.PRNGKey(3))[1] if "private" in k]
 
 
-def test_step_reaches_the_loss_through_train_step(task_and_batch, mvae_data):
+def test_step_reaches_the_loss_through_train_step(task_and_batch, retrieval_tiny_data):
   """train_step passes the step to every task's loss: the KL weight warms up over 20 steps."""
   task, batch, params = task_and_batch
-  config = tiny_config(mvae_data[0])
+  config = tiny_config(retrieval_tiny_data[0])
   tx = optim.make_optimizer(config.optimizer, 100)
   par = parallel_lib.DataParallel("shard_map")
   state = par.place_state(train.TrainState.create(params, tx, jax.random.PRNGKey(1)))
@@ -367,14 +362,14 @@ def test_an_examples_draws_depend_on_its_own_key_only(task_and_batch):
   assert not np.allclose(filled["image"][1::2], batch["image"][1::2])
 
 
-def test_training_and_evaluation_agree_on_1_and_4_devices(mvae_data):
+def test_training_and_evaluation_agree_on_1_and_4_devices(retrieval_tiny_data):
   """The MVAE is stochastic: with one random stream per device, 10 steps on 4 devices trained parameters
   2.6e-2 away from 1 device's (a step's loss 15% off, the evaluation's ELBO sums 1.9e-3 off; measured with
   `tests/mvae_multidevice_check.py --control`). Keyed by the example's global index, they agree to float
   rounding, which Adam amplifies over the steps: measured 5.7e-5 (parameters), 2.1e-6 (a step's relative
   loss), 1.1e-7 (relative evaluation sums). `pmap` (with `--pmap`) gives the same numbers as `shard_map`."""
   result = run_python(
-    ["tests/mvae_multidevice_check.py", mvae_data[0]],
+    ["tests/mvae_multidevice_check.py", retrieval_tiny_data[0]],
     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
     timeout=600,
   )
@@ -387,8 +382,8 @@ def test_training_and_evaluation_agree_on_1_and_4_devices(mvae_data):
   assert -np.inf < diffs["eval/elbo"] < 0
 
 
-def test_config_errors_are_named(mvae_data):
-  directory, _, info = mvae_data
+def test_config_errors_are_named(retrieval_tiny_data):
+  directory, _, info = retrieval_tiny_data
   config = tiny_config(directory)
   config.mvae.latent_dim = 0
   with pytest.raises(ConfigError, match="latent_dim must be positive"):
@@ -456,8 +451,8 @@ def test_image_metrics_are_saved_as_png_and_tensorboard_images(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained_run(mvae_data, tmp_path_factory):
-  directory, _, _ = mvae_data
+def trained_run(retrieval_tiny_data, tmp_path_factory):
+  directory, _, _ = retrieval_tiny_data
   workdir = tmp_path_factory.mktemp("mvae_run")
   return workdir, train.train_and_evaluate(tiny_config(directory), str(workdir))
 
@@ -510,12 +505,12 @@ def test_generate_reports_user_errors_in_one_line(trained_run, tmp_path):
   assert result.returncode == 1 and "is a 'classification' run" in result.stderr
 
 
-def test_coherence_cli_judges_generated_images(trained_run, mvae_data, tmp_path):
+def test_coherence_cli_judges_generated_images(trained_run, retrieval_tiny_data, tmp_path):
   workdir, _ = trained_run
   from configs.mvae import judge_mmshapes
 
   config = judge_mmshapes.get_config()
-  config.dataset.update(config="retrieval_tiny", data_dir=mvae_data[0], eval_splits=("test",))
+  config.dataset.update(config="retrieval_tiny", data_dir=retrieval_tiny_data[0], eval_splits=("test",))
   config.model.modalities.image.update(widths=(8,), dense=16)
   config.update(
     num_train_steps=4, batch_size=32, eval_batch_size=128, log_every_steps=2, checkpoint_every_steps=4

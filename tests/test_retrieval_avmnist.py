@@ -1,29 +1,17 @@
 """Spoken digit <-> image retrieval end to end on the AV-MNIST `tiny` build (from the real raw files)."""
 
 import math
-import os
 
 import numpy as np
-import pytest
 
 from configs.retrieval import avmnist_clip
 from mmlearn import data, train
-from mmlearn.data import avmnist as A
 from mmlearn.tasks import TASKS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RAW_DIR = os.environ.get(A.MANUAL_DIR_ENV) or os.path.join(REPO, "..", "shared", "data", "avmnist")
-pytestmark = pytest.mark.skipif(
-  not os.path.isdir(RAW_DIR),
-  reason=f"AV-MNIST raw files not found: set ${A.MANUAL_DIR_ENV} (tried {os.path.abspath(RAW_DIR)})",
-)
 
-
-def test_avmnist_retrieval_trains_and_ranks_by_digit(tmp_path):
+def test_avmnist_retrieval_trains_and_ranks_by_digit(avmnist_data_dir, tmp_path):
   config = avmnist_clip.get_config()
-  config.dataset.update(
-    config="tiny", data_dir=str(tmp_path / "tfds"), manual_dir=RAW_DIR, eval_splits=("test",)
-  )
+  config.dataset.update(config="tiny", data_dir=avmnist_data_dir, eval_splits=("test",))
   config.update(
     batch_size=32, eval_batch_size=64, num_train_steps=3, log_every_steps=3, checkpoint_every_steps=3
   )
@@ -37,9 +25,7 @@ def test_avmnist_retrieval_trains_and_ranks_by_digit(tmp_path):
       assert 0 <= metrics["R@1"] <= metrics["R@5"] <= metrics["R@10"] <= 1, metrics
       assert 1 <= metrics["median_rank"] <= 320 and 0 < metrics["mAP"] <= 1 and math.isfinite(metrics["mAP"])
   # Relevance is the digit: the keys group exactly the examples that share a label.
-  sources, info = data.load_sources(
-    "avmnist", config="tiny", data_dir=str(tmp_path / "tfds"), splits=("test",)
-  )
+  sources, info = data.load_sources("avmnist", config="tiny", data_dir=avmnist_data_dir, splits=("test",))
   task = TASKS.get("retrieval")(config, info=info, vocab_size=None)
   keys = task.relevance_keys(sources["test"])
   labels = np.array([sources["test"][i]["label"] for i in range(len(sources["test"]))])

@@ -6,7 +6,7 @@ The fusion configs beside this file change only `model.fusion` (and its argument
 
 import ml_collections
 
-from configs import default
+from mmlearn import defaults
 
 IMAGE = {"encoder": "lenet", "channels": 6, "num_layers": 3}  # 28x28x1 -> 48 features.
 # 112x112x1 spectrogram -> 192 features; centred per example (see `LeNet.center_input`: without it the
@@ -28,7 +28,7 @@ def use_avmnist(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def get_config(fusion: str = "concat", **fusion_kwargs) -> ml_collections.ConfigDict:
-  config = use_avmnist(default.get_config())
+  config = use_avmnist(defaults.get_config())
   config.dataset.eval_splits = ("validation", "test")
   config.model.fusion = fusion
   config.model.fusion_kwargs = ml_collections.ConfigDict(fusion_kwargs)

@@ -8,12 +8,12 @@ likelihood's deviation (`learn_std`): a fixed 0.1 would weigh its 12,544 noisy l
 
 import ml_collections
 
-from configs import default
 from configs.avmnist import base
+from mmlearn import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = base.use_avmnist(default.get_config())
+  config = base.use_avmnist(defaults.get_config())
   config.task = "mvae"
   config.mvae.latent_dim = 32
   config.mvae.decoders.image.update(shape=(28, 28, 1), widths=(64, 32), std=0.1)

@@ -12,4 +12,5 @@ from configs import mmshapes_image_only
 def get_config():
   config = mmshapes_image_only.get_config()
   config.dataset.config = "retrieval"
+  config.optimizer.grad_clip_norm = 0.0  # As the judge of the published coherence figures was trained.
   return config

@@ -9,11 +9,11 @@ and an LSTM language model over the captions.
 
 import ml_collections
 
-from configs import default
+from mmlearn import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = default.get_config()
+  config = defaults.get_config()
   config.task = "mvae"
   config.dataset.config = "retrieval"
   config.model.modalities = ml_collections.ConfigDict(

@@ -10,12 +10,12 @@ log(batch size) for the first ~150 steps before it falls; one epoch (430 steps) 
 
 import ml_collections
 
-from configs import default
 from configs.avmnist import base
+from mmlearn import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = base.use_avmnist(default.get_config())
+  config = base.use_avmnist(defaults.get_config())
   config.task = "retrieval"
   config.retrieval.loss = "clip"
   config.retrieval.embed_dim = 64

@@ -8,11 +8,11 @@ the 4,096-item test split).
 
 import ml_collections
 
-from configs import default
+from mmlearn import defaults
 
 
 def get_config(loss: str = "clip") -> ml_collections.ConfigDict:
-  config = default.get_config()
+  config = defaults.get_config()
   config.task = "retrieval"
   config.dataset.config = "retrieval"
   config.retrieval.loss = loss

@@ -1,21 +1,26 @@
 """Datasets by name: prepare a TFDS builder once into `data_dir`, then read its splits by random access.
 
 Preparation is local (`mmshapes` is generated; `avmnist` reads raw files from `manual_dir`, else from
-`$MMLEARN_AVMNIST_DIR`, and downloads them only when neither is set) and atomic: TFDS writes into
+`$MMLEARN_AVMNIST_DIR`, and downloads them only when neither is set; `captioned` reads your own images
+and captions from `manual_dir` and a manifest, see `captioned.py`) and atomic: TFDS writes into
 a temporary directory and renames it only when complete, so a failed run leaves nothing that looks
 prepared, and the next call starts over. Files damaged or deleted afterwards are found before training
 starts, by name, instead of as an unexplained error or silently empty records mid-run.
+
+Datasets registered outside mmlearn (`config.imports`, see `mmlearn.registry.import_modules`) are looked
+up the same way; a builder with settings (`LocalBuilder.make_config`) gets `dataset.options`.
 """
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
-from mmlearn.data import avmnist, mmshapes  # noqa: F401  (register "avmnist", "mmshapes")
+from mmlearn.data import avmnist, captioned, mmshapes  # noqa: F401  (register the built-in datasets)
+from mmlearn.data.builder import LocalBuilder
 from mmlearn.data.imbalance import class_counts  # noqa: F401  (the training set's class prior)
 from mmlearn.data.registry import DATASETS
 from mmlearn.data.text import WordTokenizer
@@ -35,13 +40,61 @@ def get_builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
 
 
 def get_tokenizer(name: str) -> WordTokenizer | None:
-  """The tokenizer whose ids a dataset's `tokens` feature holds; None for datasets without text."""
-  return getattr(get_builder_class(name), "TOKENIZER", None)
+  """The closed-vocabulary tokenizer whose ids a dataset's `tokens` feature holds; None without text.
+
+  A dataset whose tokenizer is built when it is prepared (`captioned`) has none by name alone: that is
+  `dataset_tokenizer(config.dataset)`, and asking here is a bug.
+  """
+  builder_cls = get_builder_class(name)
+  load = getattr(builder_cls, "load_tokenizer", None)
+  if load is not None and load.__func__ is not LocalBuilder.load_tokenizer.__func__:
+    raise ValueError(f"dataset {name!r} stores its tokenizer with its prepared data: use dataset_tokenizer")
+  return getattr(builder_cls, "TOKENIZER", None)
 
 
 def vocab_size(name: str) -> int | None:
   tokenizer = get_tokenizer(name)
   return None if tokenizer is None else tokenizer.vocab_size
+
+
+def resolve_config(
+  name: str,
+  config: str | None,
+  *,
+  options: Mapping[str, Any] | None = None,
+  manual_dir: str | None = None,
+  data_dir: str | None = None,
+) -> tuple[type[tfds.core.GeneratorBasedBuilder], str | tfds.core.BuilderConfig | None]:
+  """(builder class, the TFDS config to build): `dataset.config` and `dataset.options` resolved by the
+  builder (`LocalBuilder.make_config`); a builder without settings takes no options."""
+  builder_cls = get_builder_class(name)
+  options = dict(options or {})
+  make_config = getattr(builder_cls, "make_config", None)
+  if make_config is not None:
+    return builder_cls, make_config(
+      config, options, manual_dir=manual_dir, data_dir=resolve_data_dir(data_dir)
+    )
+  if options:
+    raise ConfigError(f"dataset {name!r} takes no dataset.options; got {', '.join(sorted(options))}")
+  return builder_cls, config
+
+
+def dataset_tokenizer(dataset: Any) -> Any:
+  """The tokenizer of the dataset a config's `dataset` section names (None: no text).
+
+  An open vocabulary is stored with the prepared dataset (`tokenizers`), so it is read from there.
+  """
+  builder_cls, config = resolve_config(
+    dataset.name,
+    dataset.config,
+    options=dataset.get("options"),
+    manual_dir=dataset.get("manual_dir"),
+    data_dir=dataset.get("data_dir"),
+  )
+  load = getattr(builder_cls, "load_tokenizer", None)
+  if load is None:
+    return getattr(builder_cls, "TOKENIZER", None)
+  return load(_prepared_dir(builder_cls, config, resolve_data_dir(dataset.get("data_dir"))))
 
 
 def num_classes(info: tfds.core.DatasetInfo) -> int:
@@ -55,17 +108,21 @@ def load_sources(
   data_dir: str | None = None,
   splits: Sequence[str] = ("train", "validation", "test"),
   manual_dir: str | None = None,
+  options: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], tfds.core.DatasetInfo]:
   """Prepares dataset `name` (config `config`, default: the builder's first) if needed; opens `splits`.
 
   `manual_dir` holds the raw files of a dataset built from them (`avmnist`: see its module docstring for
   the layout and the `$MMLEARN_AVMNIST_DIR` fallback); generated datasets ignore it. Only a preparation
-  reads it: a prepared dataset is reused whatever `manual_dir` says.
+  reads it: a prepared dataset is reused whatever `manual_dir` says. `options` are the builder's own
+  settings (`dataset.options`; the `captioned` builder's manifest, image shape, tokenizer, ...).
 
   Returns `{split: random-access source}` (`len`, `__getitem__` -> dict of numpy values) and the
   `DatasetInfo` (features, class names, split sizes). A second call reuses the prepared files.
   """
-  builder_cls = get_builder_class(name)
+  builder_cls, config = resolve_config(
+    name, config, options=options, manual_dir=manual_dir, data_dir=data_dir
+  )
   tfds.disable_progress_bar()  # Progress bars would flood logs and test output; absl logs the stages.
   data_dir = resolve_data_dir(data_dir)
   _check_metadata(_prepared_dir(builder_cls, config, data_dir))
@@ -83,11 +140,16 @@ def load_sources(
   return sources, builder.info
 
 
-def _prepared_dir(builder_cls: type, config: str | None, data_dir: str) -> str:
+def _prepared_dir(builder_cls: type, config: str | tfds.core.BuilderConfig | None, data_dir: str) -> str:
   """Where TFDS keeps (or will keep) the files, computed without constructing the builder.
 
   Constructing it already parses `dataset_info.json`, whose failure would not say which file is bad.
   """
+  version = str(builder_cls.VERSION)
+  if isinstance(config, tfds.core.BuilderConfig):  # Made from options: its own name.
+    return os.path.join(data_dir, builder_cls.name, config.name, version)
+  if config is None and not builder_cls.BUILDER_CONFIGS:
+    return os.path.join(data_dir, builder_cls.name, version)
   configs = {c.name: c for c in builder_cls.BUILDER_CONFIGS}
   if config is None:
     config = builder_cls.DEFAULT_BUILDER_CONFIG_NAME or builder_cls.BUILDER_CONFIGS[0].name
@@ -95,7 +157,7 @@ def _prepared_dir(builder_cls: type, config: str | None, data_dir: str) -> str:
     raise ConfigError(
       f"unknown config {config!r} of dataset {builder_cls.name!r}; known: {', '.join(configs)}"
     )
-  return os.path.join(data_dir, builder_cls.name, config, str(builder_cls.VERSION))
+  return os.path.join(data_dir, builder_cls.name, config, version)
 
 
 def _damaged(path: str, problem: str) -> DataError:

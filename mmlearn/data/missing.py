@@ -8,12 +8,13 @@ information about an absent input can leak into the model:
   mean:     the input becomes the training-set mean of that input (per position; array inputs only).
   learned:  the input is zeroed here as for `zero`, and the model replaces the encoder's output with a
             learned embedding of the absence (`mmlearn.models.classifier`).
-  generative: the input becomes a sample of a trained multimodal VAE (`missing.generative_workdir`, task
-            `mvae`) given the example's present modalities (`MVAETask.impute`): z from the product of
-            the present experts, the absent modality decoded from it. The batch then has every
-            modality (no `<m>_present`): the fusion uses the generated input as if it were real.
-            This module never loads the MVAE run (that needs JAX and the trainer): the caller does
-            (`mmlearn.imputation`) and hands it to `from_config`.
+  generative: the input becomes a sample of a trained generator (`missing.generative_workdir`) given the
+            example's present modalities: a multimodal VAE (task `mvae`, `MVAETask.impute`: z from the
+            product of the present experts, the absent modality decoded from it) or a flow model (task
+            `flow`, `FlowTask.impute`: its target drawn from its condition; an absent condition is 0).
+            The batch then has every modality (no `<m>_present`): the fusion uses the generated input
+            as if it were real. This module never loads the run (that needs JAX and the trainer): the
+            caller does (`mmlearn.imputation`) and hands it to `from_config`.
 
 `MissingModalities` holds the settings (`config.missing`). It is a `pipeline.BatchTransform` of
 training batches, and `evaluate(rates)` gives the `transform` of `pipeline.eval_batches`.
@@ -122,7 +123,7 @@ def impute(
     raise ConfigError(f"unknown imputation {imputation!r}; known: {', '.join(IMPUTATIONS)}")
   if imputation == "generative":
     if generate is None:
-      raise ConfigError("generative imputation needs a trained MVAE run (missing.generative_workdir)")
+      raise ConfigError("generative imputation needs a trained mvae or flow run (missing.generative_workdir)")
     seed = int((rng or np.random.default_rng(0)).integers(2**31))
     filled = generate(batch, {m: present[:, j] for j, m in enumerate(modalities)}, seed)
     # A generated input stands in for the real one, so the fusion counts it as present.

@@ -28,6 +28,7 @@ import numpy as np
 
 from mmlearn.data import imbalance
 from mmlearn.data.augment import Augment  # noqa: F401  (re-exported: `pipeline.Augment`)
+from mmlearn.data.progress import Progress
 from mmlearn.errors import ConfigError
 
 # Features the pipeline turns into model inputs; everything else (attributes, captions) is dropped.
@@ -114,9 +115,12 @@ class DecodedArrays:
   def __init__(self, dataset: grain.MapDataset):
     first = dataset[0]
     self.arrays = {k: np.empty((len(dataset), *np.shape(v)), np.asarray(v).dtype) for k, v in first.items()}
+    progress = Progress("decoding the training split into memory", len(dataset), unit="examples")
     for i in range(len(dataset)):
       for k, v in (first if i == 0 else dataset[i]).items():
         self.arrays[k][i] = v
+      progress.update()
+    progress.finish()
 
   def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v[indices] for k, v in self.arrays.items()}
@@ -189,6 +193,12 @@ def train_iterator(
   return iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=ahead)))
 
 
+def num_eval_batches(num_examples: int, batch_size: int, process_count: int | None = None) -> int:
+  """How many batches `eval_batches` yields on every process (the most any process's share needs)."""
+  count = jax.process_count() if process_count is None else process_count
+  return math.ceil(math.ceil(num_examples / count) / (batch_size // count))
+
+
 def eval_batches(
   source: Any,
   *,
@@ -208,8 +218,7 @@ def eval_batches(
   count = jax.process_count() if process_count is None else process_count
   local_batch = batch_size // count
   ds = process_shard(source, index, count).map(DecodeExample(max_tokens))
-  num_batches = math.ceil(math.ceil(len(source) / count) / local_batch)
-  for b in range(num_batches):
+  for b in range(num_eval_batches(len(source), batch_size, count)):
     examples = [ds[i] for i in range(b * local_batch, min((b + 1) * local_batch, len(ds)))]
     weight = np.zeros(local_batch, np.float32)
     weight[: len(examples)] = 1.0

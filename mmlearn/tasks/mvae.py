@@ -53,7 +53,7 @@ from mmlearn import rngs
 from mmlearn.errors import ConfigError
 from mmlearn.models import mvae
 from mmlearn.models.config import compute_dtype, resolve_modalities
-from mmlearn.tasks.mvae_eval import GenerationEvaluator
+from mmlearn.tasks.mvae_eval import GenerationEvaluator, weighted_means
 from mmlearn.tasks.registry import TASKS
 
 
@@ -305,9 +305,7 @@ class MVAETask:
     weight = batch["weight"].astype(jnp.float32)
     return {"count": weight.sum(), **{k: (v * weight).sum() for k, v in metrics.items()}}
 
-  def summarize(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
-    count = float(sums["count"])
-    return {k: float(v) / count for k, v in sums.items() if k != "count"}
+  summarize = staticmethod(weighted_means)
 
   def evaluator(self, par: parallel_lib.DataParallel, source: Any, **kwargs: Any) -> GenerationEvaluator:
     return GenerationEvaluator(self, par, source, **kwargs)

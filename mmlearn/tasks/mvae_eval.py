@@ -40,6 +40,12 @@ def eval_step(variables: Any, batch: dict[str, Any], rng: jax.Array, *, task: An
   return lax.psum(task.eval_sums(variables, batch, rng), parallel_lib.AXIS)
 
 
+def weighted_means(sums: dict[str, Any]) -> dict[str, float]:
+  """Each weighted sum of `eval_sums` divided by the summed weight (`count`): a generator's `summarize`."""
+  count = float(sums["count"])
+  return {k: float(v) / count for k, v in sums.items() if k != "count"}
+
+
 class GenerationEvaluator(SplitPass):
   """Test ELBO (and its parts) over a whole split, then (with `grids`) sample grids of its first examples."""
 

@@ -71,6 +71,11 @@ class RetrievalTask:
         )
     self.query_chunk = settings.query_chunk
     self.random_baseline = settings.random_baseline
+    logging.info(
+      "retrieval: train/batch_accuracy counts only the paired item as right, so it looks low when a batch "
+      "holds items with the same description (e.g. duplicate captions); evaluation ranks by "
+      "config.retrieval.relevance"
+    )
 
   @property
   def summary_metric(self) -> str:
