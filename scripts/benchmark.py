@@ -10,6 +10,13 @@ For each batch size (`--batch_sizes`, default 32 and 256) it measures
     sharded onto the devices each step, with the trainer's one host sync per chunk of steps;
   - compile time, FLOPs per example from XLA's cost analysis of the compiled step, and the achieved
     GFLOP/s of the step;
+  - the machine's float32 matrix-multiply rate, measured in the same run before each batch size (a
+    `--matmul_size` square `jnp.dot` under jit, median of `--repeats`), and the step's GFLOP/s as a
+    fraction of it: how much of what this machine can do the step uses;
+  - with `--epoch`, one whole epoch of the loop (`len(train) // batch` steps from the real iterator, one
+    host sync per `log_every_steps` as the trainer), its seconds and examples/s: the figure to set
+    beside another framework's epoch of the same model on the same machine (AV-MNIST against
+    MultiBench, `docs/benchmark.md`);
   - with `--keras_python`, the Keras reference (`--keras_script`, a separate interpreter with TensorFlow,
     which mmlearn does not need) at the same batch size, and our loop's throughput as a multiple of it.
 
@@ -52,6 +59,8 @@ flags.DEFINE_string(
   "keras_script", os.path.join(os.path.dirname(REPO), "shared", "peers", "keras_seed.py"), "The reference."
 )
 flags.DEFINE_integer("keras_examples", 4096, "Random examples per Keras epoch (--n of the reference).")
+flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matrices of the matmul-rate probe.")
+flags.DEFINE_bool("epoch", False, "Also time one whole epoch of the training loop at each batch size.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
@@ -83,6 +92,22 @@ def flops_of(compiled: Any) -> float:
   return float(analysis.get("flops", 0.0))
 
 
+def matmul_gflop_per_s(size: int, repeats: int) -> float:
+  """The float32 rate of a jitted `size` x `size` matrix product on the default device (median)."""
+  a = jax.device_put(np.random.default_rng(0).standard_normal((size, size), np.float32))
+  product = jax.jit(lambda x: x @ x).lower(a).compile()
+  jax.block_until_ready(product(a))  # Warm up (allocation, first-call work).
+  calls = max(1, int(2e10 // (2 * size**3)))  # About 20 GFLOP per timing, well above timer noise.
+  times = []
+  for _ in range(max(1, repeats)):
+    start = time.perf_counter()
+    for _ in range(calls):
+      out = product(a)
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - start) / calls)
+  return 2 * size**3 / float(np.median(times)) / 1e9
+
+
 class Bench:
   """One config at one batch size: the compiled step, a fixed batch, the real iterator, and timers."""
 
@@ -100,6 +125,8 @@ class Bench:
       splits=("train",),
     )
     source = sources["train"]
+    self.steps_per_epoch = len(source) // batch_size
+    self.log_every_steps = config.log_every_steps
     tokenizer = data.dataset_tokenizer(config.dataset)
     vocab_size = None if tokenizer is None else tokenizer.vocab_size
     task = TASKS.get(config.task)(config, info=info, vocab_size=vocab_size)
@@ -149,8 +176,17 @@ class Bench:
     jax.block_until_ready(self.state)
     return time.perf_counter() - start
 
+  def run_epoch(self) -> float:
+    """Seconds for one epoch of the loop, synchronising with the host every `log_every_steps`."""
+    start, done = time.perf_counter(), 0
+    while done < self.steps_per_epoch:
+      chunk = min(self.log_every_steps, self.steps_per_epoch - done)
+      self.run_loop(chunk)
+      done += chunk
+    return time.perf_counter() - start
 
-def measure(config, batch_size: int, steps: int, repeats: int) -> dict[str, Any]:
+
+def measure(config, batch_size: int, steps: int, repeats: int, *, epoch: bool = False) -> dict[str, Any]:
   bench = Bench(config, batch_size)
   step_times, loop_times = [], []
   for _ in range(repeats):
@@ -158,6 +194,10 @@ def measure(config, batch_size: int, steps: int, repeats: int) -> dict[str, Any]
     loop_times.append(bench.run_loop(steps))
   step_eps = steps * batch_size / float(np.median(step_times))
   loop_eps = steps * batch_size / float(np.median(loop_times))
+  timed_epoch = {}
+  if epoch:
+    seconds = bench.run_epoch()
+    timed_epoch = {"epoch_s": seconds, "epoch_examples_per_s": bench.steps_per_epoch * batch_size / seconds}
   return {
     "batch_size": batch_size,
     "step_examples_per_s": step_eps,
@@ -169,6 +209,7 @@ def measure(config, batch_size: int, steps: int, repeats: int) -> dict[str, Any]
     "step_gflop_per_s": bench.flops_per_example * step_eps / 1e9,
     "steps_per_chunk": steps,
     "repeats": repeats,
+    **timed_epoch,
   }
 
 
@@ -182,7 +223,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     "compile (s)",
     "MFLOP / example",
     "step GFLOP/s",
+    "of matmul rate",
   ]
+  epoch = any("epoch_s" in r for r in rows)
+  if epoch:
+    header += ["epoch (s)", "epoch examples/s"]
   keras = any("keras_examples_per_s" in r for r in rows)
   if keras:
     header += ["Keras examples/s", "loop / Keras"]
@@ -197,7 +242,10 @@ def table(rows: list[dict[str, Any]]) -> str:
       f"{r['compile_s']:.1f}",
       f"{r['mflop_per_example']:.1f}",
       f"{r['step_gflop_per_s']:.1f}",
+      f"{r['step_over_matmul']:.0%} of {r['matmul_gflop_per_s']:.0f}",
     ]
+    if epoch:
+      row += [f"{r['epoch_s']:.1f}", f"{r['epoch_examples_per_s']:,.0f}"]
     if keras:
       row += [f"{r['keras_examples_per_s']:,.0f}", f"{r['loop_over_keras']:.1f}x"]
     cells.append(row)
@@ -214,6 +262,8 @@ def benchmark(
   keras_python: str | None = None,
   keras_script: str | None = None,
   keras_examples: int = 4096,
+  matmul_size: int = 2048,
+  epoch: bool = False,
 ) -> list[dict[str, Any]]:
   """One result row per batch size (see the module docstring)."""
   rows = []
@@ -221,7 +271,9 @@ def benchmark(
     config = config_files.load_config(path, overrides)
     config_checks.check(config)
     chunk = steps or max(4, 2048 // batch_size)
-    row = {"config": path, **measure(config, batch_size, chunk, repeats)}
+    matmul = matmul_gflop_per_s(matmul_size, repeats)
+    row = {"config": path, **measure(config, batch_size, chunk, repeats, epoch=epoch)}
+    row |= {"matmul_gflop_per_s": matmul, "step_over_matmul": row["step_gflop_per_s"] / matmul}
     if keras_python:
       row["keras_examples_per_s"] = run_keras(keras_python, keras_script, batch_size, keras_examples)
       row["loop_over_keras"] = row["loop_examples_per_s"] / row["keras_examples_per_s"]
@@ -240,6 +292,8 @@ def main(argv):
     keras_python=FLAGS.keras_python,
     keras_script=FLAGS.keras_script,
     keras_examples=FLAGS.keras_examples,
+    matmul_size=FLAGS.matmul_size,
+    epoch=FLAGS.epoch,
   )
   markdown = table(rows)
   print(markdown)

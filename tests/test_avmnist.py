@@ -5,6 +5,7 @@ within a kernel's rounding error of a boundary (x.5) would make the bytes depend
 row position or the CPU. An independent algorithm agreeing byte for byte shows no value is that close.
 """
 
+import functools
 import gzip
 import os
 import re
@@ -16,7 +17,7 @@ import pytest
 
 from mmlearn import data
 from mmlearn.data import avmnist as A
-from mmlearn.errors import DataError
+from mmlearn.errors import ConfigError, DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAW_DIR = os.environ.get(A.MANUAL_DIR_ENV) or os.path.join(REPO, "..", "shared", "data", "avmnist")
@@ -25,6 +26,8 @@ pytestmark = pytest.mark.skipif(
   reason=f"AV-MNIST raw files not found: set ${A.MANUAL_DIR_ENV} (tried {os.path.abspath(RAW_DIR)})",
 )
 TINY = {"train": 640, "validation": 160, "test": 320}
+# The FSDD takes of each split, written out here (not taken from the module) so a changed layout fails.
+SPLIT_TAKES = {"train": set(range(10, 50)), "validation": set(range(5, 10)), "test": set(range(0, 5))}
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +196,8 @@ def test_preprocessing_is_fitted_on_the_training_pool_only(raw, monkeypatch):
   A.fit_preprocessing(raw)
   assert seen["images"] is not None and len(seen["images"]) == A.NUM_TRAIN  # Not validation, not test.
   np.testing.assert_array_equal(seen["images"], raw.train_images[: A.NUM_TRAIN])
-  train_takes = takes(raw.recordings) >= A.TEST_TAKES
+  train_takes = takes(raw.recordings) >= 10  # Not validation's takes 5-9, not test's 0-4.
+  assert train_takes.sum() == 6 * 10 * 40  # Six speakers, ten digits, takes 10-49.
   np.testing.assert_array_equal(seen["waves"], raw.waves[train_takes])
 
 
@@ -239,16 +243,43 @@ def test_spectrogram_is_the_windowed_dft():
   np.testing.assert_allclose(got[1, :, -50:], A.POWER_FLOOR_DB, rtol=0, atol=1e-9)
 
 
-def test_test_recordings_are_never_heard_in_training(raw):
+def test_split_recording_pools_are_disjoint_and_cover_every_recording(raw):
+  assert len(raw.recordings) == 3000  # FSDD: 6 speakers x 10 digits x takes 0-49.
+  owner = {}
+  for split in A.SPLITS:
+    pools = A.recording_pools(raw, split)
+    for digit, pool in enumerate(pools):
+      names = [raw.recordings[i] for i in pool]
+      assert set(takes(names)) == SPLIT_TAKES[split], (split, digit)
+      assert (digits(names) == digit).all()
+      # Split by take within speaker: all six speakers in every split, each with all the split's takes.
+      per_speaker = {}
+      for name in names:
+        _, speaker, take = A.parse_recording(name)
+        per_speaker.setdefault(speaker, set()).add(take)
+      assert len(per_speaker) == 6 and all(t == SPLIT_TAKES[split] for t in per_speaker.values())
+      for i in pool:
+        assert owner.setdefault(int(i), split) == split, (raw.recordings[i], owner[int(i)], split)
+  assert sorted(owner) == list(range(len(raw.recordings)))  # Every recording in exactly one pool.
+  assert [A.take_split(t) for t in (0, 4, 5, 9, 10, 49)] == ["test"] * 2 + ["validation"] * 2 + ["train"] * 2
+
+
+def test_built_splits_hear_disjoint_recordings(built):
+  sources, _ = built
+  heard = {}
+  for split, n in TINY.items():
+    heard[split] = {sources[split][i]["recording"].decode() for i in range(n)}
+    assert set(takes(heard[split])) <= SPLIT_TAKES[split], split
+  for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
+    assert not heard[a] & heard[b], (a, b, sorted(heard[a] & heard[b])[:5])
+
+
+def test_every_split_hears_only_its_own_takes(raw):
   for split in A.SPLITS:
     _, labels = A.split_images(raw, split)
     assigned = A.pair_recordings(labels, A.recording_pools(raw, split), 0, split)
     names = [raw.recordings[i] for i in assigned]
-    split_takes = takes(names)
-    if split == "test":
-      assert split_takes.max() < A.TEST_TAKES
-    else:
-      assert split_takes.min() >= A.TEST_TAKES
+    assert set(takes(names)) == SPLIT_TAKES[split]  # The full split hears every take of its pool.
     np.testing.assert_array_equal(digits(names), labels)  # Every image hears its own digit.
     # Every recording of the pool is used, each about equally often.
     for digit, pool in enumerate(A.recording_pools(raw, split)):
@@ -259,7 +290,7 @@ def test_test_recordings_are_never_heard_in_training(raw):
 def test_built_examples_hear_their_own_digit(tiny):
   for split, examples in tiny.items():
     np.testing.assert_array_equal(digits(examples["recording"]), examples["label"])
-    assert (takes(examples["recording"]) < A.TEST_TAKES).all() == (split == "test")
+    assert set(takes(examples["recording"])) <= SPLIT_TAKES[split]
 
 
 def test_noise_is_seeded_per_example_at_the_configured_snr(raw):
@@ -354,7 +385,17 @@ def test_bad_wav_and_missing_recordings_are_named(tmp_path):
   with pytest.raises(DataError, match="3_theo_7.wav: not a valid wav file"):
     A.read_raw(mnist, str(recordings))
   os.remove(recordings / "3_theo_7.wav")
-  with pytest.raises(DataError, match="no train recordings"):
+  with pytest.raises(DataError, match=re.escape(f"{recordings}: no train recordings (takes other than")):
+    A.read_raw(mnist, str(recordings))
+  # Train and test recordings of every digit, a validation recording of digit 0 only.
+  os.remove(recordings / "0_george_5.wav")
+  for name in ("0_george_12.wav", "0_george_2.wav", "0_george_7.wav"):
+    shutil.copy(os.path.join(RAW_DIR, "fsdd", "recordings", name), recordings)
+  for digit in range(1, 10):
+    for take in (2, 12):
+      shutil.copy(os.path.join(RAW_DIR, "fsdd", "recordings", f"{digit}_george_{take}.wav"), recordings)
+  message = f"{recordings}: no validation recordings (takes 5-9) of digit(s) {list(range(1, 10))}"
+  with pytest.raises(DataError, match=re.escape(message)):
     A.read_raw(mnist, str(recordings))
 
 
@@ -379,3 +420,33 @@ def test_bad_split_names_and_sizes_are_data_errors(raw, prep):
   for size in (0, 10_001):
     with pytest.raises(DataError, match=f"avmnist test has 10000 examples, asked for {size}"):
       A.generate_split(raw, prep, "test", num_examples=size)
+
+
+# ---- The noise level as a dataset option ----
+
+
+def test_snr_option_prepares_that_level_beside_the_named_config(built, tmp_path):
+  sources, _ = data.load_sources(
+    "avmnist", config="tiny", data_dir=str(tmp_path), manual_dir=RAW_DIR, options={"snr_db": -4}
+  )
+  assert (tmp_path / "avmnist" / "tiny_snr_m4").is_dir()
+  example, default = sources["validation"][3], built[0]["validation"][3]
+  assert example["snr_db"] == -4.0 and default["snr_db"] == A.DEFAULT_SNR_DB
+  assert example["recording"] == default["recording"] and example["label"] == default["label"]
+  np.testing.assert_array_equal(example["image"], default["image"])
+  assert not np.array_equal(example["audio"], default["audio"])
+
+
+def test_snr_option_resolves_to_the_named_config_or_fails_in_one_line():
+  make = functools.partial(A.Avmnist.make_config, manual_dir=None, data_dir="unused")
+  assert make("noisy", {"snr_db": None}) == "noisy"
+  assert make("noisy", {"snr_db": A.DEFAULT_SNR_DB}) == "noisy"
+  assert make(None, {}) is None
+  config = make("clean", {"snr_db": -7.5})
+  assert (config.name, config.snr_db, config.train_size) == ("clean_snr_m7p5", -7.5, None)
+  with pytest.raises(ConfigError, match="only dataset.options.snr_db; got snr"):
+    make("noisy", {"snr": -9})
+  with pytest.raises(ConfigError, match="must be a number of dB, got 'loud'"):
+    make("noisy", {"snr_db": "loud"})
+  with pytest.raises(ConfigError, match="no config 'quiet'"):
+    make("quiet", {"snr_db": -9})

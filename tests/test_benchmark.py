@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import run_python
+from mmlearn import data
 from mmlearn.errors import ConfigError
 from mmlearn.models.encoders import ImageCNN, PatchConv, max_pool_2x2
 
@@ -40,6 +41,8 @@ def test_benchmark_reports_throughput_flops_and_keras_ratio(data_dir, tmp_path):
     "--batch_sizes=8,16,32",
     "--steps=2",
     "--repeats=2",
+    "--matmul_size=256",
+    "--epoch",
     f"--out={tmp_path / 'out'}",
     f"--keras_python={sys.executable}",
     f"--keras_script={fake}",
@@ -48,10 +51,19 @@ def test_benchmark_reports_throughput_flops_and_keras_ratio(data_dir, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   rows = json.loads((tmp_path / "out" / "benchmark.json").read_text())["rows"]
   assert [r["batch_size"] for r in rows] == [8, 16, 32]
+  num_train = len(
+    data.load_sources("mmshapes", config="tiny", data_dir=data_dir, splits=("train",))[0]["train"]
+  )
   for r in rows:
     for key in ("step_examples_per_s", "loop_examples_per_s", "compile_s", "mflop_per_example"):
       assert r[key] > 0, (key, r)
     assert r["step_gflop_per_s"] == pytest.approx(r["mflop_per_example"] * r["step_examples_per_s"] / 1e3)
+    assert r["matmul_gflop_per_s"] > 0
+    assert r["step_over_matmul"] == pytest.approx(r["step_gflop_per_s"] / r["matmul_gflop_per_s"])
+    assert r["epoch_s"] > 0
+    assert r["epoch_examples_per_s"] == pytest.approx(
+      num_train // r["batch_size"] * r["batch_size"] / r["epoch_s"]
+    )
     assert r["keras_examples_per_s"] == 10 * r["batch_size"]  # The fake echoes the batch it was given.
     assert r["loop_over_keras"] == pytest.approx(r["loop_examples_per_s"] / r["keras_examples_per_s"])
   # FLOPs grow linearly with the batch: a fixed per-step part (the optimizer update) plus a per-example
@@ -60,7 +72,12 @@ def test_benchmark_reports_throughput_flops_and_keras_ratio(data_dir, tmp_path):
   assert flops[2] - flops[1] == pytest.approx(2 * (flops[1] - flops[0]), rel=1e-3)
   assert rows[0]["mflop_per_example"] == pytest.approx(rows[2]["mflop_per_example"], rel=0.5)
   table = (tmp_path / "out" / "benchmark.md").read_text()
-  assert "| `configs/tiny.py` | 32 |" in table and "loop / Keras" in table
+  assert (
+    "| `configs/tiny.py` | 32 |" in table
+    and "loop / Keras" in table
+    and "of matmul rate" in table
+    and "epoch (s)" in table
+  )
   assert (tmp_path / "out" / "benchmark.csv").read_text().count("\n") == 4
   assert table in result.stdout
 

@@ -103,3 +103,18 @@ def test_avmnist_base_takes_the_fusion_as_a_variant():
   assert base.get_config("tensor").model.fusion == "tensor"
   assert base.get_config("tensor").to_dict() == tensor.get_config().to_dict()
   assert base.get_config().model.fusion == "concat"
+
+
+def test_avmnist_reference_towers_are_multibench_lenets_with_batch_norm():
+  """The default towers are MultiBench's (BatchNorm, no centring); `:plain` keeps the BatchNorm-free ones."""
+  from configs.avmnist import concat
+
+  reference, plain = concat.get_config(), concat.get_config("plain")
+  for modality in ("image", "audio"):
+    assert reference.model.modalities[modality].batch_norm
+    assert not reference.model.modalities[modality].get("center_input", False)
+    assert not plain.model.modalities[modality].get("batch_norm", False)
+  assert plain.model.modalities.audio.center_input
+  assert reference.select_metric == "validation/accuracy"
+  with pytest.raises(ValueError, match="towers must be one of"):
+    concat.get_config("batchnorm")

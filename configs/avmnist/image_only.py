@@ -3,7 +3,7 @@
 from configs.avmnist import base
 
 
-def get_config():
-  config = base.get_config()
+def get_config(towers: str = "reference"):
+  config = base.get_config(towers=towers)
   del config.model.modalities["audio"]
   return config

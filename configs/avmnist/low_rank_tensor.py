@@ -3,5 +3,5 @@
 from configs.avmnist import base
 
 
-def get_config():
-  return base.get_config("low_rank_tensor")
+def get_config(towers: str = "reference"):
+  return base.get_config("low_rank_tensor", towers=towers)

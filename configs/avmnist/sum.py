@@ -3,5 +3,5 @@
 from configs.avmnist import base
 
 
-def get_config():
-  return base.get_config("sum")
+def get_config(towers: str = "reference"):
+  return base.get_config("sum", towers=towers)

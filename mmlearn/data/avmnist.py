@@ -11,13 +11,19 @@ Digit Dataset (FSDD). Both modalities are degraded on purpose, so neither alone 
   (frequency x time, bin 0 = 0 Hz in row 0), uint8 [112, 112, 1] (see `log_power_spectrogram`).
 
 Splits: train = MNIST train images 0-54,999, validation = MNIST train 55,000-59,999, test = MNIST t10k.
-FSDD takes 5-49 feed train and validation, takes 0-4 feed test, so no test recording is heard in training.
+FSDD recordings are split by take: takes 0-4 feed test, takes 5-9 validation, takes 10-49 train, so each
+recording is heard in exactly one split. Validation has recordings of its own so that it can select
+audio-related choices (the noise level, the audio model) honestly, without having heard its recordings in
+training. The test takes are unchanged since 1.0.0, so every test image still hears the same recording
+and test results stay comparable (its bytes change a little with the spectrogram scale). The split is by
+take within each speaker and digit, so every FSDD speaker (all six speak takes 0-49 of every digit) is
+heard in every split: the splits hold new recordings of known speakers, not new speakers.
 Within a split, the k-th image of digit d gets recording `perm_d[k mod n_d]` of a seeded permutation of
 that split's n_d recordings of d (so every recording is reused about equally often), and every example
 draws fresh noise from a generator seeded by (seed, split, example index): a reused recording is never
 heard with the same noise twice. Because both depend only on an example's position, the `tiny` configs
 are exactly the first examples of the full ones. The PCA and the spectrogram scale are always fitted on
-the full training pool (MNIST train images 0-54,999; FSDD takes 5-49), so every config shares them.
+the full training pool (MNIST train images 0-54,999; FSDD takes 10-49), so every config shares them.
 
 Everything that ends in a rounding to uint8 (PCA covariance and reconstruction, noise, spectrum, power,
 dB, the spectrogram scale) is computed in float64. Last bits differ between CPUs (the SIMD width picks
@@ -47,7 +53,7 @@ import os
 import re
 import wave
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -55,7 +61,7 @@ import tensorflow_datasets as tfds
 
 from mmlearn.data.info import local_dataset_info
 from mmlearn.data.registry import DATASETS
-from mmlearn.errors import DataError
+from mmlearn.errors import ConfigError, DataError
 
 # ---- Noise: the one number to calibrate (audio-only accuracy) ----
 DEFAULT_SNR_DB = -8.0  # Signal-to-noise ratio of the `noisy` configs, in dB.
@@ -75,7 +81,10 @@ RECORDING_PATTERN = re.compile(r"(\d)_([a-z]+)_(\d+)\.wav$")
 # ---- Splits ----
 SPLITS = ("train", "validation", "test")
 NUM_TRAIN = 55_000  # MNIST train images [0, NUM_TRAIN) are `train`, the rest `validation`.
-TEST_TAKES = 5  # FSDD takes [0, TEST_TAKES) are test recordings, the rest train/validation recordings.
+# FSDD recordings by take (0-49 in every speaker and digit); every take not listed here is a train take.
+TEST_TAKES = range(0, 5)
+VALIDATION_TAKES = range(5, 10)
+assert not set(TEST_TAKES) & set(VALIDATION_TAKES)
 NUM_CLASSES = 10
 
 # ---- Image ----
@@ -215,7 +224,9 @@ def read_raw(mnist_paths: dict[str, str], recordings_dir: str) -> RawData:
   for split in SPLITS:
     missing = [d for d, pool in enumerate(recording_pools(raw, split)) if not len(pool)]
     if missing:
-      raise DataError(f"{recordings_dir}: no {split} recordings (takes) of digit(s) {missing}")
+      raise DataError(
+        f"{recordings_dir}: no {split} recordings ({split_takes_text(split)}) of digit(s) {missing}"
+      )
   return raw
 
 
@@ -233,12 +244,33 @@ def split_images(raw: RawData, split: str) -> tuple[np.ndarray, np.ndarray]:
   raise DataError(f"unknown avmnist split {split!r}; known: {', '.join(SPLITS)}")
 
 
+def take_split(take: int) -> str:
+  """The split an FSDD take is heard in: `TEST_TAKES` test, `VALIDATION_TAKES` validation, any other train."""
+  if take in TEST_TAKES:
+    return "test"
+  if take in VALIDATION_TAKES:
+    return "validation"
+  return "train"
+
+
+def split_takes_text(split: str) -> str:
+  """The takes of `split` in words, for error messages."""
+  test, validation = (f"{r.start}-{r.stop - 1}" for r in (TEST_TAKES, VALIDATION_TAKES))
+  return {"test": f"takes {test}", "validation": f"takes {validation}"}.get(
+    split, f"takes other than {test} and {validation}"
+  )
+
+
 def recording_pools(raw: RawData, split: str) -> list[np.ndarray]:
-  """Per digit, the indices (into `raw.recordings`, sorted) of the recordings `split` may use."""
-  test = split == "test"
+  """Per digit, the indices (into `raw.recordings`, sorted) of the recordings `split` may use.
+
+  The three splits' pools are disjoint and together hold every recording (see `take_split`).
+  """
+  if split not in SPLITS:
+    raise DataError(f"unknown avmnist split {split!r}; known: {', '.join(SPLITS)}")
   parsed = [parse_recording(n) for n in raw.recordings]
   return [
-    np.array([i for i, (d, _, take) in enumerate(parsed) if d == digit and (take < TEST_TAKES) == test], int)
+    np.array([i for i, (d, _, take) in enumerate(parsed) if d == digit and take_split(take) == split], int)
     for digit in range(NUM_CLASSES)
   ]
 
@@ -356,7 +388,7 @@ class SpectrogramScale:
 
 
 def fit_spectrogram_scale(train_waves: np.ndarray) -> SpectrogramScale:
-  """The scale from clean training recordings (pass takes 5-49 only), shared by clean and noisy configs."""
+  """The scale from clean training recordings (pass train takes only), shared by clean and noisy configs."""
   db = np.empty((len(train_waves), SPEC_SIZE, SPEC_SIZE))
   for start in range(0, len(train_waves), _CHUNK):
     db[start : start + _CHUNK] = log_power_spectrogram(train_waves[start : start + _CHUNK])
@@ -395,7 +427,7 @@ class Preprocessing:
 
 
 def fit_preprocessing(raw: RawData) -> Preprocessing:
-  """PCA on the train split's images; spectrogram scale on the clean train/validation recordings."""
+  """PCA on the train split's images; spectrogram scale on the clean train recordings (not validation's)."""
   train_recordings = np.concatenate(recording_pools(raw, "train"))
   return Preprocessing(
     pca=fit_image_pca(split_images(raw, "train")[0]),
@@ -496,12 +528,14 @@ def resolve_manual_dir(manual_dir: str | None) -> str | None:
 class Avmnist(tfds.core.GeneratorBasedBuilder):
   """TFDS builder for avmnist; element `i` of a split is example `i` of its `iter_split`."""
 
-  VERSION = tfds.core.Version("1.3.0")
+  VERSION = tfds.core.Version("1.4.0")
   RELEASE_NOTES = {
     "1.0.0": "First release (noisy: -6 dB SNR).",
     "1.1.0": "noisy: -7 dB SNR, recalibrated for the He-initialised audio LeNet.",
     "1.2.0": "noisy: -8 dB SNR, recalibrated for the audio LeNet on mean-centred spectrograms.",
     "1.3.0": "float64 preprocessing: stored bytes independent of batch size, row position and CPU.",
+    "1.4.0": "Validation audio from FSDD takes 5-9, heard in neither train nor test (train: takes 10-49, "
+    "test: takes 0-4 as before); spectrogram scale fitted on the train takes 10-49 only.",
   }
   BUILDER_CONFIGS = [
     AvmnistConfig(
@@ -517,6 +551,39 @@ class Avmnist(tfds.core.GeneratorBasedBuilder):
   def __init__(self, *, manual_dir: str | None = None, **kwargs: Any):
     self._manual_dir = manual_dir
     super().__init__(**kwargs)
+
+  @classmethod
+  def make_config(
+    cls, config: str | None, options: Mapping[str, Any], *, manual_dir: str | None, data_dir: str
+  ) -> str | AvmnistConfig | None:
+    """A named config, or with `dataset.options.snr_db` that config at another noise level.
+
+    The noise level is the one number the benchmark is calibrated by (on validation audio-only accuracy,
+    see docs/datasets.md), so it is an option: `--config.dataset.options.snr_db=-9` prepares
+    `noisy_snr_m9` beside `noisy`. None, or the named config's own level, is the named config.
+    """
+    del manual_dir, data_dir
+    unknown = sorted(set(options) - {"snr_db"})
+    if unknown:
+      raise ConfigError(f"dataset 'avmnist' takes only dataset.options.snr_db; got {', '.join(unknown)}")
+    snr_db = options.get("snr_db")
+    if snr_db is None:
+      return config
+    if isinstance(snr_db, bool) or not isinstance(snr_db, int | float):
+      raise ConfigError(f"dataset.options.snr_db must be a number of dB, got {snr_db!r}")
+    names = {c.name: c for c in cls.BUILDER_CONFIGS}
+    base = names.get(config or "noisy")
+    if base is None:
+      raise ConfigError(f"dataset 'avmnist' has no config {config!r}; configs: {', '.join(names)}")
+    if base.snr_db == snr_db:
+      return base.name
+    level = f"snr_{snr_db:g}".replace("-", "m").replace(".", "p")
+    return dataclasses.replace(
+      base,
+      name=f"{base.name}_{level}",
+      description=f"{base.name}, audio noise at {snr_db} dB SNR (dataset.options.snr_db).",
+      snr_db=float(snr_db),
+    )
 
   def _info(self) -> tfds.core.DatasetInfo:
     return local_dataset_info(

@@ -348,16 +348,17 @@ class LeNet(nn.Module):
   Without it (the default, kept for the runs measured before BatchNorm existed) convs have biases. Then
   nothing restores the activation scale, so the kernels start with He (fan-in, relu) initialisation:
   with Flax's default LeCun init each relu layer halves the signal variance, and the six-block audio LeNet
-  then sits on the ln(10) loss plateau for most of an epoch (AV-MNIST concat fusion, 1 epoch: 64% test
-  accuracy with LeCun init, 82% with He). He init is kept with BatchNorm, where the scale no longer matters.
+  then sits on the ln(10) loss plateau for most of an epoch. He init is kept with BatchNorm, where the
+  scale no longer matters.
 
   `center_input` subtracts each example's mean before the first conv. The noisy AV-MNIST spectrogram is
   mostly a constant offset (mean 0.51, std 0.26 in the pipeline's [-1, 1] units); uncentred, that offset
   dominates every first-layer response, all examples start with nearly parallel features, and SGD sits on
-  the ln(10) plateau for a seed-dependent part of the epoch (audio-only, -7 dB, seed 0: still at loss 2.30
-  after 413 steps; centred: leaves it by step 300 and ends the epoch at 80% test accuracy instead of 68%).
-  Centring, not standardising: dividing by each example's std as well quadruples the input scale, and at
-  the reference's SGD lr 0.1 one seed diverged within 6 steps.
+  the ln(10) plateau for a seed-dependent part of the epoch (audio-only, -7 dB, seed 0: still at training
+  loss 2.30 after 413 steps; centred, it leaves the plateau by step 300). Centring, not standardising:
+  dividing by each example's std as well quadruples the input scale, and at the reference's SGD lr 0.1 one
+  seed diverged within 6 steps. BatchNorm after the first conv removes the offset, so the reference
+  (`batch_norm=True`, configs/avmnist/base.py) does not centre.
 
   Attributes:
     channels: output channels of the first conv.
