@@ -79,6 +79,22 @@ def retrieval_metrics(queries, targets, query_keys, target_keys, *, chunk: int =
   return summarize(*rank_queries(queries, targets, query_keys, target_keys, chunk=chunk))
 
 
+def pair_ceiling(query_keys: np.ndarray, target_keys: np.ndarray, recall_at=RECALL_AT) -> dict[str, float]:
+  """The best expected paired-item R@K and mAP when pairs share nothing beyond their description.
+
+  If a query's paired target is one of `n` targets with its description and nothing else links the two
+  (duplicate captions, AV-MNIST's random pairing within a digit), the best a model can do is rank those
+  `n` first in an order unrelated to the pairing: the pair lands at each of ranks 1..n with probability
+  1/n, so R@K = min(1, K/n) and AP = (1 + 1/2 + ... + 1/n) / n, averaged over queries.
+  """
+  values, counts = np.unique(np.asarray(target_keys), return_counts=True)
+  n = counts[np.searchsorted(values, np.asarray(query_keys))].astype(np.float64)
+  harmonic = np.array([np.sum(1.0 / np.arange(1, m + 1)) for m in range(int(n.max()) + 1)])
+  out = {f"R@{k}": float(np.mean(np.minimum(1.0, k / n))) for k in recall_at}
+  out["mAP"] = float(np.mean(harmonic[n.astype(int)] / n))
+  return out
+
+
 def description_keys(columns: list[np.ndarray]) -> np.ndarray:
   """One int id per example, equal exactly when the examples agree on every column (e.g. shape, colour)."""
   if not columns:

@@ -9,7 +9,7 @@ import pytest
 
 from configs.retrieval import tiny
 from conftest import run_python, run_steps
-from mmlearn import config_checks, data, optim, train
+from mmlearn import config_checks, data, optim, retrieval_metrics, train
 from mmlearn import parallel as parallel_lib
 from mmlearn.data import mmshapes, pipeline
 from mmlearn.errors import ConfigError
@@ -154,6 +154,7 @@ def test_relevance_keys_pair_or_description(retrieval_data):
   config.retrieval.relevance = ()
   pair = TASKS.get("retrieval")(config, info=info, vocab_size=60)
   assert pair.relevance_rule == "pair"
+  assert task.summary_metric == pair.summary_metric == "pair/image_to_text/R@1"  # The headline is paired.
   np.testing.assert_array_equal(pair.relevance_keys(sources["test"]), np.arange(256))
 
 
@@ -172,8 +173,13 @@ def trained_run(retrieval_data, tmp_path_factory):
   return workdir, train.train_and_evaluate(config, str(workdir))
 
 
-def test_clip_learns_to_retrieve_far_above_chance(trained_run):
+def test_clip_learns_to_retrieve_far_above_chance(trained_run, retrieval_data):
   workdir, results = trained_run
+  directory, sources, info = retrieval_data
+  keys = TASKS.get("retrieval")(tiny_config(directory), info=info, vocab_size=60).relevance_keys(
+    sources["test"]
+  )
+  ceiling = retrieval_metrics.pair_ceiling(keys, keys)
   for direction in ("image_to_text", "text_to_image"):
     learned = {k: results[f"test/{RULE}/{direction}/{k}"] for k in ("R@1", "R@10", "median_rank", "mAP")}
     chance = {
@@ -184,6 +190,13 @@ def test_clip_learns_to_retrieve_far_above_chance(trained_run):
     # Learned after 120 steps (seed 0): R@1 0.10 / 0.055, R@10 0.47 / 0.41, median rank 12 / 15, mAP 0.14.
     assert learned["R@1"] > 0.03 and learned["R@10"] > 3 * chance["R@10"], (learned, chance)
     assert learned["median_rank"] < chance["median_rank"] / 2 and learned["mAP"] > 3 * chance["mAP"]
+    # The paired rule is reported beside it and is the stricter one: the paired item is one of the items
+    # with its description, so it can only rank lower than the best of them.
+    for k in ("R@1", "R@5", "R@10"):
+      assert 0 <= results[f"test/pair/{direction}/{k}"] <= results[f"test/{RULE}/{direction}/{k}"]
+      assert results[f"test/pair/ceiling/{direction}/{k}"] == pytest.approx(ceiling[k])
+    assert results[f"test/pair/random/{direction}/R@10"] < 0.1  # 10 of 256 items: about 4%.
+    assert results[f"test/pair/{direction}/R@10"] > 2 * results[f"test/pair/random/{direction}/R@10"]
   last = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
   assert last[f"validation/{RULE}/image_to_text/R@5"] == pytest.approx(
     results[f"validation/{RULE}/image_to_text/R@5"]

@@ -17,7 +17,7 @@ def test_avmnist_retrieval_trains_and_ranks_by_digit(avmnist_data_dir, tmp_path)
   )
   config.optimizer.warmup_steps = 1
   results = train.train_and_evaluate(config, str(tmp_path / "run"))
-  for prefix in ("test/same_label", "test/same_label/random"):
+  for prefix in ("test/pair", "test/pair/random", "test/same_label", "test/same_label/random"):
     for direction in ("audio_to_image", "image_to_audio"):
       metrics = {
         k: results[f"{prefix}/{direction}/{k}"] for k in ("R@1", "R@5", "R@10", "median_rank", "mAP")

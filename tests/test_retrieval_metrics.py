@@ -87,3 +87,24 @@ def test_description_keys_are_equal_exactly_when_every_column_is():
   np.testing.assert_array_equal(same, expected)
   with pytest.raises(ValueError, match="at least one column"):
     rm.description_keys([])
+
+
+def test_pair_ceiling_by_hand_and_by_an_oracle_that_knows_only_descriptions():
+  keys = np.array([0, 0, 0, 1, 1, 2])  # Groups of 3, 2 and 1 items share a description.
+  ceiling = rm.pair_ceiling(keys, keys)
+  assert ceiling["R@1"] == pytest.approx((3 * (1 / 3) + 2 * (1 / 2) + 1) / 6)
+  assert ceiling["R@5"] == ceiling["R@10"] == 1.0
+  assert ceiling["mAP"] == pytest.approx((3 * (11 / 6) / 3 + 2 * 1.5 / 2 + 1) / 6)
+  # An oracle ranks each query's description first, in an order unrelated to the pairing: on average
+  # its paired-item metrics are the ceiling.
+  rng = np.random.default_rng(0)
+  keys = rng.integers(0, 8, size=64)
+  queries = np.eye(8, dtype=np.float32)[keys]
+  draws = []
+  for _ in range(300):
+    targets = queries * rng.uniform(1.0, 2.0, size=(64, 1)).astype(np.float32)
+    ranks, aps = rm.rank_queries(queries, targets, np.arange(64), np.arange(64))
+    draws.append(rm.summarize(ranks, aps))
+  expected = rm.pair_ceiling(keys, keys)
+  for name in ("R@1", "R@5", "mAP"):
+    assert np.mean([d[name] for d in draws]) == pytest.approx(expected[name], abs=0.01), name

@@ -1,9 +1,10 @@
 """Image <-> caption retrieval on mmshapes' `retrieval` build, CLIP loss.
 
 Towers: the default config's CNN (image) and LSTM (text), each projected to a 64-d unit-norm embedding.
-Every caption names shape, colour, size and quadrant, so items with the same four attributes are equally
-right answers: relevance is "same description" (128 descriptions; about 32 relevant items per query in
-the 4,096-item test split).
+The headline counts only the paired item as right (rule `pair`). Every caption names shape, colour, size
+and quadrant, so items with the same four attributes are also fair answers; `relevance` reports that
+lenient rule beside it (128 descriptions; about 32 relevant items per query in the 4,096-item test
+split).
 """
 
 import ml_collections

@@ -5,10 +5,12 @@ Training follows the task contract of `mmlearn.tasks.classification` (`init`, `l
 `RetrievalEvaluator`, which embeds a whole split once and ranks every item of one modality against every
 item of the other, both ways (`mmlearn.retrieval_metrics`).
 
-Relevance is set by `config.retrieval.relevance`: `()` means the paired item only (rule "pair");
-feature names such as `("shape", "colour", "size", "quadrant")` or `("label",)` mean any item whose
-features all agree (rule "same_shape_colour_size_quadrant", "same_label"). The rule is part of every
-metric name, e.g. `test/same_label/audio_to_image/R@1`, so a number never travels without its rule.
+Every split is ranked with the paired item as the only right answer (rule "pair", the headline and the
+task's summary metric). `config.retrieval.relevance` adds a lenient rule beside it: feature names such as
+`("shape", "colour", "size", "quadrant")` or `("label",)` count any item whose features all agree (rule
+"same_shape_colour_size_quadrant", "same_label"). The rule is part of every metric name, e.g.
+`test/pair/audio_to_image/R@1` and `test/same_label/audio_to_image/R@1`, so a number never travels
+without its rule.
 """
 
 from typing import Any
@@ -73,14 +75,14 @@ class RetrievalTask:
     self.random_baseline = settings.random_baseline
     logging.info(
       "retrieval: train/batch_accuracy counts only the paired item as right, so it looks low when a batch "
-      "holds items with the same description (e.g. duplicate captions); evaluation ranks by "
-      "config.retrieval.relevance"
+      "holds items with the same description (e.g. duplicate captions); evaluation reports the paired "
+      "rule and, with config.retrieval.relevance, the same-description rule beside it"
     )
 
   @property
   def summary_metric(self) -> str:
     a, b = self.modalities
-    return f"{self.relevance_rule}/{a}_to_{b}/R@1"
+    return f"pair/{a}_to_{b}/R@1"
 
   @property
   def relevance_rule(self) -> str:
@@ -169,21 +171,28 @@ class RetrievalEvaluator(SplitPass):
     return {m: gathered[m][real][order] for m in self.task.modalities}
 
   def run(self, variables: dict[str, Any]):
+    """The paired item is the headline rule; a `retrieval.relevance` adds its lenient rule beside it."""
     embeddings = self.embed_split(variables)
-    keys = self.task.relevance_keys(self.source)
-    rule = self.task.relevance_rule
+    rules = [("pair", np.arange(len(self.source)))]
+    if self.task.relevance:
+      rules.append((self.task.relevance_rule, self.task.relevance_keys(self.source)))
     logging.info(
-      "retrieval on %s (%d items): relevant = %s",
-      self.split,
-      len(keys),
-      f"same {', '.join(self.task.relevance)}" if self.task.relevance else "the paired item only",
+      "retrieval on %s (%d items): rules %s", self.split, len(self.source), ", ".join(r for r, _ in rules)
     )
-    yield from self._directions(embeddings, keys, f"{self.split}/{rule}")
-    if self.task.random_baseline:  # Same relevance, embeddings uniform on the sphere: the chance level.
+    noise = None
+    if self.task.random_baseline:  # Embeddings uniform on the sphere: the chance level of each rule.
       rng = np.random.default_rng(RANDOM_BASELINE_SEED)
       noise = {m: rng.standard_normal(e.shape).astype(np.float32) for m, e in embeddings.items()}
       noise = {m: x / np.linalg.norm(x, axis=1, keepdims=True) for m, x in noise.items()}
-      yield from self._directions(noise, keys, f"{self.split}/{rule}/random")
+    for rule, keys in rules:
+      yield from self._directions(embeddings, keys, f"{self.split}/{rule}")
+      if noise is not None:
+        yield from self._directions(noise, keys, f"{self.split}/{rule}/random")
+    if len(rules) > 1:  # What the paired rule allows when a pair is known only by its description.
+      a, b = self.task.modalities
+      for name, value in retrieval_metrics.pair_ceiling(rules[1][1], rules[1][1]).items():
+        for query, target in ((a, b), (b, a)):
+          yield f"{self.split}/pair/ceiling/{query}_to_{target}/{name}", value
 
   def _directions(self, embeddings: dict[str, np.ndarray], keys: np.ndarray, prefix: str):
     a, b = self.task.modalities
