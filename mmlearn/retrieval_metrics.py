@@ -89,7 +89,7 @@ def pair_ceiling(query_keys: np.ndarray, target_keys: np.ndarray, recall_at=RECA
   """
   values, counts = np.unique(np.asarray(target_keys), return_counts=True)
   n = counts[np.searchsorted(values, np.asarray(query_keys))].astype(np.float64)
-  harmonic = np.array([np.sum(1.0 / np.arange(1, m + 1)) for m in range(int(n.max()) + 1)])
+  harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, int(n.max()) + 1))])  # harmonic[m] = H(m)
   out = {f"R@{k}": float(np.mean(np.minimum(1.0, k / n))) for k in recall_at}
   out["mAP"] = float(np.mean(harmonic[n.astype(int)] / n))
   return out

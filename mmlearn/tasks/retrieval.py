@@ -173,24 +173,23 @@ class RetrievalEvaluator(SplitPass):
   def run(self, variables: dict[str, Any]):
     """The paired item is the headline rule; a `retrieval.relevance` adds its lenient rule beside it."""
     embeddings = self.embed_split(variables)
-    rules = [("pair", np.arange(len(self.source)))]
+    rules = {"pair": np.arange(len(self.source))}
     if self.task.relevance:
-      rules.append((self.task.relevance_rule, self.task.relevance_keys(self.source)))
-    logging.info(
-      "retrieval on %s (%d items): rules %s", self.split, len(self.source), ", ".join(r for r, _ in rules)
-    )
+      description = self.task.relevance_keys(self.source)
+      rules[self.task.relevance_rule] = description
+    logging.info("retrieval on %s (%d items): rules %s", self.split, len(self.source), ", ".join(rules))
     noise = None
     if self.task.random_baseline:  # Embeddings uniform on the sphere: the chance level of each rule.
       rng = np.random.default_rng(RANDOM_BASELINE_SEED)
       noise = {m: rng.standard_normal(e.shape).astype(np.float32) for m, e in embeddings.items()}
       noise = {m: x / np.linalg.norm(x, axis=1, keepdims=True) for m, x in noise.items()}
-    for rule, keys in rules:
+    for rule, keys in rules.items():
       yield from self._directions(embeddings, keys, f"{self.split}/{rule}")
       if noise is not None:
         yield from self._directions(noise, keys, f"{self.split}/{rule}/random")
-    if len(rules) > 1:  # What the paired rule allows when a pair is known only by its description.
+    if self.task.relevance:  # What the paired rule allows when a pair is known only by its description.
       a, b = self.task.modalities
-      for name, value in retrieval_metrics.pair_ceiling(rules[1][1], rules[1][1]).items():
+      for name, value in retrieval_metrics.pair_ceiling(description, description).items():
         for query, target in ((a, b), (b, a)):
           yield f"{self.split}/pair/ceiling/{query}_to_{target}/{name}", value
 
