@@ -13,7 +13,9 @@ settings cut it without changing what any test asserts:
     compare runs make both under the same flags.
 """
 
+import contextlib
 import functools
+import importlib
 import os
 import subprocess
 import sys
@@ -89,6 +91,48 @@ def run_python(args: list[str], *, env: dict[str, str] | None = None, timeout: i
   return subprocess.run(
     [sys.executable, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
   )
+
+
+@contextlib.contextmanager
+def own_flags():
+  """Removes the absl flags defined inside the block (by importing a script or `mmlearn.main`) when it ends.
+
+  Several entry points define `--config`; tests that import one in-process undefine its flags after use,
+  so the next can define its own in the same worker.
+  """
+  from absl import flags
+
+  before = set(flags.FLAGS)
+  try:
+    yield
+  finally:
+    flags.FLAGS.unparse_flags()
+    for name in set(flags.FLAGS) - before:
+      delattr(flags.FLAGS, name)
+
+
+def main_in_process(argv: list[str], capsys) -> tuple[int, str]:
+  """(exit status, stderr) of `python -m mmlearn.main ARGV`, run in this process.
+
+  The command line's own work (absl's flag parsing, the config file, the exit status and its one
+  `error:` line) without a fresh interpreter importing JAX again. `mmlearn.main` is imported afresh, and
+  its flags (with the `--config.*` overrides the parse defined) undefined after, so nothing leaks
+  between calls.
+  """
+  capsys.readouterr()
+  saved_argv, sys.argv = sys.argv, ["mmlearn.main", *argv]  # config_flags reads its overrides from it.
+  status = 0
+  try:
+    with own_flags():
+      sys.modules.pop("mmlearn.main", None)
+      main = importlib.import_module("mmlearn.main")
+      main.main(main.parse_flags(sys.argv))
+  except SystemExit as e:
+    status = e.code if isinstance(e.code, int) else 1
+  finally:
+    sys.argv = saved_argv
+    sys.modules.pop("mmlearn.main", None)
+  return status, capsys.readouterr().err
 
 
 def run_steps(par, task, tx, variables, batches, *, ema_decay=0.0):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_python
+from conftest import own_flags, run_python
 from mmlearn import data
 from mmlearn.errors import ConfigError
 from mmlearn.models.encoders import ImageCNN, PatchConv, max_pool_2x2
@@ -26,7 +26,8 @@ print(f"keras_seed examples_per_s={a.batch * 10:.1f} epoch_s=[1.0, 0.5, 0.5]")
 def benchmark_module():
   sys.path.insert(0, "scripts")
   try:
-    import benchmark
+    with own_flags():  # Its functions only: other tests define `--config` in this worker too.
+      import benchmark
   finally:
     sys.path.remove("scripts")
   return benchmark

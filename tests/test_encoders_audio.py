@@ -11,12 +11,13 @@ from mmlearn.models.encoders import ENCODERS, LeNet, SpectrogramLSTM
 
 
 def init_apply(module, x):
-  params = module.init(jax.random.PRNGKey(0), x)
-  return params, module.apply(params, x)
+  """Jitted: one compilation of the module is faster than compiling each of its ops for an eager call."""
+  params = jax.jit(module.init)(jax.random.PRNGKey(0), x)
+  return params, jax.jit(module.apply)(params, x)
 
 
 def finite_nonzero_gradients(module, params, x) -> bool:
-  grads = jax.grad(lambda p: jnp.sum(module.apply(p, x) ** 2))(params)
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(module.apply(p, x) ** 2)))(params)
   leaves = jax.tree_util.tree_leaves(grads)
   return all(bool(jnp.isfinite(g).all()) for g in leaves) and sum(float(jnp.abs(g).sum()) for g in leaves) > 0
 

@@ -1,11 +1,11 @@
-"""The command line: a tiny end-to-end run, and one clear error line for bad input."""
+"""The command line: a tiny end-to-end run (a fresh interpreter), and one clear error line for bad input."""
 
 import json
 import os
 
 import pytest
 
-from conftest import run_python
+from conftest import main_in_process, run_python
 
 
 def run_main(tmp_path, data_dir, *flags):
@@ -32,9 +32,10 @@ def test_main_runs_end_to_end(data_dir, tmp_path):
     ("--config.model.fusion=nope", "unknown fusion 'nope'"),
   ],
 )
-def test_bad_input_gives_one_error_line_and_nonzero_exit(data_dir, tmp_path, flag, message):
-  result = run_main(tmp_path, data_dir, flag)
-  assert result.returncode != 0
-  error_lines = [line for line in result.stderr.splitlines() if message in line]
-  assert error_lines, result.stderr[-3000:]
-  assert "Traceback" not in result.stderr
+def test_bad_input_gives_one_error_line_and_nonzero_exit(capsys, data_dir, tmp_path, flag, message):
+  argv = ["--config=configs/tiny.py", f"--workdir={tmp_path}", f"--config.dataset.data_dir={data_dir}", flag]
+  status, stderr = main_in_process(argv, capsys)
+  assert status != 0
+  error_lines = [line for line in stderr.splitlines() if message in line]
+  assert error_lines, stderr[-3000:]
+  assert "Traceback" not in stderr and not os.path.exists(tmp_path / "config.json")

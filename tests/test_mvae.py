@@ -232,12 +232,12 @@ def test_private_latent_is_the_image_encoders_own_and_its_kl_is_never_annealed(
   """The tiny config's image has a 2-wide private latent (configs/mvae/mmshapes.py); the text has none."""
   task, batch, params = task_and_batch
   assert task.private_dims == {"image": 2, "text": 0}
-  shared, private = task.experts(params, batch)
+  shared, private = jax.jit(task.experts)(params, batch)  # Jitted: faster than compiling op by op.
   assert {m: mu.shape for m, (mu, _) in shared.items()} == {"image": (8, 8), "text": (8, 8)}
   assert {m: mu.shape for m, (mu, _) in private.items()} == {"image": (8, 2)}
   mu, logvar = private["image"]
   expected_kl = float(mvae.gaussian_kl(mu, logvar).mean())
-  _, metrics, _ = task.loss(params, batch, jax.random.PRNGKey(3), step=0)  # Shared KL weight 0 at step 0.
+  _, metrics, _ = jax.jit(task.loss)(params, batch, jax.random.PRNGKey(3), step=0)  # Shared KL weight 0 at 0.
   m = {k: float(v) for k, v in metrics.items()}
   assert float(metrics["kl_weight"]) == 0.0 and "from_text/kl_private_text" not in m
   for subset in ("joint", "from_image", "from_text"):  # Every subset reconstructs the image.
@@ -249,10 +249,12 @@ def test_private_latent_is_the_image_encoders_own_and_its_kl_is_never_annealed(
   config.mvae.private_dims.image = 0
   config.mvae.decoders.image.translate = False
   plain = TASKS.get("mvae")(config, vocab_size=VOCAB)
-  plain_params = plain.init(jax.random.PRNGKey(0), batch)
+  plain_params = jax.eval_shape(plain.init, jax.random.PRNGKey(0), batch)
   assert plain_params["params"]["encoder_image"]["mu"]["kernel"].shape[-1] == 8
   assert params["params"]["encoder_image"]["mu"]["kernel"].shape[-1] == 10
-  assert not [k for k in plain.loss(plain_params, batch, jax.random.PRNGKey(3))[1] if "private" in k]
+  assert not [
+    k for k in jax.eval_shape(plain.loss, plain_params, batch, jax.random.PRNGKey(3))[1] if "private" in k
+  ]
 
 
 def test_step_reaches_the_loss_through_train_step(task_and_batch, retrieval_tiny_data):
@@ -273,7 +275,8 @@ def test_step_reaches_the_loss_through_train_step(task_and_batch, retrieval_tiny
 def test_sampling_is_deterministic_under_a_fixed_key(task_and_batch):
   task, batch, params = task_and_batch
   for target, condition in (("image", "text"), ("text", "image")):
-    draw = functools.partial(task.sample, params, batch, condition=(condition,), target=target, num_samples=3)
+    sample = jax.jit(task.sample, static_argnames=("condition", "target", "num_samples"))
+    draw = functools.partial(sample, params, batch, condition=(condition,), target=target, num_samples=3)
     first, mask = draw(jax.random.PRNGKey(0), 1.0)
     again, _ = draw(jax.random.PRNGKey(0), 1.0)
     other, _ = draw(jax.random.PRNGKey(1), 1.0)
@@ -298,10 +301,11 @@ def test_impute_keeps_present_inputs_and_fills_absent_ones(task_and_batch):
   np.testing.assert_array_equal(out["label"], batch["label"])
   # A modality missing from the batch altogether is decoded for every example.
   images_only = {k: batch[k] for k in ("image", "label")}
-  filled = task.impute(params, images_only, {"image": np.ones(8, bool)}, jax.random.PRNGKey(1), 0.0)
+  impute = jax.jit(task.impute, static_argnames="targets")
+  filled = impute(params, images_only, {"image": np.ones(8, bool)}, jax.random.PRNGKey(1), 0.0)
   assert filled["text"].shape == (8, 16) and filled["text_mask"].shape == (8, 16)
   # `targets` decodes only those modalities: the others come back as they were, absent rows included.
-  only_image = task.impute(params, batch, present, jax.random.PRNGKey(0), targets=("image",))
+  only_image = impute(params, batch, present, jax.random.PRNGKey(0), targets=("image",))
   np.testing.assert_array_equal(only_image["image"][:4], batch["image"][:4])  # Present: copied.
   # Imputed: the same z and decoder, but another program (XLA may block its kernels differently).
   np.testing.assert_allclose(only_image["image"][4:], out["image"][4:], rtol=0, atol=1e-6)
@@ -346,7 +350,8 @@ def test_an_examples_draws_depend_on_its_own_key_only(task_and_batch):
     np.testing.assert_allclose(half[name], full[name][:4], rtol=1e-5, atol=1e-3, err_msg=name)
   assert not np.allclose(other["joint/recon_image"], full["joint/recon_image"], rtol=1e-3)
   # Samples: each example's key is split into one per sample (tokens: one categorical draw per row).
-  draw = functools.partial(task.sample, params, condition=("image",), target="text", num_samples=3)
+  sample = jax.jit(task.sample, static_argnames=("condition", "target", "num_samples"))
+  draw = functools.partial(sample, params, condition=("image",), target="text", num_samples=3)
   (tokens, mask), (tokens_half, mask_half) = draw(batch, keys, 1.0), draw(first_half, keys[:4], 1.0)
   assert tokens.shape == (8, 3, 16) and not np.array_equal(tokens[:, 0], tokens[:, 1])  # Samples differ.
   np.testing.assert_array_equal(tokens_half, tokens[:4])  # Discrete: exact.

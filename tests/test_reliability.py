@@ -1,8 +1,9 @@
 """Reliability: bad input is one line, a workdir cannot be corrupted, damaged checkpoints are caught.
 
 Errors raised by `train_and_evaluate` are checked in-process as the line `main` prints for them
-(`printed`); what only the command line does (flag parsing, config files, the exit status) runs
-`python -m mmlearn.main`, and so do the kill -9 runs.
+(`printed`); what only the command line does (flag parsing, config files, the exit status) runs `main`
+in-process too (`main_in_process`). A fresh `python -m mmlearn.main` runs where another process must
+hold the workdir's lock or log to its own stderr, and for the kill -9 runs.
 """
 
 import json
@@ -16,13 +17,13 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import run_python
+from conftest import main_in_process, run_python
 from mmlearn import checkpoint, errors, train, workdir
 from mmlearn.errors import CheckpointError, DivergedError, WorkdirError
 
 
 def cli(*argv: str) -> tuple[int, str]:
-  """(exit status, stderr) of `python -m mmlearn.main ARGV`."""
+  """(exit status, stderr) of `python -m mmlearn.main ARGV`, in a fresh interpreter."""
   result = run_python(["-m", "mmlearn.main", *argv])
   return result.returncode, result.stderr
 
@@ -118,16 +119,16 @@ def test_bad_config_is_one_line_and_writes_nothing(tiny_config, tmp_path, key, v
 
 
 @pytest.mark.parametrize("name", sorted(BAD_CONFIG_FILES))
-def test_broken_config_file_is_one_line_naming_file_and_line(tmp_path, name):
+def test_broken_config_file_is_one_line_naming_file_and_line(capsys, tmp_path, name):
   text, line = BAD_CONFIG_FILES[name]
   (tmp_path / name).write_text(text)
-  status, stderr = cli(f"--config={tmp_path / name}", f"--workdir={tmp_path}/w")
+  status, stderr = main_in_process([f"--config={tmp_path / name}", f"--workdir={tmp_path}/w"], capsys)
   assert status == 1 and "Traceback" not in stderr
   assert error_lines(stderr) == [f"error: ConfigError: {tmp_path}/{line}"]
 
 
-def test_missing_config_file_and_unusable_workdirs_are_one_line(tmp_path):
-  status, stderr = cli(f"--config={tmp_path}/nope.py", f"--workdir={tmp_path}/w")
+def test_missing_config_file_and_unusable_workdirs_are_one_line(capsys, tmp_path):
+  status, stderr = main_in_process([f"--config={tmp_path}/nope.py", f"--workdir={tmp_path}/w"], capsys)
   assert (status, error_lines(stderr)) == (1, [f"error: ConfigError: no config file '{tmp_path}/nope.py'"])
   (tmp_path / "file").write_text("")
   cases = {
@@ -137,7 +138,7 @@ def test_missing_config_file_and_unusable_workdirs_are_one_line(tmp_path):
     "--workdir=/dev/null/run": "error: NotADirectoryError: '/dev/null/run': Not a directory",
   }
   for flag, line in cases.items():
-    status, stderr = cli("--config=configs/tiny.py", flag)
+    status, stderr = main_in_process(["--config=configs/tiny.py", flag], capsys)
     assert (status, error_lines(stderr)) == (1, [line]) and "Traceback" not in stderr
 
 
