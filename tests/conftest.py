@@ -16,6 +16,7 @@ settings cut it without changing what any test asserts:
 import contextlib
 import functools
 import importlib
+import logging as std_logging
 import os
 import subprocess
 import sys
@@ -103,12 +104,15 @@ def own_flags():
   from absl import flags
 
   before = set(flags.FLAGS)
+  absl_level, unraisablehook = std_logging.getLogger("absl").level, sys.unraisablehook
   try:
     yield
   finally:
-    flags.FLAGS.unparse_flags()
+    flags.FLAGS.unparse_flags()  # This resets --verbosity, which sets the absl logger's level: restored.
     for name in set(flags.FLAGS) - before:
       delattr(flags.FLAGS, name)
+    std_logging.getLogger("absl").setLevel(absl_level)
+    sys.unraisablehook = unraisablehook
 
 
 def main_in_process(argv: list[str], capsys) -> tuple[int, str]:
