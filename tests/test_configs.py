@@ -62,7 +62,7 @@ def test_all_config_files_are_listed():
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda f: os.path.relpath(f, REPO))
 def test_config_resolves_and_builds_its_model(path):
   """Traced, not compiled: shapes and dtypes are what a config can get wrong; the tiny configs' own tests
-  train their models, so compiling 30 full-size models here would only add minutes."""
+  train their models, so compiling every full-size model here would only add minutes."""
   config = load(path)
   config_checks.check(config)
   name = config.dataset.name
