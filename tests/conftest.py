@@ -14,6 +14,7 @@ settings cut it without changing what any test asserts:
 """
 
 import contextlib
+import fcntl
 import functools
 import importlib
 import logging as std_logging
@@ -65,13 +66,21 @@ AVMNIST_MISSING = (
 
 @pytest.fixture(scope="session")
 def avmnist_data_dir(tmp_path_factory) -> str:
-  """A data dir holding the `tiny` AV-MNIST build (every split), built once per test process."""
+  """A data dir holding the `tiny` AV-MNIST build (every split), built once per test session.
+
+  pytest-xdist workers share it: the first to take the lock builds it in the directory above the
+  workers' own, the others wait for it and read it.
+  """
   from mmlearn import data
 
   if not os.path.isdir(AVMNIST_RAW):
     pytest.skip(AVMNIST_MISSING)
-  directory = str(tmp_path_factory.mktemp("avmnist_tfds"))
-  data.load_sources("avmnist", config="tiny", data_dir=directory, manual_dir=AVMNIST_RAW)
+  base = tmp_path_factory.getbasetemp()
+  directory = str((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "avmnist_tfds")
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, ".lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    data.load_sources("avmnist", config="tiny", data_dir=directory, manual_dir=AVMNIST_RAW)
   return directory
 
 

@@ -64,11 +64,23 @@ def assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.fixture(scope="module")
+def finished_once(data_dir, tmp_path_factory):
+  from configs import tiny
+
+  config = tiny.get_config()
+  config.dataset.data_dir = data_dir
+  directory = str(tmp_path_factory.mktemp("finished") / "run")
+  train.train_and_evaluate(config, directory)
+  return directory
+
+
 @pytest.fixture
-def finished(tiny_config, tmp_path):
-  """A finished 6-step tiny run with checkpoints at steps 4 and 6."""
+def finished(finished_once, tmp_path):
+  """A finished 6-step tiny run with checkpoints at steps 4 and 6: each test's own copy of one run, as the
+  tests damage, extend or lock it."""
   directory = str(tmp_path / "run")
-  train.train_and_evaluate(tiny_config, directory)
+  shutil.copytree(finished_once, directory)
   return directory
 
 
