@@ -57,6 +57,19 @@ def retrieval_tiny_data(tmp_path_factory):
   return directory, sources, info
 
 
+@pytest.fixture(scope="session")
+def mvae_tiny_run(retrieval_tiny_data, tmp_path_factory):
+  """(workdir, final metrics) of `configs/mvae/tiny.py` trained on the `retrieval_tiny` build, once per
+  test process: the MVAE tests read it, and generative imputation imputes with it."""
+  from configs.mvae import tiny
+  from mmlearn import train
+
+  config = tiny.get_config()
+  config.dataset.data_dir = retrieval_tiny_data[0]
+  workdir = tmp_path_factory.mktemp("mvae_run")
+  return workdir, train.train_and_evaluate(config, str(workdir))
+
+
 # The real AV-MNIST raw files (MNIST idx + FSDD wavs); the tests that need them skip when they are absent.
 AVMNIST_RAW = os.environ.get("MMLEARN_AVMNIST_DIR") or os.path.join(REPO, "..", "shared", "data", "avmnist")
 AVMNIST_MISSING = (

@@ -229,20 +229,14 @@ def test_generative_imputation_fills_absent_inputs_from_the_generator():
     missing.impute(batch, present, ("audio",), imputation="generative")
 
 
-def test_generative_imputation_with_a_trained_mvae_end_to_end(data_dir, tmp_path):
+def test_generative_imputation_with_a_trained_mvae_end_to_end(mvae_tiny_run, retrieval_tiny_data, tmp_path):
   from configs import tiny
-  from configs.mvae import tiny as mvae_tiny
   from mmlearn import train
 
-  mvae_config = mvae_tiny.get_config()
-  mvae_config.dataset.data_dir = data_dir
-  mvae_config.num_train_steps, mvae_config.eval_every_steps = 10, 0
-  train.train_and_evaluate(mvae_config, str(tmp_path / "mvae"))
-
   config = tiny.get_config()
-  config.dataset.data_dir = data_dir
+  config.dataset.data_dir = retrieval_tiny_data[0]
   config.dataset.config = "retrieval_tiny"  # The MVAE's build: the same inputs.
-  config.missing.update(imputation="generative", generative_workdir=str(tmp_path / "mvae"))
+  config.missing.update(imputation="generative", generative_workdir=str(mvae_tiny_run[0]))
   config.missing.train_rates.image = 0.5
   config.missing.test_rates.text = 0.5
   results = train.train_and_evaluate(config, str(tmp_path / "classifier"))

@@ -455,11 +455,9 @@ def test_image_metrics_are_saved_as_png_and_tensorboard_images(tmp_path):
 # ---- A tiny run: the ELBO rises, grids are written, the CLI generates from it ----
 
 
-@pytest.fixture(scope="module")
-def trained_run(retrieval_tiny_data, tmp_path_factory):
-  directory, _, _ = retrieval_tiny_data
-  workdir = tmp_path_factory.mktemp("mvae_run")
-  return workdir, train.train_and_evaluate(tiny_config(directory), str(workdir))
+@pytest.fixture
+def trained_run(mvae_tiny_run):
+  return mvae_tiny_run
 
 
 def test_training_raises_the_elbo_and_writes_sample_grids(trained_run):
