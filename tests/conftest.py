@@ -19,6 +19,7 @@ import functools
 import importlib
 import logging as std_logging
 import os
+import runpy
 import subprocess
 import sys
 
@@ -137,22 +138,28 @@ def own_flags():
     sys.unraisablehook = unraisablehook
 
 
-def main_in_process(argv: list[str], capsys) -> tuple[int, str]:
-  """(exit status, stderr) of `python -m mmlearn.main ARGV`, run in this process.
+def main_in_process(argv: list[str], capsys, *, script: str | None = None) -> tuple[int, str]:
+  """(exit status, stderr) of `python -m mmlearn.main ARGV` (or `python SCRIPT ARGV`), run in this process.
 
   The command line's own work (absl's flag parsing, the config file, the exit status and its one
-  `error:` line) without a fresh interpreter importing JAX again. `mmlearn.main` is imported afresh, and
+  `error:` line) without a fresh interpreter importing JAX again. The entry point is loaded afresh and
   its flags (with the `--config.*` overrides the parse defined) undefined after, so nothing leaks
-  between calls.
+  between calls. `mmlearn.main` parses with its own `parse_flags`, a script with absl's parser, as
+  `app.run` would.
   """
+  from absl import flags
+
   capsys.readouterr()
-  saved_argv, sys.argv = sys.argv, ["mmlearn.main", *argv]  # config_flags reads its overrides from it.
+  saved_argv, sys.argv = sys.argv, [script or "mmlearn.main", *argv]  # config_flags reads overrides here.
   status = 0
   try:
     with own_flags():
-      sys.modules.pop("mmlearn.main", None)
-      main = importlib.import_module("mmlearn.main")
-      main.main(main.parse_flags(sys.argv))
+      if script is None:
+        sys.modules.pop("mmlearn.main", None)
+        entry = vars(importlib.import_module("mmlearn.main"))
+      else:
+        entry = runpy.run_path(os.path.join(REPO, script), run_name="in_process")  # Not "__main__".
+      entry["main"](entry.get("parse_flags", flags.FLAGS)(sys.argv))
   except SystemExit as e:
     status = e.code if isinstance(e.code, int) else 1
   finally:

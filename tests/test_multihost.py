@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import run_python
+from conftest import main_in_process, run_python
 from mmlearn import parallel, train
 from mmlearn.errors import ConfigError
 
@@ -86,14 +86,14 @@ def test_main_in_two_processes_logs_once_and_resumes(tiny_config, data_dir, tmp_
     ([], {"MMLEARN_PROCESS_ID": "first"}, "$MMLEARN_PROCESS_ID must be an integer"),
   ],
 )
-def test_inconsistent_process_settings_give_one_error_line(tmp_path, args, env, message):
-  result = run_python(
-    ["-m", "mmlearn.main", "--config=configs/tiny.py", f"--workdir={tmp_path}", *args], env=env
-  )
-  assert result.returncode == 1
-  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-  assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
-  assert "Traceback" not in result.stderr
+def test_inconsistent_process_settings_give_one_error_line(capsys, monkeypatch, tmp_path, args, env, message):
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  status, stderr = main_in_process(["--config=configs/tiny.py", f"--workdir={tmp_path}", *args], capsys)
+  assert status == 1
+  errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and message in errors[0], stderr[-3000:]
+  assert "Traceback" not in stderr
 
 
 def test_no_process_settings_means_a_single_process_run():

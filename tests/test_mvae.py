@@ -18,7 +18,7 @@ from PIL import Image as PILImage
 from scipy import stats
 
 from configs.mvae import tiny
-from conftest import run_python
+from conftest import main_in_process, run_python
 from mmlearn import coherence, config_checks, optim, rngs, train
 from mmlearn import parallel as parallel_lib
 from mmlearn.data import mmshapes, pipeline
@@ -495,17 +495,18 @@ def test_generate_writes_a_png_grid_from_a_caption_or_an_example(trained_run, tm
     grid.unlink()
 
 
-def test_generate_reports_user_errors_in_one_line(trained_run, tmp_path):
+def test_generate_reports_user_errors_in_one_line(capsys, trained_run, tmp_path):
   workdir, _ = trained_run
-  result = generate(workdir, "--caption=a purple triangle")
-  assert result.returncode == 1
-  assert "error: DataError: unknown word 'purple'" in result.stderr and "Traceback" not in result.stderr
-  result = generate(tmp_path / "nowhere", "--caption=a red circle")
-  assert result.returncode == 1 and "config.json is missing" in result.stderr
+  generate = functools.partial(main_in_process, capsys=capsys, script="scripts/generate.py")
+  status, stderr = generate([f"--workdir={workdir}", "--caption=a purple triangle"])
+  assert status == 1
+  assert "error: DataError: unknown word 'purple'" in stderr and "Traceback" not in stderr
+  status, stderr = generate([f"--workdir={tmp_path / 'nowhere'}", "--caption=a red circle"])
+  assert status == 1 and "config.json is missing" in stderr
   config = json.loads((workdir / "config.json").read_text())
   (tmp_path / "config.json").write_text(json.dumps({**config, "task": "classification"}))
-  result = generate(tmp_path, "--caption=a red circle")
-  assert result.returncode == 1 and "is a 'classification' run" in result.stderr
+  status, stderr = generate([f"--workdir={tmp_path}", "--caption=a red circle"])
+  assert status == 1 and "is a 'classification' run" in stderr
 
 
 def test_coherence_cli_judges_generated_images(trained_run, retrieval_tiny_data, tmp_path):

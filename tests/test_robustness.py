@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 
-from conftest import run_python
+from conftest import main_in_process, run_python
 from mmlearn import robustness, train
 from mmlearn.data import missing
 from mmlearn.errors import ConfigError
@@ -86,7 +86,7 @@ def test_script_writes_the_curves_of_a_run_with_missing_modalities(tiny_config, 
   assert "| missing/text |" in table and "validation, 40 examples" in table
 
 
-def test_script_without_a_run_is_one_error_line(tmp_path):
-  result = run_python(["scripts/robustness.py", f"--workdir={tmp_path}"])
-  assert result.returncode == 1 and "error: WorkdirError" in result.stderr
-  assert "Traceback" not in result.stderr
+def test_script_without_a_run_is_one_error_line(capsys, tmp_path):
+  status, stderr = main_in_process([f"--workdir={tmp_path}"], capsys, script="scripts/robustness.py")
+  assert status == 1 and "error: WorkdirError" in stderr
+  assert "Traceback" not in stderr
