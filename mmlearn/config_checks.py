@@ -138,6 +138,10 @@ def check_core(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"unknown precision {config.precision!r}; known: {', '.join(PRECISIONS)}")
   if not 0 <= config.ema_decay < 1:
     raise ConfigError(f"ema_decay must be in [0, 1) (0: no moving average), got {config.ema_decay}")
+  if config.microbatch_size < 0:
+    raise ConfigError(
+      f"microbatch_size must be >= 0 (0: no gradient accumulation), got {config.microbatch_size}"
+    )
   for name, entry in config.evals.items():
     if not isinstance(entry, ml_collections.ConfigDict | dict):
       raise ConfigError(f"config.evals.{name} must be a dict with 'type' and 'split', got {entry!r}")

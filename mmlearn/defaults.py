@@ -160,6 +160,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Exponential moving average of the parameters (0 = off). With it, evaluation uses the average, which
   # is checkpointed with the state.
   config.ema_decay = 0.0
+  # Gradient accumulation inside a step: > 0 splits each device's batch into chunks of this many examples
+  # and averages their gradients (the same update for a loss that is a mean over examples; refused for
+  # in-batch-negative losses and BatchNorm). Bounds activation memory; on CPU it keeps a large model's
+  # activations in cache (`docs/benchmark.md`). 0 = the whole batch at once.
+  config.microbatch_size = 0
 
   config.parallel = ml_collections.ConfigDict()
   config.parallel.mode = "shard_map"  # shard_map | pmap

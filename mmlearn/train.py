@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -59,28 +60,36 @@ def train_step(
   tx: optax.GradientTransformation,
   par: parallel_lib.DataParallel,
   ema_decay: float = 0.0,
+  microbatch_size: int = 0,
 ):
   """Per-device step: local gradient, averaged over devices, optax update, EMA. Returns (state, metrics).
 
   The layout of the parameters is `par`'s business (replicated, or sharded and gathered for the
   forward); the step sees full parameters. Mutable collections (BatchNorm statistics) come back from
-  the loss already averaged over devices (the layers reduce over the mapped axis).
+  the loss already averaged over devices (the layers reduce over the mapped axis). With
+  `microbatch_size` > 0 the device's gradient is accumulated over chunks of that many examples
+  (`accumulated_gradient`).
   """
   local_size = jax.tree.leaves(batch)[0].shape[0]
   step_key = jax.random.fold_in(state.rng, state.step)
   example_rng = rngs.example_keys(step_key, local_size)
   dropout_rng = rngs.device_key(rngs.stream_key(step_key, "dropout"))
 
-  def objective(params):
+  def objective(params, batch, example_rng, dropout_rng):
     variables = {"params": params, **state.model_state}
     loss, metrics, updated = task.loss(
       variables, batch, example_rng, step=state.step, dropout_rng=dropout_rng
     )
     return loss, (metrics, updated)
 
-  (_, (metrics, updated)), grads = jax.value_and_grad(objective, has_aux=True)(
-    par.gather_params(state.params)
-  )
+  grad_fn = jax.value_and_grad(objective, has_aux=True)
+  params = par.gather_params(state.params)
+  num_chunks = microbatch_chunks(microbatch_size, local_size, task, state.model_state)
+  if num_chunks == 1:
+    (_, (metrics, updated)), grads = grad_fn(params, batch, example_rng, dropout_rng)
+  else:
+    metrics, grads = accumulated_gradient(grad_fn, params, (batch, example_rng), dropout_rng, num_chunks)
+    updated = {}
   grads = par.reduce_gradients(grads)
   metrics = lax.pmean(metrics, parallel_lib.AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -97,6 +106,54 @@ def train_step(
     ema_params=ema,
   )
   return state, metrics
+
+
+def microbatch_chunks(microbatch_size: int, local_size: int, task: Task, model_state: dict[str, Any]) -> int:
+  """How many chunks a device's batch is split into (1: none); `ConfigError` where chunks change the loss."""
+  if microbatch_size <= 0 or microbatch_size >= local_size:
+    return 1
+  if local_size % microbatch_size:
+    raise ConfigError(
+      f"microbatch_size {microbatch_size} does not divide the per-device batch of {local_size} examples"
+    )
+  if not task.separable_loss:
+    raise ConfigError(
+      f"microbatch_size {microbatch_size}: task {type(task).__name__}'s loss couples the examples of a batch "
+      "(e.g. in-batch negatives), so chunks would train a different loss; set microbatch_size=0"
+    )
+  if model_state:
+    raise ConfigError(
+      f"microbatch_size {microbatch_size}: the model keeps batch statistics ({', '.join(model_state)}), "
+      "which chunks would compute over fewer examples; set microbatch_size=0"
+    )
+  return local_size // microbatch_size
+
+
+def accumulated_gradient(
+  grad_fn: Callable, params: Any, per_example: Any, dropout_rng: jax.Array, num_chunks: int
+) -> tuple[dict[str, Any], Any]:
+  """(metrics, gradient) of a batch as the mean over `num_chunks` equal chunks, one chunk at a time.
+
+  For a loss that is a mean of per-example terms (`Task.separable_loss`) this is the whole batch's
+  gradient up to rounding: each example keeps its own random key, and only dropout draws a key per
+  chunk. Why: a chunk's activations are `num_chunks` times smaller, which bounds memory, and on CPU keeps
+  them in cache (a large dense layer's input at batch 256 does not fit). The first chunk is computed
+  outside the scan so the accumulator has the gradient's own type (under `shard_map` it varies per device).
+  """
+  chunked = jax.tree.map(lambda x: x.reshape(num_chunks, x.shape[0] // num_chunks, *x.shape[1:]), per_example)
+
+  def chunk_gradient(index, chunk):
+    key = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
+    (_, (metrics, _)), grads = grad_fn(params, *chunk, key)
+    return metrics, grads
+
+  def add(total, xs):
+    return jax.tree.map(lax.add, total, chunk_gradient(*xs)), None
+
+  first = chunk_gradient(0, jax.tree.map(lambda x: x[0], chunked))
+  rest = jax.tree.map(lambda x: x[1:], chunked)
+  total, _ = lax.scan(add, first, (jnp.arange(1, num_chunks), rest))
+  return jax.tree.map(lambda x: x / num_chunks, total)
 
 
 GUARDED_METRICS = ("loss", "grad_norm", "param_norm")
@@ -176,6 +233,8 @@ def _train_and_evaluate(config, workdir, *, hooks, changed, fallback, profile_st
     transforms=(Augment.from_config(config.augment), absent),
   )
   state = initial_state(config, task, tx, sources["train"], par.num_devices)
+  # Raises now rather than when the first step is traced.
+  microbatch_chunks(config.microbatch_size, config.batch_size // par.num_devices, task, state.model_state)
   num_parameters = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info("parameters: %s", f"{num_parameters:,}")
   state = par.place_state(state)
@@ -207,7 +266,14 @@ def _train_and_evaluate(config, workdir, *, hooks, changed, fallback, profile_st
   best = selection.BestCheckpoint(workdir, config.select_metric) if config.select_metric else None
   writer = MetricWriter(workdir, start_step=last_saved or 0, resumed=last_saved is not None)
   p_train_step = par.map(
-    functools.partial(train_step, task=task, tx=tx, par=par, ema_decay=config.ema_decay),
+    functools.partial(
+      train_step,
+      task=task,
+      tx=tx,
+      par=par,
+      ema_decay=config.ema_decay,
+      microbatch_size=config.microbatch_size,
+    ),
     sharded_args=(1,),
     donate_argnums=(0,),
     out_layouts=(0, None),  # The new state keeps the state's layout (sharded or not); metrics replicated.

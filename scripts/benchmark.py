@@ -138,21 +138,29 @@ class Bench:
     self.input_setup_s = time.perf_counter() - start
     self.state = self.par.place_state(train.initial_state(config, task, tx, source, self.par.num_devices))
     self.fixed_batch = self.par.shard(next(self.iterator))
-    mapped = self.par.map(
-      functools.partial(train.train_step, task=task, tx=tx, par=self.par),
-      sharded_args=(1,),
-      donate_argnums=(0,),
-      out_layouts=(0, None),
-    )
+    mapped = self.mapped_step(task, tx, config.microbatch_size)
     if not hasattr(mapped, "lower"):
       raise ConfigError(f"the benchmark compiles ahead of time: use shard_map, not {config.parallel.mode}")
     start = time.perf_counter()
     self.step = mapped.lower(self.state, self.fixed_batch).compile()
     self.compile_s = time.perf_counter() - start
-    # Cost analysis describes one device's program; every device runs one.
-    self.flops_per_example = flops_of(self.step) * self.par.num_devices / batch_size
+    # XLA's cost analysis counts a loop body once, so the FLOPs of a microbatched step (a scan over
+    # chunks) are those of the same step without chunks. One device's program; every device runs one.
+    counted = self.step
+    if config.microbatch_size:
+      counted = self.mapped_step(task, tx, 0).lower(self.state, self.fixed_batch).compile()
+    self.flops_per_example = flops_of(counted) * self.par.num_devices / batch_size
     self.run_step(1)
     self.run_loop(1)  # Warm both paths (first-call allocations, the iterator's first batches).
+
+  def mapped_step(self, task, tx, microbatch_size: int):
+    """The trainer's step mapped over the devices, the state donated as in the trainer."""
+    return self.par.map(
+      functools.partial(train.train_step, task=task, tx=tx, par=self.par, microbatch_size=microbatch_size),
+      sharded_args=(1,),
+      donate_argnums=(0,),
+      out_layouts=(0, None),
+    )
 
   def run_step(self, steps: int) -> float:
     """Seconds for `steps` steps on the fixed device-resident batch."""

@@ -168,7 +168,7 @@ def main_in_process(argv: list[str], capsys, *, script: str | None = None) -> tu
   return status, capsys.readouterr().err
 
 
-def run_steps(par, task, tx, variables, batches, *, ema_decay=0.0):
+def run_steps(par, task, tx, variables, batches, *, ema_decay=0.0, microbatch_size=0):
   """Trains from `variables` (`task.init`'s) with the real per-device `train_step` mapped by `par`.
 
   One step per batch. Returns the host copy of the final variables (BatchNorm statistics included)
@@ -178,7 +178,9 @@ def run_steps(par, task, tx, variables, batches, *, ema_decay=0.0):
 
   state = train.TrainState.create(dict(variables), tx, jax.random.PRNGKey(1), ema=ema_decay > 0)
   step = par.map(
-    functools.partial(train.train_step, task=task, tx=tx, par=par, ema_decay=ema_decay),
+    functools.partial(
+      train.train_step, task=task, tx=tx, par=par, ema_decay=ema_decay, microbatch_size=microbatch_size
+    ),
     sharded_args=(1,),
     out_layouts=(0, None),
   )

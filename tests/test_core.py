@@ -45,6 +45,34 @@ def test_ema_is_the_moving_average_of_the_parameters(tiny_config):
   assert state.variables()["params"] is state.params
 
 
+def test_microbatches_give_the_whole_batch_update(tiny_config):
+  task, batches = tiny_task_and_batches(tiny_config)
+  tx = optim.make_optimizer(tiny_config.optimizer, 10)
+  variables = task.init(jax.random.PRNGKey(0), batches[0])
+  par = parallel_lib.DataParallel("shard_map")
+  whole, whole_losses = run_steps(par, task, tx, variables, batches)
+  chunked, chunked_losses = run_steps(par, task, tx, variables, batches, microbatch_size=8)
+  # Sums of 4 chunk means instead of one mean over 32: the same update up to float32 rounding.
+  assert max_diff(whole, chunked) < 1e-5
+  np.testing.assert_allclose(chunked_losses, whole_losses, rtol=1e-5)
+  assert max_diff(whole, variables) > 1e-3  # The steps moved the parameters: the comparison means something.
+  with pytest.raises(ConfigError, match="does not divide the per-device batch of 32"):
+    run_steps(par, task, tx, variables, batches[:1], microbatch_size=12)
+
+
+def test_microbatches_are_refused_where_chunks_change_the_loss():
+  assert TASKS.get("classification").separable_loss and TASKS.get("mvae").separable_loss
+  assert TASKS.get("flow").separable_loss
+  retrieval = TASKS.get("retrieval")
+  with pytest.raises(ConfigError, match="couples the examples"):
+    train.microbatch_chunks(8, 32, retrieval, {})
+  with pytest.raises(ConfigError, match=r"batch statistics \(batch_stats\)"):
+    train.microbatch_chunks(8, 32, TASKS.get("classification"), {"batch_stats": {}})
+  assert train.microbatch_chunks(0, 32, retrieval, {}) == 1  # Off, or a chunk as large as the batch.
+  assert train.microbatch_chunks(32, 32, retrieval, {}) == 1
+  assert train.microbatch_chunks(8, 32, TASKS.get("classification"), {}) == 4
+
+
 def test_dropout_gets_a_fresh_key_per_step_and_replays_under_the_same_rng(tiny_config):
   tiny_config.model.modalities.image.dropout = 0.5
   task, batches = tiny_task_and_batches(tiny_config, 1)

@@ -39,6 +39,7 @@ class ClassificationTask:
   """
 
   summary_metric = "accuracy"
+  separable_loss = True
   evaluator_types = ("classification", "robustness")  # Registered evaluators (mmlearn.evaluators) that apply.
   default_evaluators = ("classification",)
 

@@ -35,6 +35,9 @@ class Evaluator(Protocol):
 class Task(Protocol):
   # The metric a run's final summary line leads with, without its split prefix (e.g. "accuracy").
   summary_metric: str
+  # True when the loss is a mean of per-example terms, so a batch's gradient is the mean of its equal
+  # chunks' gradients (`config.microbatch_size`); False for losses that couple examples (in-batch negatives).
+  separable_loss: bool
 
   def init(self, rng: jax.Array, batch: dict[str, Any]) -> dict[str, Any]:
     """The initial variables (`{"params": ..., **collections}`), given one batch in the pipeline's format."""

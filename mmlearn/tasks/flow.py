@@ -114,6 +114,7 @@ class FlowTask:
   """
 
   summary_metric = "flow_loss"
+  separable_loss = True
   evaluator_types = ("flow_loss", "samples", "coherence")  # Registered evaluators that apply.
   default_evaluators = ("flow_loss", "samples")
   sample_options = ("guidance_scale", "num_steps", "sampler")  # `sample`'s keywords beyond the MVAE's.

@@ -98,6 +98,7 @@ class MVAETask:
   """
 
   summary_metric = "elbo"
+  separable_loss = True
   evaluator_types = ("elbo", "samples", "coherence")  # Registered evaluators (mmlearn.evaluators) that apply.
   default_evaluators = ("elbo", "samples")
 

@@ -36,6 +36,7 @@ RANDOM_BASELINE_SEED = 0
 
 @TASKS.register("retrieval")
 class RetrievalTask:
+  separable_loss = False  # In-batch negatives: a chunk would see fewer of them.
   evaluator_types = ("retrieval",)  # Registered evaluators (mmlearn.evaluators) that apply.
   default_evaluators = ("retrieval",)
 
