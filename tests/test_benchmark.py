@@ -40,7 +40,7 @@ def test_benchmark_reports_throughput_flops_and_keras_ratio(data_dir, tmp_path):
     "scripts/benchmark.py",
     "--config=configs/tiny.py",
     "--batch_sizes=8,16,32",
-    "--override=microbatch_size=8",  # Batches 16 and 32 train in chunks: a scan XLA's cost analysis counts once.
+    "--override=microbatch_size=8",  # Batches 16 and 32 train in chunks, a scan cost analysis counts once.
     "--steps=2",
     "--repeats=2",
     "--matmul_size=256",
