@@ -102,11 +102,14 @@ def write_tables(rows: list[dict]) -> None:
   cells = [
     [
       f"`{r['config']}`" + (" (selected)" if i == selected else ""),
-      f"{r['mean']:.2%} +- {r['std']:.2%}",
-      f"{r['test_mean']:.2%} +- {r['test_std']:.2%}",
+      *(
+        [f"{r['mean']:.2%} +- {r['std']:.2%}", f"{r['test_mean']:.2%} +- {r['test_std']:.2%}"]
+        if r["seeds"]
+        else ["every seed diverged", "-"]
+      ),
       f"{r['seeds']}" + (f" ({r['diverged']} diverged)" if r["diverged"] else ""),
-      f"{r['parameters']:,}",
-      f"{r['wall_s_per_run']:.0f}",
+      f"{r['parameters']:,}" if r["seeds"] else "-",  # A diverged run records no parameter count.
+      f"{r['wall_s_per_run']:.0f}" if r["seeds"] else "-",
     ]
     for i, r in enumerate(rows)
   ]
