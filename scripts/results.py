@@ -87,6 +87,22 @@ def summarize(path: str, runs: list[dict]) -> dict:
   }
 
 
+def summary_cells(r: dict, *, selected: bool) -> list[str]:
+  """One row of results.md; a config whose every seed diverged has no mean, parameter count or wall time."""
+  name = f"`{r['config']}`" + (" (selected)" if selected else "")
+  seeds = f"{r['seeds']}" + (f" ({r['diverged']} diverged)" if r["diverged"] else "")
+  if not r["seeds"]:
+    return [name, "every seed diverged", "-", seeds, "-", "-"]
+  return [
+    name,
+    f"{r['mean']:.2%} +- {r['std']:.2%}",
+    f"{r['test_mean']:.2%} +- {r['test_std']:.2%}",
+    seeds,
+    f"{r['parameters']:,}",
+    f"{r['wall_s_per_run']:.0f}",
+  ]
+
+
 def write_tables(rows: list[dict]) -> None:
   report.write_csv(os.path.join(FLAGS.workdir, "results.csv"), rows)
   reported = reported_metric()
@@ -99,20 +115,7 @@ def write_tables(rows: list[dict]) -> None:
     "parameters",
     "train wall time per run (s)",
   ]
-  cells = [
-    [
-      f"`{r['config']}`" + (" (selected)" if i == selected else ""),
-      *(
-        [f"{r['mean']:.2%} +- {r['std']:.2%}", f"{r['test_mean']:.2%} +- {r['test_std']:.2%}"]
-        if r["seeds"]
-        else ["every seed diverged", "-"]
-      ),
-      f"{r['seeds']}" + (f" ({r['diverged']} diverged)" if r["diverged"] else ""),
-      f"{r['parameters']:,}" if r["seeds"] else "-",  # A diverged run records no parameter count.
-      f"{r['wall_s_per_run']:.0f}" if r["seeds"] else "-",
-    ]
-    for i, r in enumerate(rows)
-  ]
+  cells = [summary_cells(r, selected=i == selected) for i, r in enumerate(rows)]
   protocol = report.protocol_line(FLAGS.metric, reported)
   table = report.markdown_table(header, cells)
   with open(os.path.join(FLAGS.workdir, "results.md"), "w") as f:
