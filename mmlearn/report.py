@@ -109,6 +109,14 @@ def select(values: list[float], metric: str) -> int | None:
   return (min if minimised(metric) else max)(finite)[1]
 
 
+def test_counterpart(metric: str) -> str:
+  """The test metric reported beside a validation one (`[best/]validation/x` -> `[best/]test/x`)."""
+  parts = metric.split("/")
+  if "validation" in parts[:2]:
+    parts[parts.index("validation")] = "test"
+  return "/".join(parts)
+
+
 def protocol_line(selected_by: str, reported: str) -> str:
   """The one line every results table states its protocol with."""
   if selected_by == reported:

@@ -38,13 +38,7 @@ FLAGS = flags.FLAGS
 
 
 def reported_metric() -> str:
-  if FLAGS.report:
-    return FLAGS.report
-  return (
-    FLAGS.metric.replace("validation/", "test/", 1)
-    if FLAGS.metric.startswith("validation/")
-    else FLAGS.metric
-  )
+  return FLAGS.report or report.test_counterpart(FLAGS.metric)
 
 
 def run_once(path: str, seed: int) -> dict:

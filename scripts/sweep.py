@@ -53,16 +53,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
-def report_metric(metric: str, explicit: str | None) -> str:
-  return explicit or (
-    metric.replace("validation/", "test/", 1) if metric.startswith("validation/") else metric
-  )
-
-
 def summarize(records: list[dict], variants: dict[str, dict]) -> None:
   """Writes summary.csv (one row per variant), summary.md and summary.png into --workdir."""
   keys = list(dict.fromkeys(k for overrides in variants.values() for k in overrides))
-  reported = report_metric(FLAGS.metric, FLAGS.report)
+  reported = FLAGS.report or report.test_counterpart(FLAGS.metric)
   rows = [
     {
       "variant": name,

@@ -156,3 +156,12 @@ def test_recall_and_f1_are_shown_as_percentages():
   assert report.format_metric("test/class_recall/star", 0.5) == "50.00%"
   assert report.format_metric("test/macro_f1", 0.25) == "25.00%"
   assert report.format_metric("test/loss", 0.25) == "0.25"
+
+
+def test_the_reported_test_metric_mirrors_the_validation_one():
+  assert report.test_counterpart("validation/accuracy") == "test/accuracy"
+  assert report.test_counterpart("best/validation/accuracy") == "best/test/accuracy"
+  assert report.test_counterpart("best/validation/class_recall/validation") == (
+    "best/test/class_recall/validation"
+  )
+  assert report.test_counterpart("train/loss") == "train/loss"

@@ -1,6 +1,7 @@
 """The robustness suite: curve areas, seeded noise, the curves measured, and the script end to end."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -90,3 +91,36 @@ def test_script_without_a_run_is_one_error_line(capsys, tmp_path):
   status, stderr = main_in_process([f"--workdir={tmp_path}"], capsys, script="scripts/robustness.py")
   assert status == 1 and "error: WorkdirError" in stderr
   assert "Traceback" not in stderr
+
+
+def _variant(root, name, validation_areas, test_areas):
+  """A sweep variant's done.json and its curves on both splits, as `scripts/robustness.py` writes them."""
+  (root / name).mkdir()
+  metrics = {"validation/accuracy": 0.9, "test/accuracy": 0.8}
+  (root / name / "done.json").write_text(f'{{"status": "done", "metrics": {json.dumps(metrics)}}}')
+  for split, areas in (("validation", validation_areas), ("test", test_areas)):
+    (root / name / f"robustness_{split}").mkdir()
+    rows = [{"curve": f"missing/{m}", "area": a} for m, a in zip(("audio", "image"), areas, strict=True)]
+    rows.append({"curve": "noise/image", "area": 0.99})  # Not a missing curve: never compared.
+    with open(root / name / f"robustness_{split}" / "robustness.csv", "w", newline="") as f:
+      writer = csv.DictWriter(f, ["curve", "area"])
+      writer.writeheader()
+      writer.writerows(rows)
+
+
+def test_table_selects_on_validation_and_reports_test(capsys, tmp_path):
+  _variant(tmp_path, "zero", (0.70, 0.80), (0.90, 0.90))  # Best on test, second on validation.
+  _variant(tmp_path, "learned", (0.76, 0.80), (0.60, 0.62))
+  (tmp_path / "untested").mkdir()  # No curves yet: listed, never selected.
+  status, stderr = main_in_process([f"--workdir={tmp_path}"], capsys, script="scripts/robustness_table.py")
+  assert status == 0, stderr
+  table = (tmp_path / "robustness.md").read_text()
+  assert "| `learned` (selected) | 90.00% | 78.00% | 80.00% | 60.00% | 62.00% | 61.00% |" in table
+  assert "| `untested` | - | - | - | - | - | - |" in table and "noise" not in table
+  assert table.startswith("Selected on validation mean area of the missing/ curves; test reported once")
+
+
+def test_table_without_validation_curves_is_one_error_line(capsys, tmp_path):
+  (tmp_path / "zero").mkdir()
+  status, stderr = main_in_process([f"--workdir={tmp_path}"], capsys, script="scripts/robustness_table.py")
+  assert status == 1 and "error: DataError" in stderr and "robustness_{split}" in stderr
