@@ -34,13 +34,17 @@ def state(workdir: str) -> str:
 
 
 def final_metrics(workdir: str) -> dict[str, float]:
-  """The last line of `metrics.jsonl` that is not a training log line: the final evaluation."""
+  """The final evaluation: the evaluation lines of `metrics.jsonl`'s last evaluated step, merged.
+
+  A run that selects on validation writes two lines at its last step (the final evaluation, then the
+  `best/` metrics), and both belong to its result.
+  """
   final = {}
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
       record = json.loads(line)
       if "resumed_from" not in record and any(k != "step" and not k.startswith("train/") for k in record):
-        final = record
+        final = final | record if record.get("step") == final.get("step") else record
   if not final:
     raise ValueError("metrics.jsonl holds no evaluation")
   return final

@@ -11,7 +11,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from mmlearn import data, optim, registry, run_setup
+from mmlearn import data, optim, registry, run_setup, selection
 from mmlearn import workdir as workdir_lib
 from mmlearn.checkpoint import Checkpointer
 from mmlearn.data import pipeline
@@ -28,10 +28,18 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
+def reported_checkpoints(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The checkpoint directory of the state a run reports: its best-validation one when it selects one."""
+  selected = config.get("select_metric") and os.path.isfile(os.path.join(workdir, selection.RECORD))
+  return selection.SUBDIR if selected else "checkpoints"
+
+
 def load_run(
   config: ml_collections.ConfigDict, workdir: str, splits: Sequence[str]
 ) -> tuple[dict[str, Any], Any, Any, Any]:
-  """(sources of `splits` and "train", dataset info, task, the latest checkpoint's variables).
+  """(sources of `splits` and "train", dataset info, task, the variables of the state the run reports).
+
+  That is the best-validation state when the run selects one (`config.select_metric`), else the latest.
 
   The variables are what the run evaluates with: its parameters' moving average when it kept one.
   """
@@ -46,7 +54,9 @@ def load_run(
   task, num_examples = run_setup.build_task(config, sources["train"], info)
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise WorkdirError(f"{workdir} holds no checkpoint")
-  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints, read_only=True)
+  checkpointer = Checkpointer(
+    workdir, keep=config.keep_checkpoints, read_only=True, subdir=reported_checkpoints(config, workdir)
+  )
   try:
     step = checkpointer.latest_step()
     if step is None:

@@ -17,7 +17,7 @@ from mmlearn.checkpoint import Checkpointer
 from mmlearn.errors import ConfigError
 from mmlearn.report import minimised
 
-RECORD = "best.json"
+RECORD, SUBDIR = "best.json", "best"  # The record and the checkpoint directory, under the workdir.
 
 
 class BestCheckpoint:
@@ -28,7 +28,7 @@ class BestCheckpoint:
     if os.path.isfile(self.path):
       with open(self.path) as f:
         self.record = json.load(f)
-    self.checkpointer = Checkpointer(workdir, keep=1, subdir="best")
+    self.checkpointer = Checkpointer(workdir, keep=1, subdir=SUBDIR)
 
   @property
   def step(self) -> int | None:

@@ -7,14 +7,15 @@
   python scripts/robustness_table.py --workdir=runs/avmnist_missing
 
 Reads each variant's `robustness_validation/robustness.csv` and `robustness_test/robustness.csv` (the
-names `--subdir_format` builds from the split) and its `done.json` (clean accuracy on the whole split),
-selects the variant with the highest mean area on validation over the curves `--prefix` picks (default
-the missing-modality ones), and writes `robustness.md` and `robustness.csv` into `--workdir`. A variant
-lacking a split's curves is listed without them and is not selectable.
+names `--subdir_format` builds from the split) and its final metrics (clean accuracy on the whole split,
+at the selected step where the run selects one, as the curves are), selects the variant with the highest
+mean area on validation over the curves `--prefix` picks (default the missing-modality ones), and writes
+`robustness.md` and `robustness.csv` into `--workdir`. A variant lacking a split's curves is listed
+without them and is not selectable.
 """
 
 import csv
-import json
+import math
 import os
 import sys
 
@@ -45,16 +46,16 @@ def read_areas(path: str, prefix: str) -> dict[str, float]:
 
 def variant_row(workdir: str, variant: str) -> dict:
   row = {"variant": variant}
-  metrics = {}
-  if launcher.state(os.path.join(workdir, variant)) == "finished":
-    with open(os.path.join(workdir, variant, launcher.DONE)) as f:
-      metrics = json.load(f).get("metrics", {})
-  for split in SPLITS:
-    row[f"{split}/accuracy"] = metrics.get(f"{split}/accuracy", float("nan"))
+  finished = launcher.state(os.path.join(workdir, variant)) == "finished"
+  metrics = launcher.final_metrics(os.path.join(workdir, variant)) if finished else {}
+  for split in SPLITS:  # The state the curves were measured on: the selected one, where the run selects.
+    row[f"{split}/accuracy"] = metrics.get(
+      f"best/{split}/accuracy", metrics.get(f"{split}/accuracy", math.nan)
+    )
     csv_path = os.path.join(workdir, variant, FLAGS.subdir_format.format(split=split), "robustness.csv")
     areas = read_areas(csv_path, FLAGS.prefix)
     row |= {f"{split}/{name}": area for name, area in areas.items()}
-    row[f"{split}/mean area"] = float(np.mean(list(areas.values()))) if areas else float("nan")
+    row[f"{split}/mean area"] = float(np.mean(list(areas.values()))) if areas else math.nan
   return row
 
 
@@ -80,7 +81,7 @@ def main(argv):
   )
   cells = [
     [f"`{r['variant']}`" + (" (selected)" if i == selected else "")]
-    + [report.format_metric("accuracy", r.get(c, float("nan"))) for c in columns]
+    + [report.format_metric("accuracy", r.get(c, math.nan)) for c in columns]
     for i, r in enumerate(rows)
   ]
   protocol = report.protocol_line(f"validation mean area of the {FLAGS.prefix} curves", "test")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import max_diff, run_steps
-from mmlearn import data, optim, train
+from mmlearn import data, optim, restore, train
 from mmlearn import parallel as parallel_lib
 from mmlearn.data import pipeline
 from mmlearn.errors import ConfigError
@@ -137,6 +137,10 @@ def test_scheduled_evaluators_and_the_best_validation_checkpoint(tiny_config, tm
   record = json.loads((tmp_path / "best.json").read_text())
   assert record == {"metric": "validation/loss", "step": best_step, "value": pytest.approx(losses[best_step])}
   assert os.listdir(tmp_path / "best") == [str(best_step)]
+  assert restore.reported_checkpoints(tiny_config, str(tmp_path)) == "best"  # What the tools evaluate.
+  assert restore.reported_checkpoints(tiny_config, str(tmp_path / "cut_off")) == "checkpoints"  # No best yet.
+  tiny_config.select_metric = ""
+  assert restore.reported_checkpoints(tiny_config, str(tmp_path)) == "checkpoints"
   assert results["best/validation/loss"] == pytest.approx(losses[best_step], rel=1e-6)
   assert 0 <= results["best/test/accuracy"] <= 1
 

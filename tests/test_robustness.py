@@ -96,8 +96,13 @@ def test_script_without_a_run_is_one_error_line(capsys, tmp_path):
 def _variant(root, name, validation_areas, test_areas):
   """A sweep variant's done.json and its curves on both splits, as `scripts/robustness.py` writes them."""
   (root / name).mkdir()
-  metrics = {"validation/accuracy": 0.9, "test/accuracy": 0.8}
-  (root / name / "done.json").write_text(f'{{"status": "done", "metrics": {json.dumps(metrics)}}}')
+  (root / name / "done.json").write_text('{"status": "done"}')
+  lines = [
+    {"step": 5, "validation/accuracy": 0.5},
+    {"step": 10, "validation/accuracy": 0.4, "test/accuracy": 0.3},
+  ]
+  lines.append({"step": 10, "best/validation/accuracy": 0.9, "best/test/accuracy": 0.8})  # Selected step 5.
+  (root / name / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
   for split, areas in (("validation", validation_areas), ("test", test_areas)):
     (root / name / f"robustness_{split}").mkdir()
     rows = [{"curve": f"missing/{m}", "area": a} for m, a in zip(("audio", "image"), areas, strict=True)]

@@ -256,3 +256,21 @@ def test_bad_input_gives_one_error_line_and_exit_1(tmp_path, config, flags, mess
   assert line.startswith("error: ") and message in line
   assert "Traceback" not in result.stderr
   assert not os.path.exists(tmp_path / "root")
+
+
+def test_final_metrics_merge_the_last_steps_evaluation_and_best_lines(tmp_path):
+  lines = [
+    {"step": 4, "train/loss": 1.0},
+    {"step": 4, "validation/accuracy": 0.5},
+    {"step": 8, "resumed_from": 4},
+    {"step": 8, "validation/accuracy": 0.7, "test/accuracy": 0.6},
+    {"step": 8, "best/validation/accuracy": 0.7, "best/step": 8},
+  ]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+  assert launcher.final_metrics(str(tmp_path)) == {
+    "step": 8,
+    "validation/accuracy": 0.7,
+    "test/accuracy": 0.6,
+    "best/validation/accuracy": 0.7,
+    "best/step": 8,
+  }
