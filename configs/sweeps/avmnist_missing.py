@@ -2,12 +2,15 @@
 
   python scripts/sweep.py --config=configs/sweeps/avmnist_missing.py:runs/mvae_avmnist \\
     --workdir=runs/avmnist_missing
-  python scripts/robustness.py --workdir=runs/avmnist_missing/<variant> --nonoise   # for each variant
+  python scripts/robustness.py --workdir=runs/avmnist_missing/<variant> --split=validation --nonoise \\
+    --output=runs/avmnist_missing/<variant>/robustness_validation   # and the same for test, each variant
+  python scripts/robustness_table.py --workdir=runs/avmnist_missing
 
 `concat` because its head reads a slot per modality, so what fills an absent one matters; the pooling
 fusions (sum, late, gated, attention) pool the present modalities only and never see the imputed input.
 Training data is complete; with `missing.modality_dropout` half the training examples lose one of their
-two modalities. The robustness suite then measures test accuracy as the missing rate rises. The towers
+two modalities. The robustness suite then measures accuracy as the missing rate rises, on validation (which
+selects the variant, `scripts/robustness_table.py`) and on test (reported). The towers
 are the BatchNorm-free LeNets (`configs/avmnist/base.py`, "plain"), as in the robustness table in
 docs/imbalance-and-missing.md, which was measured with them.
 
