@@ -9,6 +9,8 @@ each fusion trains for `EPOCHS` epochs at each learning rate in `LEARNING_RATES`
 validation every epoch, and keeps its best-validation state (`select_metric`); the sweep then picks the
 learning rate by that best validation accuracy and reports the test accuracy of the state it selected.
 The text after ':' names the fusion; the rest is MultiBench's setting (`configs/avmnist/base.py`).
+`EPOCHS` was set by what ten runs cost on a 2-core CPU, not by convergence; docs/classification.md says
+how far from converged the runs are. The candidates were fixed before any run.
 """
 
 from configs.avmnist import base
