@@ -5,13 +5,13 @@
   python scripts/generate.py --workdir=runs/mvae --judge=runs/judge              # coherence on --split
   python scripts/generate.py --workdir=runs/flow --caption="a small blue triangle" --guidance_scale=2
 
-Reads the run's resolved config (`WORKDIR/config.json`) and its latest checkpoint (its parameters'
-moving average when it kept one). `--caption` (or `--index`: example N of `--split`, its `--condition`
-modality alone) conditions on that one modality, draws `--num` samples at `--temperature` (default: the
-run's `mvae.temperature` / `flow.temperature`) and saves them as a PNG grid (`--output`, default
-`WORKDIR/generated.png`; with `--index` the example's real image comes first). A flow run also takes
-`--guidance_scale` (0: unconditional, 1: conditional, > 1: guided) and `--num_steps` (ODE steps);
-default: the run's `flow.*`.
+Reads the run's resolved config (`WORKDIR/config.json`) and the state it reports: its best-validation
+checkpoint where it selects one, else its latest; its parameters' moving average when it kept one.
+`--caption` (or `--index`: example N of `--split`, its `--condition` modality alone) conditions on that
+one modality, draws `--num` samples at `--temperature` (default: the run's `mvae.temperature` /
+`flow.temperature`) and saves them as a PNG grid (`--output`, default `WORKDIR/generated.png`; with
+`--index` the example's real image comes first). A flow run also takes `--guidance_scale` (0:
+unconditional, 1: conditional, > 1: guided) and `--num_steps` (ODE steps); default: the run's `flow.*`.
 
 `--judge=RUN` names a classification run of the same dataset on images alone (configs/mvae/judge_*.py).
 For every other modality c, each example of `--split` gets one image generated from its c alone; the
@@ -171,7 +171,7 @@ def generate(workdir: str, output: str) -> None:
 
 
 def measure_coherence(workdir: str, judge_workdir: str, split: str, seed: int) -> dict[str, float]:
-  """The `coherence` evaluator on the run's latest checkpoint; printed and saved to coherence.json."""
+  """The `coherence` evaluator on the state the run reports; printed and saved to coherence.json."""
   config = read_generator_config(workdir)
   sources, _, task, variables = restore.load_run(config, workdir, (split,))
   temperature = default_temperature(config)

@@ -2,13 +2,14 @@
 
   python scripts/retrieve.py --workdir=runs/clip --query="a large red circle in the top left" --top_k=8
 
-Reads the run's resolved config (`WORKDIR/config.json`) and its latest checkpoint, embeds every item of
-`--split` and the query, prints the best `--top_k` items (score, attributes, caption) and saves their
-images as a grid (`--output`, default `WORKDIR/retrieved.png`). The query is tokenized with the dataset's
-own tokenizer: a synthetic dataset's closed vocabulary rejects an unknown word (one `error:` line, exit
-status 1), an open one (`captioned`, built from the training captions) reads it as `<unk>`. So do a run
-without a checkpoint and a run of another task. Runs of datasets registered outside mmlearn work as long
-as the modules in their `config.imports` are importable (on PYTHONPATH).
+Reads the run's resolved config (`WORKDIR/config.json`) and the state it reports (its best-validation
+checkpoint where it selects one, else its latest), embeds every item of `--split` and the query, prints
+the best `--top_k` items (score, attributes, caption) and saves their images as a grid (`--output`,
+default `WORKDIR/retrieved.png`). The query is tokenized with the dataset's own tokenizer: a synthetic
+dataset's closed vocabulary rejects an unknown word (one `error:` line, exit status 1), an open one
+(`captioned`, built from the training captions) reads it as `<unk>`. So do a run without a checkpoint and
+a run of another task. Runs of datasets registered outside mmlearn work as long as the modules in their
+`config.imports` are importable (on PYTHONPATH).
 """
 
 import logging as std_logging
