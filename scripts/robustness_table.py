@@ -67,7 +67,7 @@ def main(argv):
       raise DataError(f"{FLAGS.workdir}: no such sweep directory")
     variants = sorted(d for d in os.listdir(FLAGS.workdir) if os.path.isdir(os.path.join(FLAGS.workdir, d)))
     rows = [variant_row(FLAGS.workdir, v) for v in variants]
-    if not any(r["validation/mean area"] == r["validation/mean area"] for r in rows):
+    if all(math.isnan(r["validation/mean area"]) for r in rows):
       raise DataError(f"{FLAGS.workdir}: no variant has validation curves ({FLAGS.subdir_format})")
   except USER_ERRORS as e:
     fail(e)
