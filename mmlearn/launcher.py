@@ -5,6 +5,11 @@ exits 0 and holds its final evaluation; a re-launched sweep reads it back instea
 workdir without it was cut off (or failed): the same command runs again, and the trainer resumes from
 its latest checkpoint by itself. A failing variant is recorded with the trainer's `error:` line and the
 others carry on. The trainer's output goes to `log.txt` in the workdir.
+
+`extend` re-runs finished variants too, with the trainer's `--allow_config_changes`: after the sweep
+file's `num_epochs` (or `num_train_steps`) was raised, each variant trains on from its last checkpoint
+instead of from scratch, and its record's wall time adds both runs'. Its `done.json` is removed before
+the trainer starts, so an extension cut off half-way resumes like any cut-off run.
 """
 
 import concurrent.futures
@@ -58,18 +63,29 @@ def error_line(output: str, returncode: int) -> str:
 
 
 def run_variant(
-  name: str, args: list[str], workdir: str, trainer: Sequence[str], log: Callable[[str], None]
+  name: str,
+  args: list[str],
+  workdir: str,
+  trainer: Sequence[str],
+  log: Callable[[str], None],
+  extend: bool = False,
 ) -> dict[str, Any]:
-  """Trains one variant unless it finished; returns its record (status, metrics or error, wall time)."""
+  """Trains one variant unless it finished and not `extend`; returns its record (status, metrics or error)."""
   marker = os.path.join(workdir, DONE)
+  earlier_s = 0.0
   if state(workdir) == "finished":
     with open(marker) as f:
       record = json.load(f)
     if record.get("args") != args:
       log(f"warning: {name} finished with other flags {record.get('args')}; delete {workdir} to rerun")
-    log(f"{name}: finished before, skipped")
-    return {**record, "skipped": True}
+    if not extend:
+      log(f"{name}: finished before, skipped")
+      return {**record, "skipped": True}
+    earlier_s = record.get("wall_s", 0.0)
+    os.remove(marker)
   log(f"{name}: {'resuming' if state(workdir) == 'cut off' else 'starting'}")
+  if extend:
+    trainer = (*trainer, "--allow_config_changes")
   os.makedirs(workdir, exist_ok=True)
   env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
   start = time.perf_counter()
@@ -78,7 +94,7 @@ def run_variant(
     process = subprocess.run([*trainer, *args], stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env)
     out.seek(offset)
     output = out.read()
-  record = {"name": name, "args": args, "wall_s": time.perf_counter() - start}
+  record = {"name": name, "args": args, "wall_s": earlier_s + time.perf_counter() - start}
   try:
     if process.returncode != 0:
       raise RuntimeError(error_line(output, process.returncode))
@@ -102,6 +118,7 @@ def run_sweep(
   parallel: int = 1,
   trainer: Sequence[str] = TRAINER,
   log: Callable[[str], None] = print,
+  extend: bool = False,
 ) -> list[dict[str, Any]]:
   """Runs every variant (name -> overrides, after the `fixed` ones) in `root/name`; returns their records."""
   root = os.path.abspath(root)
@@ -110,7 +127,7 @@ def run_sweep(
     name, overrides = item
     workdir = os.path.join(root, name)
     return run_variant(
-      name, trainer_flags(spec, workdir, {**(fixed or {}), **overrides}), workdir, trainer, log
+      name, trainer_flags(spec, workdir, {**(fixed or {}), **overrides}), workdir, trainer, log, extend
     )
 
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel))

@@ -5,7 +5,8 @@
   python scripts/sweep.py --config=configs/sweeps/mmshapes_lr.py --workdir=runs/lr --launcher=slurm
 
 Each variant trains as `python -m mmlearn.main --config=CONFIG --workdir=WORKDIR/<variant>
---config.KEY=VALUE ...`. Re-running the same command skips finished variants and resumes cut-off ones.
+--config.KEY=VALUE ...`. Re-running the same command skips finished variants and resumes cut-off ones;
+after raising the sweep file's `num_epochs`, `--extend` trains every variant on from its last checkpoint.
 Writes `summary.csv`, `summary.md` and `summary.png` (the metric by variant) into `--workdir`; a failed
 variant is listed with its error line, and the exit status is 1 if any failed.
 
@@ -35,6 +36,12 @@ flags.DEFINE_string(
   "report", None, "The metric reported beside it; default the same metric on test (validation/x -> test/x)."
 )
 flags.DEFINE_multi_string("override", [], "KEY=VALUE given to every variant, e.g. num_epochs=1.")
+flags.DEFINE_bool(
+  "extend",
+  False,
+  "Re-run finished variants too, with the trainer's --allow_config_changes: a longer config (num_epochs, "
+  "num_train_steps) trains on from each variant's last checkpoint. Local launcher only.",
+)
 flags.DEFINE_bool("dry_run", False, "List the variants and their commands (or Slurm jobs); train nothing.")
 flags.DEFINE_string(
   "launcher", "local", "Where variants train: `local` (subprocesses) or `slurm` (one job each)."
@@ -112,6 +119,8 @@ def slurm_settings() -> slurm_launcher.Settings | None:
     return None
   if FLAGS.launcher != "slurm":
     raise ConfigError(f"unknown launcher {FLAGS.launcher!r}; known: local, slurm")
+  if FLAGS.extend:
+    raise ConfigError("--extend is for --launcher=local")
   if FLAGS["parallel"].present:
     raise ConfigError(
       "--parallel is for --launcher=local; Slurm runs as many jobs as the cluster has room for"
@@ -142,7 +151,9 @@ def main(argv):
     return
   os.makedirs(FLAGS.workdir, exist_ok=True)
   if slurm is None:
-    records = launcher.run_sweep(FLAGS.config, FLAGS.workdir, variants, fixed=fixed, parallel=FLAGS.parallel)
+    records = launcher.run_sweep(
+      FLAGS.config, FLAGS.workdir, variants, fixed=fixed, parallel=FLAGS.parallel, extend=FLAGS.extend
+    )
   else:
     try:
       records = slurm_launcher.run_sweep(FLAGS.config, FLAGS.workdir, variants, settings=slurm, fixed=fixed)

@@ -119,10 +119,10 @@ def test_error_line_prefers_the_trainers_error_line():
 # A stand-in for `python -m mmlearn.main`: counts its calls, fails on fusion "nope", else logs an evaluation.
 FAKE_TRAINER = """
 import json, os, sys
-args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+args = dict(a[2:].partition("=")[::2] for a in sys.argv[1:])
 workdir = args["workdir"]
 with open(os.path.join(workdir, "calls"), "a") as f:
-  f.write("call\\n")
+  f.write(" ".join(sys.argv[1:]) + "\\n")
 if args.get("config.model.fusion") == "nope":
   sys.exit(print("I0 some log line\\nerror: ConfigError: unknown fusion 'nope'", file=sys.stderr) or 1)
 with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
@@ -159,6 +159,25 @@ def test_launcher_skips_finished_resumes_cut_off_and_records_failures(tmp_path):
   assert [r["skipped"] for r in records] == [True, False, False]
   assert (calls(good), calls(other), calls(bad)) == (1, 2, 2)
   assert f"{other}: resuming" in messages and records[1]["status"] == "done"
+
+
+def test_extend_reruns_finished_variants_with_allow_config_changes(tmp_path):
+  """A sweep whose config grew trains on from each finished variant; the wall time adds both runs'."""
+  (tmp_path / "fake.py").write_text(FAKE_TRAINER)
+  variants = {sweep.variant_name(o): o for o in LR}
+  root = tmp_path / "root"
+  trainer = [sys.executable, str(tmp_path / "fake.py")]
+  launcher.run_sweep("c.py", str(root), variants, trainer=trainer, log=print)
+  for name in variants:  # Pretend each first run took 1,000 s.
+    record = json.loads((root / name / "done.json").read_text())
+    (root / name / "done.json").write_text(json.dumps(record | {"wall_s": 1000.0}))
+  records = launcher.run_sweep("c.py", str(root), variants, trainer=trainer, log=print, extend=True)
+  assert [(r["status"], r["skipped"]) for r in records] == [("done", False)] * 2
+  for name, record in zip(variants, records, strict=True):
+    first, second = (root / name / "calls").read_text().splitlines()
+    assert "--allow_config_changes" not in first and second == f"--allow_config_changes {first}"
+    assert 1000.0 < record["wall_s"] < 1060.0
+    assert json.loads((root / name / "done.json").read_text())["wall_s"] == record["wall_s"]
 
 
 def test_launcher_fails_a_variant_that_exits_0_without_an_evaluation(tmp_path):
@@ -245,6 +264,7 @@ def test_dry_run_lists_variants_and_commands(tmp_path):
       "--override sets ['seed'], which the sweep varies",
     ),
     ("configs/nope.py", [], "no config file 'configs/nope.py'"),
+    ("configs/sweeps/mmshapes_lr.py", ["--launcher=slurm", "--extend"], "--extend is for --launcher=local"),
   ],
 )
 def test_bad_input_gives_one_error_line_and_exit_1(tmp_path, config, flags, message):
