@@ -6,10 +6,10 @@ Reads the run's resolved config (`WORKDIR/config.json`) and the state it reports
 checkpoint where it selects one, else its latest), embeds every item of `--split` and the query, prints
 the best `--top_k` items (score, attributes, caption) and saves their images as a grid (`--output`,
 default `WORKDIR/retrieved.png`). The query is tokenized with the dataset's own tokenizer: a synthetic
-dataset's closed vocabulary rejects an unknown word (one `error:` line, exit status 1), an open one
-(`captioned`, built from the training captions) reads it as `<unk>`. So do a run without a checkpoint and
-a run of another task. Runs of datasets registered outside mmlearn work as long as the modules in their
-`config.imports` are importable (on PYTHONPATH).
+dataset's closed vocabulary rejects an unknown word with one `error:` line and exit status 1 (as do a run
+without a checkpoint and a run of another task); an open one (`captioned`, built from the training
+captions) reads it as `<unk>`. Runs of datasets registered outside mmlearn work as long as the modules
+in their `config.imports` are importable (on PYTHONPATH).
 """
 
 import logging as std_logging

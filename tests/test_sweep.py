@@ -116,7 +116,7 @@ def test_error_line_prefers_the_trainers_error_line():
   assert launcher.error_line("", -9) == "exit status -9"
 
 
-# A stand-in for `python -m mmlearn.main`: counts its calls, fails on fusion "nope", else logs an evaluation.
+# A stand-in for `python -m mmlearn.main`: logs each call's flags, fails on fusion "nope", else evaluates.
 FAKE_TRAINER = """
 import json, os, sys
 args = dict(a[2:].partition("=")[::2] for a in sys.argv[1:])
