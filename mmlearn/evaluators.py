@@ -162,10 +162,11 @@ def _coherence(
   frechet: bool = True,
   guidance_scale: float | None = None,
   num_steps: int = 0,
+  sampler: str | None = None,
 ) -> Any:
   """What a trained judge classifier reads in images generated from each other modality; with `frechet`,
   the Fréchet distance and within-class diversity of those images in the judge's feature space.
-  `guidance_scale` and `num_steps` (flow runs) override the run's sampling settings."""
+  `guidance_scale`, `num_steps` and `sampler` (flow runs) override the run's sampling settings."""
   from mmlearn.coherence_eval import CoherenceEvaluator  # noqa: PLC0415 (loads a run: on demand)
 
   if not judge_workdir:
@@ -181,13 +182,15 @@ def _coherence(
     max_tokens=context.max_tokens,
     seed=context.seed,
     frechet=frechet,
-    sample_options=sample_options(guidance_scale=guidance_scale, num_steps=num_steps),
+    sample_options=sample_options(guidance_scale=guidance_scale, num_steps=num_steps, sampler=sampler),
   )
 
 
-def sample_options(*, guidance_scale: float | None = None, num_steps: int = 0) -> dict[str, Any]:
+def sample_options(
+  *, guidance_scale: float | None = None, num_steps: int = 0, sampler: str | None = None
+) -> dict[str, Any]:
   """The sampling overrides that are set (None / 0: the run's own)."""
-  options = {"guidance_scale": guidance_scale, "num_steps": num_steps or None}
+  options = {"guidance_scale": guidance_scale, "num_steps": num_steps or None, "sampler": sampler}
   return {k: v for k, v in options.items() if v is not None}
 
 

@@ -11,22 +11,27 @@ checkpoint where it selects one, else its latest; its parameters' moving average
 one modality, draws `--num` samples at `--temperature` (default: the run's `mvae.temperature` /
 `flow.temperature`) and saves them as a PNG grid (`--output`, default `WORKDIR/generated.png`; with
 `--index` the example's real image comes first). A flow run also takes `--guidance_scale` (0:
-unconditional, 1: conditional, > 1: guided) and `--num_steps` (ODE steps); default: the run's `flow.*`.
+unconditional, 1: conditional, > 1: guided), `--num_steps` (ODE steps) and `--sampler` (euler, heun);
+default: the run's `flow.*`.
 
 `--judge=RUN` names a classification run of the same dataset on images alone (configs/mvae/judge_*.py).
 For every other modality c, each example of `--split` gets one image generated from its c alone; the
 coherence is the share the judge labels with the example's label (mmshapes: also shape and colour
 separately; `mmlearn.coherence`), reported beside the judge's accuracy on the real images, printed and
 saved to `WORKDIR/coherence.json` with the Fréchet distance and diversity of the same images in the
-judge's feature space (`mmlearn.coherence_eval`). For an MVAE, `image_to_image` is the same for each
+judge's feature space (`mmlearn.coherence_eval`) and the time sampling takes per image (one evaluation
+batch, after compiling). For an MVAE, `image_to_image` is the same for each
 image's reconstruction from its own posterior: how well the decoder draws what the image itself tells,
-a reference for the others. A word outside the vocabulary, a run without a checkpoint, a run of another
+a reference for the others. `--num_examples=N` judges a seeded subset of N examples instead (the same
+for every run). A word outside the vocabulary, a run without a checkpoint, a run of another
 task or a flow option given to an MVAE run ends with one `error:` line and exit status 1.
 """
 
+import functools
 import json
 import os
 import sys
+import time
 
 import matplotlib
 import ml_collections
@@ -40,8 +45,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from mmlearn import restore  # noqa: E402
-from mmlearn.coherence_eval import CoherenceEvaluator  # noqa: E402
+from mmlearn import restore, robustness  # noqa: E402
+from mmlearn.coherence_eval import CoherenceEvaluator, image_conditions  # noqa: E402
 from mmlearn.data import pipeline  # noqa: E402
 from mmlearn.errors import USER_ERRORS, ConfigError, fail  # noqa: E402
 from mmlearn.evaluators import sample_options  # noqa: E402
@@ -60,10 +65,14 @@ flags.DEFINE_float(
   "guidance_scale", None, "Flow runs: classifier-free guidance; default flow.guidance_scale."
 )
 flags.DEFINE_integer("num_steps", None, "Flow runs: ODE steps; default flow.num_steps.")
+flags.DEFINE_string("sampler", None, "Flow runs: euler or heun; default flow.sampler.")
 flags.DEFINE_integer("seed", 0, "Seed of the samples.")
 flags.DEFINE_string("split", "test", "The split --index and --judge read.")
 flags.DEFINE_string("output", None, "PNG grid of the samples; default WORKDIR/generated.png.")
 flags.DEFINE_string("judge", None, "A classification run on images: report coherence over --split.")
+flags.DEFINE_integer(
+  "num_examples", 0, "With --judge: a seeded random subset of this many examples of --split (0: all of it)."
+)
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
@@ -78,9 +87,10 @@ def read_generator_config(workdir: str) -> ml_collections.ConfigDict:
   config = restore.read_config(workdir)
   if config.task not in GENERATORS:
     raise ConfigError(f"{workdir} is a {config.task!r} run; generating needs an 'mvae' or 'flow' run")
-  if config.task != "flow" and (FLAGS.guidance_scale is not None or FLAGS.num_steps is not None):
+  flow_flags = (FLAGS.guidance_scale, FLAGS.num_steps, FLAGS.sampler)
+  if config.task != "flow" and any(flag is not None for flag in flow_flags):
     raise ConfigError(
-      f"--guidance_scale and --num_steps apply to flow runs; {workdir} is an {config.task!r} run"
+      f"--guidance_scale, --num_steps and --sampler apply to flow runs; {workdir} is an {config.task!r} run"
     )
   return config
 
@@ -91,7 +101,9 @@ def default_temperature(config: ml_collections.ConfigDict) -> float:
 
 def options() -> dict:
   """The flow sampling flags that are set (the run's own settings otherwise)."""
-  return sample_options(guidance_scale=FLAGS.guidance_scale, num_steps=FLAGS.num_steps or 0)
+  return sample_options(
+    guidance_scale=FLAGS.guidance_scale, num_steps=FLAGS.num_steps or 0, sampler=FLAGS.sampler
+  )
 
 
 def describe(config: ml_collections.ConfigDict, temperature: float) -> str:
@@ -99,7 +111,8 @@ def describe(config: ml_collections.ConfigDict, temperature: float) -> str:
     return f"temperature {temperature:g}"
   scale = config.flow.guidance_scale if FLAGS.guidance_scale is None else FLAGS.guidance_scale
   steps = FLAGS.num_steps or config.flow.num_steps
-  return f"guidance {scale:g}, {steps} {config.flow.sampler} steps, temperature {temperature:g}"
+  sampler = FLAGS.sampler or config.flow.sampler
+  return f"guidance {scale:g}, {steps} {sampler} steps, temperature {temperature:g}"
 
 
 def save_grid(path: str, images: list[np.ndarray], titles: list[str], title: str) -> None:
@@ -170,14 +183,45 @@ def generate(workdir: str, output: str) -> None:
   print(f"saved {len(samples)} samples to {output}")
 
 
-def measure_coherence(workdir: str, judge_workdir: str, split: str, seed: int) -> dict[str, float]:
-  """The `coherence` evaluator on the state the run reports; printed and saved to coherence.json."""
+def sampling_ms_per_image(config, task, variables, source, temperature: float) -> dict[str, float]:
+  """Per condition, the milliseconds per image of sampling one evaluation batch, compiled beforehand."""
+  batch = next(
+    pipeline.eval_batches(source, batch_size=config.eval_batch_size, max_tokens=config.dataset.max_tokens)
+  )
+  size = len(batch.pop("weight"))
+  timings = {}
+  for condition in image_conditions(task):
+    sample = functools.partial(
+      task.sample,
+      variables,
+      batch,
+      jax.random.PRNGKey(0),
+      temperature,
+      condition=(condition,),
+      target="image",
+    )
+    jax.block_until_ready(sample(**options()))  # Compiles.
+    start = time.perf_counter()
+    jax.block_until_ready(sample(**options()))
+    timings[f"{condition}_to_image"] = 1000 * (time.perf_counter() - start) / size
+  return timings
+
+
+def measure_coherence(
+  workdir: str, judge_workdir: str, split: str, seed: int, num_examples: int = 0
+) -> dict[str, float]:
+  """The `coherence` evaluator on the state the run reports; printed and saved to coherence.json.
+
+  `num_examples` draws the same subset for every run (`robustness.subsample`, seeded by `seed`): a
+  flow samples with tens of network passes per image, so a comparison of settings can afford a subset.
+  """
   config = read_generator_config(workdir)
   sources, _, task, variables = restore.load_run(config, workdir, (split,))
+  source = robustness.subsample(sources[split], num_examples, seed=seed)
   temperature = default_temperature(config)
   evaluator = CoherenceEvaluator(
     task,
-    sources[split],
+    source,
     split=split,
     judge_workdir=judge_workdir,
     dataset=config.dataset.name,
@@ -194,12 +238,13 @@ def measure_coherence(workdir: str, judge_workdir: str, split: str, seed: int) -
     results[f"{kind}/{split}/{rest}"] = value
   record = {
     "workdir": workdir,
+    "sampling_ms_per_image": sampling_ms_per_image(config, task, variables, source, temperature),
     "judge": judge_workdir,
     "judge_dataset_config": evaluator.judge_config.dataset.config,
     "temperature": temperature,
     **({"sampling": describe(config, temperature)} if config.task == "flow" else {}),
     "seed": seed,
-    "examples": len(sources[split]),
+    "examples": len(source),
     **results,
   }
   with open(os.path.join(workdir, "coherence.json"), "w") as f:
@@ -221,8 +266,10 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log dozens of INFO lines per restore.
   try:
+    if FLAGS.num_examples and FLAGS.judge is None:
+      raise ConfigError("--num_examples applies to --judge")
     if FLAGS.judge is not None:
-      measure_coherence(FLAGS.workdir, FLAGS.judge, FLAGS.split, FLAGS.seed)
+      measure_coherence(FLAGS.workdir, FLAGS.judge, FLAGS.split, FLAGS.seed, FLAGS.num_examples)
     else:
       generate(FLAGS.workdir, FLAGS.output or os.path.join(FLAGS.workdir, "generated.png"))
   except USER_ERRORS as e:

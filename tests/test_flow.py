@@ -100,6 +100,21 @@ def test_the_path_and_its_velocity():
     flow.integrate(lambda x, t: x, noise, 3, "rk4")
 
 
+def test_training_times_are_uniform_or_logit_normal():
+  key = jax.random.PRNGKey(0)
+  uniform, logit_normal = (flow.training_times(key, 20_000, how) for how in flow.TIME_SAMPLINGS)
+  for t in (uniform, logit_normal):
+    assert t.shape == (20_000,) and float(t.min()) > 0 and float(t.max()) < 1
+  middle = lambda t: float(jnp.mean((t > 0.25) & (t < 0.75)))  # noqa: E731
+  assert abs(middle(uniform) - 0.5) < 0.02
+  assert abs(middle(logit_normal) - 0.728) < 0.02  # P(|z| < logit(0.75) = 1.099) for z ~ N(0, 1).
+  np.testing.assert_allclose(jnp.log(logit_normal / (1 - logit_normal)).std(), 1.0, atol=0.03)
+  # One key per example: row i depends on key i only.
+  keys = jax.random.split(key, 6)
+  rows = flow.training_times(keys, 6, "logit_normal")
+  np.testing.assert_array_equal(rows[:3], flow.training_times(keys[:3], 3, "logit_normal"))
+
+
 # ---- The task: sampling and guidance ----
 
 
@@ -163,6 +178,7 @@ def test_config_errors_name_the_key(retrieval_tiny_data):
   for key, value, message in (
     ("cond_dropout", 1.0, r"flow.cond_dropout must be in \[0, 1\)"),
     ("sampler", "rk4", "unknown flow.sampler 'rk4'"),
+    ("time_sampling", "beta", "unknown flow.time_sampling 'beta'"),
     ("num_steps", 0, "flow.num_steps must be positive"),
     ("target", "label", "not an array input"),
   ):
@@ -253,11 +269,13 @@ def test_generate_cli_judges_a_flow_run_with_guidance(trained_run, retrieval_tin
     num_train_steps=2, batch_size=32, eval_batch_size=128, log_every_steps=2, checkpoint_every_steps=2
   )
   train.train_and_evaluate(config, str(tmp_path / "judge"))
-  flags = [f"--judge={tmp_path / 'judge'}", "--guidance_scale=2", "--num_steps=2"]
+  flags = [f"--judge={tmp_path / 'judge'}", "--guidance_scale=2", "--num_steps=2", "--sampler=heun"]
+  flags.append("--num_examples=100")
   result = run_python(["scripts/generate.py", f"--workdir={workdir}", *flags])
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads((workdir / "coherence.json").read_text())
-  assert record["examples"] == 256 and record["sampling"].startswith("guidance 2, 2 euler steps")
+  assert record["examples"] == 100 and record["sampling"].startswith("guidance 2, 2 heun steps")
+  assert record["sampling_ms_per_image"]["text_to_image"] > 0
   assert 0 <= record["coherence/test/text_to_image/label"] <= 1
   assert "coherence/test/image_to_image/label" not in record  # The flow draws images from text only.
   assert record["frechet/test/real_floor"] < record["frechet/test/text_to_image"]  # 10 steps: far off.

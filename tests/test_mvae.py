@@ -507,6 +507,10 @@ def test_generate_reports_user_errors_in_one_line(capsys, trained_run, tmp_path)
   (tmp_path / "config.json").write_text(json.dumps({**config, "task": "classification"}))
   status, stderr = generate([f"--workdir={tmp_path}", "--caption=a red circle"])
   assert status == 1 and "is a 'classification' run" in stderr
+  status, stderr = generate([f"--workdir={workdir}", "--caption=a red circle", "--sampler=heun"])
+  assert status == 1 and "--sampler apply to flow runs" in stderr
+  status, stderr = generate([f"--workdir={workdir}", "--caption=a red circle", "--num_examples=5"])
+  assert status == 1 and "--num_examples applies to --judge" in stderr
 
 
 def test_coherence_cli_judges_generated_images(trained_run, retrieval_tiny_data, tmp_path):
@@ -524,6 +528,7 @@ def test_coherence_cli_judges_generated_images(trained_run, retrieval_tiny_data,
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads((workdir / "coherence.json").read_text())
   assert record["examples"] == 256
+  assert set(record["sampling_ms_per_image"]) == {"text_to_image", "image_to_image"}
   for key in (
     "judge/test/label",
     "coherence/test/text_to_image/label",

@@ -6,7 +6,8 @@ condition, read by its registered encoder), with the U-Net of `mmlearn.models.un
 
 The path from noise x0 ~ N(0, I) to data x1 is the straight line x_t = (1 - t) x0 + t x1 (rectified
 flow, the optimal-transport path of Lipman et al. 2023 with sigma_min = 0), whose velocity is x1 - x0;
-the network regresses it: loss = E_t,x0 |v(x_t, t, c) - (x1 - x0)|^2, t ~ U[0, 1], averaged over pixels.
+the network regresses it: loss = E_t,x0 |v(x_t, t, c) - (x1 - x0)|^2, averaged over pixels, with t ~ U[0, 1]
+or logit-normal (`flow.time_sampling`).
 With probability `flow.cond_dropout` an example's condition is replaced by the learned null embedding,
 so the same network also learns the unconditional velocity. Sampling integrates dx/dt = v from t = 0
 to 1 with `flow.num_steps` Euler or Heun steps, with the guided velocity
@@ -37,6 +38,7 @@ from mmlearn.tasks.mvae_eval import GenerationEvaluator, weighted_means
 from mmlearn.tasks.registry import TASKS
 
 SAMPLERS = ("euler", "heun")
+TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 
 def interpolate(noise: jax.Array, data: jax.Array, t: jax.Array) -> jax.Array:
@@ -78,6 +80,17 @@ def uniform(keys: jax.Array, size: int) -> jax.Array:
   return jax.random.uniform(keys, (size,))
 
 
+def training_times(keys: jax.Array, size: int, how: str) -> jax.Array:
+  """[size] training times in (0, 1): uniform, or the sigmoid of a standard normal (`logit_normal`)."""
+  if how == "uniform":
+    return uniform(keys, size)
+  if rngs.is_batched(keys):
+    z = jax.vmap(lambda k: jax.random.normal(k))(keys)
+  else:
+    z = jax.random.normal(keys, (size,))
+  return jax.nn.sigmoid(z)
+
+
 def _is_number(value: Any) -> bool:
   return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -88,6 +101,10 @@ def check_settings(settings: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"flow.cond_dropout must be in [0, 1), got {settings.cond_dropout}")
   if settings.sampler not in SAMPLERS:
     raise ConfigError(f"unknown flow.sampler {settings.sampler!r}; known: {', '.join(SAMPLERS)}")
+  if settings.time_sampling not in TIME_SAMPLINGS:
+    raise ConfigError(
+      f"unknown flow.time_sampling {settings.time_sampling!r}; known: {', '.join(TIME_SAMPLINGS)}"
+    )
   widths = tuple(settings.widths)
   if not widths or any(not isinstance(w, int) or w <= 0 for w in widths):
     raise ConfigError(f"flow.widths must be positive integers, got {widths}")
@@ -148,6 +165,7 @@ class FlowTask:
     self.modalities = tuple(sorted((self.condition, self.target)))
     self.array_modalities = (self.target,)
     self.cond_dropout = float(settings.cond_dropout)
+    self.time_sampling = settings.time_sampling
     self.guidance_scale, self.num_steps = float(settings.guidance_scale), int(settings.num_steps)
     self.sampler, self.temperature = settings.sampler, float(settings.temperature)
     self.grid_conditions, self.grid_samples = int(settings.grid_conditions), int(settings.grid_samples)
@@ -181,7 +199,8 @@ class FlowTask:
     """(x0 [size, *shape], t [size], condition dropped [size]) from one key per example (or one key)."""
     noise_key, time_key, drop_key = rngs.split(rng, 3)
     noise = rngs.normal(noise_key, (size, *shape))
-    return noise, uniform(time_key, size), uniform(drop_key, size) < drop_rate
+    t = training_times(time_key, size, self.time_sampling)
+    return noise, t, uniform(drop_key, size) < drop_rate
 
   def losses(self, variables: Any, batch: dict[str, Any], rng: jax.Array, *, drop_rate: float, **apply):
     """(per-example velocity loss [B], updated collections); `apply`: train mode and its dropout key."""
