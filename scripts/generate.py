@@ -199,10 +199,11 @@ def sampling_ms_per_image(config, task, variables, source, temperature: float) -
       temperature,
       condition=(condition,),
       target="image",
+      **options(),
     )
-    jax.block_until_ready(sample(**options()))  # Compiles.
+    jax.block_until_ready(sample())  # Compiles.
     start = time.perf_counter()
-    jax.block_until_ready(sample(**options()))
+    jax.block_until_ready(sample())
     timings[f"{condition}_to_image"] = 1000 * (time.perf_counter() - start) / size
   return timings
 

@@ -84,11 +84,7 @@ def training_times(keys: jax.Array, size: int, how: str) -> jax.Array:
   """[size] training times in (0, 1): uniform, or the sigmoid of a standard normal (`logit_normal`)."""
   if how == "uniform":
     return uniform(keys, size)
-  if rngs.is_batched(keys):
-    z = jax.vmap(lambda k: jax.random.normal(k))(keys)
-  else:
-    z = jax.random.normal(keys, (size,))
-  return jax.nn.sigmoid(z)
+  return jax.nn.sigmoid(rngs.normal(keys, (size,)))
 
 
 def _is_number(value: Any) -> bool:
