@@ -11,7 +11,7 @@ from typing import Any
 
 import ml_collections
 
-from mmlearn import class_losses, defaults, losses, optim, parallel, registry
+from mmlearn import class_losses, defaults, init_from, losses, optim, parallel, registry
 from mmlearn.data import imbalance, missing
 from mmlearn.data.augment import Augment
 from mmlearn.errors import ConfigError
@@ -91,6 +91,11 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("set num_epochs or num_train_steps to a positive value")
   parallel.check_config(config)
   optim.OPTIMIZERS.get(config.optimizer.name)
+  if config.init_from.params and not config.init_from.workdir:
+    raise ConfigError("init_from.params is set but init_from.workdir names no run to take them from")
+  init_from.parse_pairs(config.init_from.params)
+  if config.optimizer.frozen:
+    optim.frozen_labels(config.optimizer.frozen)  # Raises on a pattern that does not compile.
   FUSIONS.get(config.model.fusion)
   losses.LOSSES.get(config.retrieval.loss)
   imbalance.check(config.dataset.imbalance_ratio, config.dataset.sampler)

@@ -140,6 +140,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.warmup_steps = 50
   config.optimizer.schedule = "cosine"  # cosine | constant (both after linear warmup)
   config.optimizer.grad_clip_norm = 0.0  # 0 disables global-norm clipping.
+  # Regex over parameter paths, matched from the start ("embed/encoder/"): those parameters never change.
+  config.optimizer.frozen = ""
+
+  # Start from another run's parameters (a pretrained encoder, fine-tuning; see mmlearn/init_from.py).
+  config.init_from = ml_collections.ConfigDict()
+  config.init_from.workdir = ""  # A trained run; "" = this run's seeded initialisation only.
+  # "DEST=SOURCE,...": this run's parameter path <- the source run's ("embed/encoder=audio_encoder");
+  # "" = the whole tree.
+  config.init_from.params = ""
 
   config.batch_size = 128  # Global batch, split over every device of every process.
   config.eval_batch_size = 512

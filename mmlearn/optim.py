@@ -1,5 +1,6 @@
-"""Optimizers by name, wrapped in the learning-rate schedule and optional global-norm clipping."""
+"""Optimizers by name, wrapped in the learning-rate schedule, optional global-norm clipping and freezing."""
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -74,4 +75,36 @@ def make_optimizer(
   tx = make(make_schedule(cfg, total_steps), cfg)
   if cfg.grad_clip_norm > 0:
     tx = optax.chain(clip_by_norm(cfg.grad_clip_norm, norm), tx)
+  if cfg.frozen:
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, frozen_labels(cfg.frozen))
   return tx
+
+
+def parameter_path(key_path: Any) -> str:
+  """A parameter's `/`-separated path, e.g. `embed/encoder/conv0/kernel`."""
+  return "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in key_path)
+
+
+def frozen_labels(pattern: str) -> Callable[[Any], Any]:
+  """Labels "frozen" for the parameters whose path `pattern` matches from its start, "train" elsewhere.
+
+  Frozen parameters never change: they are outside the optimizer (no weight decay, no share of the
+  clipping norm, no Adam state), and XLA drops their gradient's computation.
+  """
+  try:
+    regex = re.compile(pattern)
+  except re.error as error:
+    raise ConfigError(f"optimizer.frozen {pattern!r} is not a regular expression: {error}") from None
+
+  def labels(params: Any) -> Any:
+    tree = jax.tree_util.tree_map_with_path(
+      lambda path, _: "frozen" if regex.match(parameter_path(path)) else "train", params
+    )
+    if "frozen" not in jax.tree.leaves(tree):
+      some = [parameter_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0][:6]]
+      raise ConfigError(
+        f"optimizer.frozen {pattern!r} matches no parameter (paths look like {', '.join(some)})"
+      )
+    return tree
+
+  return labels

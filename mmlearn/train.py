@@ -29,7 +29,7 @@ import optax
 from absl import logging
 from jax import lax
 
-from mmlearn import config_checks, data, imputation, optim, rngs, selection
+from mmlearn import config_checks, data, imputation, init_from, optim, rngs, selection
 from mmlearn import evaluators as evaluators_lib
 from mmlearn import parallel as parallel_lib
 from mmlearn import workdir as workdir_lib
@@ -233,6 +233,9 @@ def _train_and_evaluate(config, workdir, *, hooks, changed, fallback, profile_st
     transforms=(Augment.from_config(config.augment), absent),
   )
   state = initial_state(config, task, tx, sources["train"], par.num_devices)
+  if config.init_from.workdir:  # Replaced by the checkpoint when the run resumes.
+    variables = init_from.load(config.init_from, state.variables())
+    state = TrainState.create(variables, tx, state.rng, ema=state.ema_params is not None)
   # Raises now rather than when the first step is traced.
   microbatch_chunks(config.microbatch_size, config.batch_size // par.num_devices, task, state.model_state)
   num_parameters = sum(x.size for x in jax.tree.leaves(state.params))

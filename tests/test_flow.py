@@ -15,7 +15,7 @@ import pytest
 
 from configs.flow import tiny
 from conftest import run_python
-from mmlearn import generation_metrics, imputation, train
+from mmlearn import generation_metrics, imputation, restore, train
 from mmlearn.data import mmshapes, pipeline
 from mmlearn.errors import ConfigError
 from mmlearn.models import unet
@@ -297,3 +297,32 @@ def test_generative_imputation_draws_the_image_from_a_flow_run(trained_run, retr
   config.task = "classification"
   with pytest.raises(ConfigError, match="not an 'mvae' run or a 'flow' run"):
     imputation.check_run(config, "RUN", ("image", "text"))
+
+
+def test_a_run_starts_from_another_runs_encoder_and_keeps_it_frozen(
+  trained_run, retrieval_tiny_data, tmp_path
+):
+  source_dir, _ = trained_run
+  config = tiny_config(retrieval_tiny_data[0])
+  config.seed = 1  # Its own initialisation differs from the source's everywhere.
+  config.num_train_steps = 4
+  config.init_from.update(workdir=str(source_dir), params="embed/encoder=embed/encoder")
+  config.optimizer.frozen = "embed/encoder/"
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  _, _, _, source = restore.load_run(restore.read_config(str(source_dir)), str(source_dir), ())
+  _, _, _, started = restore.load_run(restore.read_config(str(tmp_path / "run")), str(tmp_path / "run"), ())
+  # The EMA of an unchanging parameter is that parameter, up to the average's rounding.
+  pairs = zip(
+    jax.tree.leaves(source["params"]["embed"]["encoder"]),
+    jax.tree.leaves(started["params"]["embed"]["encoder"]),
+    strict=True,
+  )
+  for a, b in pairs:
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  unet = [
+    np.abs(a - b).max()
+    for a, b in zip(
+      jax.tree.leaves(source["params"]["unet"]), jax.tree.leaves(started["params"]["unet"]), strict=True
+    )
+  ]
+  assert min(unet) > 1e-4, unet  # Not copied: trained from this run's own initialisation.

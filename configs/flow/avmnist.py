@@ -2,6 +2,11 @@
 
 The condition is MultiBench's audio LeNet on the 112x112 spectrogram (configs/avmnist/base.py); the
 U-Net works at 28, 14 and 7 pixels. Audio -> image coherence is judged by `configs/mvae/judge_avmnist.py`.
+
+`configs/flow/avmnist.py:RUN` starts the audio LeNet from the trained audio-only classifier RUN
+(`configs/avmnist/audio_only.py:plain`, the same tower) and keeps it frozen: the velocity loss gives the
+encoder little signal about which digit was spoken, the classifier's loss gives it nothing else. The two
+variants (trained with the flow, or pretrained and frozen) are compared on validation coherence.
 """
 
 import ml_collections
@@ -10,7 +15,7 @@ from configs import default
 from configs.avmnist import base
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(audio_encoder_run: str = "") -> ml_collections.ConfigDict:
   config = base.use_avmnist(default.get_config())
   config.task = "flow"
   config.model.modalities = ml_collections.ConfigDict({"audio": base.AUDIO})
@@ -24,4 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_epochs = 2.0  # 1,719 steps (a time budget: about 30 minutes on the 2-core CPU).
   config.log_every_steps = 100
   config.checkpoint_every_steps = 500
+  if audio_encoder_run:
+    config.init_from.update(workdir=audio_encoder_run, params="embed/encoder=audio_encoder")
+    config.optimizer.frozen = "embed/encoder/"
   return config
