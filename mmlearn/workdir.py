@@ -22,6 +22,7 @@ from typing import Any
 
 import ml_collections
 
+from mmlearn import defaults
 from mmlearn.errors import WorkdirError
 
 CONFIG = "config.json"
@@ -124,10 +125,15 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict, *, allow_chang
   if saved is None:
     return []
   new = as_json(config)
-  changed = changed_keys(saved, new)
+  flat_saved, flat_new = _flatten(saved), _flatten(new)
+  # A key added to mmlearn after the run was saved, left at its default, is what the run trained with.
+  added = set(flat_new) - set(flat_saved)
+  reference = _flatten(as_json(defaults.get_config()))
+  changed = [
+    k for k in changed_keys(saved, new) if not (k in added and reference.get(k, "<absent>") == flat_new[k])
+  ]
   if not changed:
     return []
-  flat_saved, flat_new = _flatten(saved), _flatten(new)
 
   def show(keys):
     return ", ".join(

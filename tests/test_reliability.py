@@ -201,6 +201,21 @@ def test_harmless_changes_and_a_longer_run_need_the_flag(finished, tiny_config):
     train.train_and_evaluate(tiny_config, finished, allow_config_changes=True)
 
 
+def test_a_run_saved_before_a_key_existed_resumes_while_that_key_is_at_its_default(finished, tiny_config):
+  path = os.path.join(finished, "config.json")
+  saved = json.loads(read(path))
+  del saved["optimizer"]["frozen"], saved["init_from"]  # As a run saved before these keys were added.
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  tiny_config.optimizer.frozen = "text_encoder/"  # Not the default: the saved run did not train this way.
+  with pytest.raises(WorkdirError, match=r"optimizer.frozen \('<absent>' -> 'text_encoder/'\)"):
+    train.train_and_evaluate(tiny_config, finished)
+  tiny_config.optimizer.frozen = ""
+  tiny_config.num_train_steps = 8
+  train.train_and_evaluate(tiny_config, finished, allow_config_changes=True)
+  assert params_at(finished)[0] == 8
+
+
 def test_a_checkpoint_of_another_model_is_one_line(finished, tiny_config):
   os.remove(os.path.join(finished, "config.json"))  # A run saved before config.json existed, say.
   tiny_config.model.head_hidden = (32,)
