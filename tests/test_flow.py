@@ -293,6 +293,16 @@ def test_generative_imputation_draws_the_image_from_a_flow_run(trained_run, retr
   assert not np.allclose(filled["image"][1::2], batch["image"][1::2]) and np.abs(filled["image"]).max() <= 1
   np.testing.assert_array_equal(filled["text"][present["text"]], batch["text"][present["text"]])
   assert not filled["text"][~present["text"]].any() and not filled["text_mask"][~present["text"]].any()
+  # Where the caption is absent too, the image is drawn without it: another caption changes nothing there.
+  both = {"image": np.zeros(8, bool), "text": np.array([True, False] * 4)}
+  inputs = {k: v for k, v in batch.items() if k != "weight"}
+  other = inputs | {
+    "text": np.roll(inputs["text"], 1, axis=0),
+    "text_mask": np.roll(inputs["text_mask"], 1, axis=0),
+  }
+  first, second = generate(inputs, both, 0)["image"], generate(other, both, 0)["image"]
+  np.testing.assert_allclose(first[1::2], second[1::2], atol=1e-6)
+  assert np.abs(first[::2] - second[::2]).max() > 1e-3  # A present caption does steer its image.
   config = tiny_config(retrieval_tiny_data[0])
   config.task = "classification"
   with pytest.raises(ConfigError, match="not an 'mvae' run or a 'flow' run"):

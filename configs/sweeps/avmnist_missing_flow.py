@@ -10,7 +10,8 @@ The `generative` variant of `configs/sweeps/avmnist_missing.py` with a flow run 
 its curves compare with that sweep's. Without modality dropout only: the classifier trains on complete
 examples and the flow imputes at evaluation. With dropout it would also sample an image for about a
 quarter of the training examples, at 20 U-Net passes each (`flow.num_steps`), which costs more than the
-classifier's own training. The flow imputes the image only: an absent spectrogram is zero-filled.
+classifier's own training. The flow imputes the image only: an absent spectrogram is zero-filled, and
+where both are absent the image is drawn unconditionally (guidance's null condition).
 """
 
 from configs.sweeps import avmnist_missing

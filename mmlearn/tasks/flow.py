@@ -120,8 +120,9 @@ class FlowTask:
   generation evaluators, `scripts/generate.py` and generative imputation use, as the MVAE's:
 
   - `sample(variables, batch, rng, temperature, *, condition, target, num_samples, guidance_scale,
-    num_steps, sampler) -> (x [B, num_samples, ...], None)`, jitted; the last three default to the
-    config's, `temperature` scales the starting noise. Deterministic in `rng` (one key, or [B] keys).
+    num_steps, sampler, unconditional) -> (x [B, num_samples, ...], None)`, jitted; the three before the
+    last default to the config's, `temperature` scales the starting noise, `unconditional` ([B] bool)
+    draws those examples without their condition. Deterministic in `rng` (one key, or [B] keys).
   - `impute(variables, batch, present, rng, temperature=1.0, targets=None) -> batch`.
   - `sample_conditions(target)`: the conditions it generates `target` from; `array_modalities`.
   """
@@ -273,6 +274,7 @@ class FlowTask:
     guidance_scale: float | None = None,
     num_steps: int | None = None,
     sampler: str | None = None,
+    unconditional: jax.Array | None = None,
   ) -> tuple[jax.Array, None]:
     if tuple(condition) != (self.condition,) or target != self.target:
       raise ConfigError(
@@ -288,7 +290,8 @@ class FlowTask:
     scale = self.guidance_scale if guidance_scale is None else guidance_scale
     inputs = {k: batch[k] for k in (self.condition, f"{self.condition}_mask") if k in batch}
     size = inputs[self.condition].shape[0]
-    embedded = self.model.apply(variables, inputs, jnp.zeros(size, bool), method=FlowNet.encode)
+    drop = jnp.zeros(size, bool) if unconditional is None else jnp.asarray(unconditional, bool)
+    embedded = self.model.apply(variables, inputs, drop, method=FlowNet.encode)
     embedded = jnp.repeat(embedded, num_samples, axis=0)
     keys = rngs.per_sample(rng, num_samples)  # Example-major: rows i * num_samples + j.
     x = temperature * rngs.normal(keys, (size * num_samples, *shape))
@@ -311,8 +314,10 @@ class FlowTask:
   ) -> dict[str, Any]:
     """`batch` with an absent target generated from the example's condition, as `MVAETask.impute`.
 
-    The flow generates its target only: an absent condition becomes 0 (an empty token sequence), as the
-    `zero` imputation would make it. Present inputs and every other key are returned unchanged.
+    Where the condition is absent too, the target is drawn unconditionally (the null embedding that
+    condition dropout trained), never from the input the example is said to lack. The flow generates its
+    target only: an absent condition becomes 0 (an empty token sequence), as the `zero` imputation would
+    make it. Present inputs and every other key are returned unchanged.
     """
     if self.condition not in batch:
       raise ConfigError(f"the flow run imputes {self.target} from {self.condition}, which the batch lacks")
@@ -320,7 +325,15 @@ class FlowTask:
     flags = {m: jnp.broadcast_to(jnp.asarray(present.get(m, False), bool), (size,)) for m in self.modalities}
     out = dict(batch)
     if targets is None or self.target in targets:
-      x, _ = self._sample(variables, batch, rng, temperature, condition=(self.condition,), target=self.target)
+      x, _ = self._sample(
+        variables,
+        batch,
+        rng,
+        temperature,
+        condition=(self.condition,),
+        target=self.target,
+        unconditional=~flags[self.condition],
+      )
       x = x[:, 0]
       if self.target in batch:
         keep = flags[self.target].reshape(-1, *([1] * (x.ndim - 1)))
