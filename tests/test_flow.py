@@ -303,6 +303,12 @@ def test_generative_imputation_draws_the_image_from_a_flow_run(trained_run, retr
   first, second = generate(inputs, both, 0)["image"], generate(other, both, 0)["image"]
   np.testing.assert_allclose(first[1::2], second[1::2], atol=1e-6)
   assert np.abs(first[::2] - second[::2]).max() > 1e-3  # A present caption does steer its image.
+  # Only rows lacking the image are sampled, each from its own key: the others' absence changes nothing.
+  few = {"image": np.isin(np.arange(8), [1, 3], invert=True), "text": np.ones(8, bool)}
+  more = {"image": np.isin(np.arange(8), [1, 3, 4, 6], invert=True), "text": np.ones(8, bool)}
+  np.testing.assert_allclose(
+    generate(inputs, few, 0)["image"][[1, 3]], generate(inputs, more, 0)["image"][[1, 3]], atol=1e-6
+  )
   config = tiny_config(retrieval_tiny_data[0])
   config.task = "classification"
   with pytest.raises(ConfigError, match="not an 'mvae' run or a 'flow' run"):

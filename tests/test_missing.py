@@ -6,7 +6,7 @@ import pytest
 from test_fusion import FUSION_KWARGS, classifier, features, image_text_batch, random_params
 
 from configs import default
-from mmlearn import config_checks
+from mmlearn import config_checks, imputation
 from mmlearn.data import missing
 from mmlearn.errors import ConfigError
 from mmlearn.models.fusion import FUSIONS
@@ -227,6 +227,28 @@ def test_generative_imputation_fills_absent_inputs_from_the_generator():
   assert "audio_present" not in out  # A generated input counts as present.
   with pytest.raises(ConfigError, match="generative_workdir"):
     missing.impute(batch, present, ("audio",), imputation="generative")
+
+
+def test_the_generator_samples_only_the_rows_that_lack_a_modality():
+  traced = []
+
+  class Doubler:  # A stand-in generator: an absent input becomes twice its value, and the row's key is kept.
+    def impute(self, variables, batch, present, keys, temperature, targets):
+      traced.append(batch["audio"].shape[0])
+      doubled = jax.numpy.where(present["audio"][:, None], batch["audio"], 2 * batch["audio"])
+      return {"audio": doubled, "image": jax.random.key_data(keys).astype("float32")[:, :1]}
+
+  generate = imputation.generator(Doubler(), None, ("audio", "image"), 1.0)
+  audio = np.arange(200, dtype=np.float32)[:, None]
+  present = {"audio": np.ones(200, bool), "image": np.ones(200, bool)}
+  assert generate({"audio": audio, "image": audio}, present, 0)["audio"] is audio  # Nothing lacking.
+  present["audio"][[5, 70, 199]] = False
+  out = generate({"audio": audio, "image": np.zeros((200, 1), np.float32)}, present, 0)
+  assert traced == [imputation.ROWS]  # Three rows, padded to one block, not the batch of 200.
+  np.testing.assert_array_equal(out["audio"][[5, 70, 199], 0], [10, 140, 398])
+  np.testing.assert_array_equal(np.delete(out["audio"], [5, 70, 199]), np.delete(audio, [5, 70, 199]))
+  keys = jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(np.array([5, 70])))
+  np.testing.assert_array_equal(out["image"][[5, 70], 0], keys[:, 0].astype(np.float32))  # Row i's own key.
 
 
 def test_generative_imputation_with_a_trained_mvae_end_to_end(mvae_tiny_run, retrieval_tiny_data, tmp_path):
