@@ -8,7 +8,7 @@ import pytest
 
 from configs import tiny
 from mmlearn import config_checks, init_from, optim
-from mmlearn.errors import ConfigError
+from mmlearn.errors import ConfigError, WorkdirError
 
 
 def tree(seed: float) -> dict:
@@ -73,3 +73,9 @@ def test_frozen_parameters_never_change_under_decay_clipping_and_adam():
   cfg.frozen = "decoder/"
   with pytest.raises(ConfigError, match="'decoder/' matches no parameter.*encoder/conv/bias"):
     optim.make_optimizer(cfg, 10).init(params)
+
+
+def test_a_source_that_is_not_a_run_is_named(tmp_path):
+  settings = ml_collections.ConfigDict({"workdir": str(tmp_path / "nowhere"), "params": ""})
+  with pytest.raises(WorkdirError, match="nowhere/config.json is missing"):
+    init_from.load(settings, tree(0.0))
