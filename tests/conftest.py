@@ -78,24 +78,31 @@ AVMNIST_MISSING = (
 )
 
 
+@contextlib.contextmanager
+def shared_by_workers(tmp_path_factory, name: str):
+  """The path NAME in the directory a session's pytest-xdist workers share, under an exclusive lock.
+
+  What is costly to make and read-only once made is made by the first worker to take the lock; the others
+  wait for it and find it there.
+  """
+  base = tmp_path_factory.getbasetemp()
+  directory = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  with open(directory / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    yield directory / name
+
+
 @pytest.fixture(scope="session")
 def avmnist_data_dir(tmp_path_factory) -> str:
-  """A data dir holding the `tiny` AV-MNIST build (every split), built once per test session.
-
-  pytest-xdist workers share it: the first to take the lock builds it in the directory above the
-  workers' own, the others wait for it and read it.
-  """
+  """A data dir holding the `tiny` AV-MNIST build (every split), built once per test session."""
   from mmlearn import data
 
   if not os.path.isdir(AVMNIST_RAW):
     pytest.skip(AVMNIST_MISSING)
-  base = tmp_path_factory.getbasetemp()
-  directory = str((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "avmnist_tfds")
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, ".lock"), "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    data.load_sources("avmnist", config="tiny", data_dir=directory, manual_dir=AVMNIST_RAW)
-  return directory
+  with shared_by_workers(tmp_path_factory, "avmnist_tfds") as directory:
+    directory.mkdir(exist_ok=True)
+    data.load_sources("avmnist", config="tiny", data_dir=str(directory), manual_dir=AVMNIST_RAW)
+  return str(directory)
 
 
 @pytest.fixture
