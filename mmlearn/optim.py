@@ -90,7 +90,7 @@ def frozen_labels(pattern: str) -> Callable[[Any], Any]:
   """Labels "frozen" for the parameters whose path `pattern` matches from its start, "train" elsewhere.
 
   Frozen parameters never change: they are outside the optimizer (no weight decay, no share of the
-  clipping norm, no Adam state), and XLA drops their gradient's computation.
+  clipping norm, no Adam state). Their gradient is still computed and averaged over devices.
   """
   try:
     regex = re.compile(pattern)
