@@ -1,6 +1,7 @@
 """mmshapes: determinism, balance, the 62.5% / 62.5% / 100% design, the tokenizer, the builder and loader."""
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -336,6 +337,17 @@ def test_second_load_reuses_the_files(prepared):
   before = dataset_files(directory)
   sources, _ = data.load_sources("mmshapes", config="tiny", data_dir=directory, splits=("validation",))
   assert dataset_files(directory) == before and list(sources) == ["validation"]
+
+
+@pytest.mark.parametrize("name", ["mmshapes", "avmnist"])
+def test_constructing_an_unprepared_builder_leaves_no_temporary_directory(monkeypatch, tmp_path, name):
+  """TFDS looks for precomputed info of an unprepared builder on its bucket through a new temp dir."""
+  scratch = tmp_path / "scratch"
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+  builder = data.DATASETS.get(name)(data_dir=str(tmp_path / "tfds"))
+  assert not builder.is_prepared()
+  assert list(scratch.iterdir()) == []
 
 
 def test_data_dir_comes_from_argument_then_environment(monkeypatch, tmp_path):

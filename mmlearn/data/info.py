@@ -3,6 +3,18 @@
 import tensorflow_datasets as tfds
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+  """A `DatasetInfo` that never looks for precomputed info on TFDS's bucket.
+
+  TFDS calls `initialize_from_bucket` for every builder whose files are not prepared yet. Datasets here
+  are never on the bucket, and the call leaves an empty `/tmp/tmp*tfds` directory behind each time (one
+  per builder constructed: thousands over a test suite).
+  """
+
+  def initialize_from_bucket(self) -> None:
+    return None
+
+
 def local_dataset_info(
   builder: tfds.core.DatasetBuilder,
   *,
@@ -15,7 +27,7 @@ def local_dataset_info(
   Not `builder.dataset_info_from_configs`: it reads package metadata files this package does not ship.
   `disable_shuffling` keeps generator order, so element i of the files is the generator's example i.
   """
-  return tfds.core.DatasetInfo(
+  return _LocalDatasetInfo(
     builder=builder,
     description=doc.split("\n\n")[0],
     features=features,
