@@ -22,6 +22,7 @@ import os
 import runpy
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -37,6 +38,26 @@ if JAX_CACHE:
   os.environ.update(JAX_COMPILATION_CACHE_DIR=JAX_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   jax.config.update("jax_compilation_cache_dir", JAX_CACHE)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+# A name for this test session that its pytest-xdist workers (and their subprocesses) inherit: the Slurm
+# tests' shared cluster is keyed by it, and the session's end removes that cluster's directory in /tmp.
+SESSION_ENV = "MMLEARN_TEST_SESSION"
+
+
+def pytest_configure(config):
+  if SESSION_ENV not in os.environ:  # The controller (or a run without workers), before any worker starts.
+    os.environ[SESSION_ENV] = f"{os.getpid()}-{time.time_ns()}"
+    config.stash[_OWN_SESSION] = os.environ[SESSION_ENV]
+
+
+def pytest_unconfigure(config):
+  if session := config.stash.get(_OWN_SESSION, None):
+    import slurm_cluster
+
+    slurm_cluster.remove(session)
+
+
+_OWN_SESSION = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")

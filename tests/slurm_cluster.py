@@ -8,7 +8,8 @@ accounting database: finished jobs go to a `jobcomp/filetxt` file, which `sacct 
 job may start again after `cred_expire` (10 s here, Slurm's default 120 s), so requeue tests stay short.
 
 pytest-xdist workers share one cluster: the first to need it starts it, and the last to leave stops it
-(a reference count in a file next to the workers' temporary directories, under a lock).
+(a reference count in the cluster's directory, under a lock); the session's end deletes the directory
+(`tests/conftest.py`).
 """
 
 import contextlib
@@ -148,14 +149,19 @@ class Cluster:
           time.sleep(0.1)
 
 
+def session_directory(session: str) -> str:
+  """Where the cluster of a test session (any unique string) lives.
+
+  In /tmp, not under pytest's private (0700) directories: munged serves only a socket whose parent
+  directories everyone may enter.
+  """
+  return f"/tmp/mmlearn-slurm-{hashlib.sha1(session.encode()).hexdigest()[:8]}"
+
+
 @contextlib.contextmanager
 def shared(session: str):
-  """The cluster of a test session (a directory name), started by its first user, stopped by its last.
-
-  It lives in /tmp, not under pytest's private (0700) directories: munged serves only a socket whose
-  parent directories everyone may enter.
-  """
-  directory = f"/tmp/mmlearn-slurm-{hashlib.sha1(str(session).encode()).hexdigest()[:8]}"
+  """The cluster of a test session, started by its first user, stopped by its last."""
+  directory = session_directory(session)
   os.makedirs(directory, mode=0o755, exist_ok=True)
   cluster = Cluster(directory)
   count_file = os.path.join(directory, "users.json")
@@ -173,6 +179,14 @@ def shared(session: str):
       _write_count(count_file, users)
       if users == 0:
         cluster.stop()
+
+
+def remove(session: str) -> None:
+  """Stops the session's cluster if a crashed worker left it running, and deletes its directory."""
+  directory = session_directory(session)
+  if os.path.isdir(directory):
+    Cluster(directory).stop()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextlib.contextmanager

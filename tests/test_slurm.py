@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import slurm_cluster
 
-from conftest import REPO, run_python
+from conftest import REPO, SESSION_ENV, run_python
 from mmlearn import checkpoint
 
 TWO_LR = """
@@ -37,11 +37,10 @@ ONE_LR = TWO_LR.replace('[{"model.fusion": "nope"}], ', "").replace("[0.05, 0.1]
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory):
+def cluster():
   if reason := slurm_cluster.missing():
     pytest.skip(reason)
-  base = tmp_path_factory.getbasetemp()  # pytest-xdist workers share the directory above theirs.
-  with slurm_cluster.shared(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) as c:
+  with slurm_cluster.shared(os.environ[SESSION_ENV]) as c:
     yield c
 
 
