@@ -19,6 +19,7 @@ import functools
 import importlib
 import logging as std_logging
 import os
+import pickle
 import runpy
 import subprocess
 import sys
@@ -82,14 +83,17 @@ def retrieval_tiny_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mvae_tiny_run(retrieval_tiny_data, tmp_path_factory):
   """(workdir, final metrics) of `configs/mvae/tiny.py` trained on the `retrieval_tiny` build, once per
-  test process: the MVAE tests read it, and generative imputation imputes with it."""
+  test session: the MVAE tests read it, and generative imputation imputes with it."""
   from configs.mvae import tiny
   from mmlearn import train
 
-  config = tiny.get_config()
-  config.dataset.data_dir = retrieval_tiny_data[0]
-  workdir = tmp_path_factory.mktemp("mvae_run")
-  return workdir, train.train_and_evaluate(config, str(workdir))
+  with shared_by_workers(tmp_path_factory, "mvae_run") as workdir:
+    results_file = workdir.with_name("mvae_run_results.pkl")
+    if not results_file.exists():
+      config = tiny.get_config()
+      config.dataset.data_dir = retrieval_tiny_data[0]
+      results_file.write_bytes(pickle.dumps(train.train_and_evaluate(config, str(workdir))))
+    return workdir, pickle.loads(results_file.read_bytes())
 
 
 # The real AV-MNIST raw files (MNIST idx + FSDD wavs); the tests that need them skip when they are absent.
