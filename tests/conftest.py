@@ -43,6 +43,7 @@ if JAX_CACHE:
 # A name for this test session that its pytest-xdist workers (and their subprocesses) inherit: the Slurm
 # tests' shared cluster is keyed by it, and the session's end removes that cluster's directory in /tmp.
 SESSION_ENV = "MMLEARN_TEST_SESSION"
+_OWN_SESSION = pytest.StashKey[str]()  # Set in the process that named the session, which cleans up after it.
 
 
 def pytest_configure(config):
@@ -56,9 +57,6 @@ def pytest_unconfigure(config):
     import slurm_cluster
 
     slurm_cluster.remove(session)
-
-
-_OWN_SESSION = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")
