@@ -19,11 +19,14 @@ import functools
 import importlib
 import logging as std_logging
 import os
+import pathlib
 import pickle
 import runpy
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -85,13 +88,12 @@ def mvae_tiny_run(retrieval_tiny_data, tmp_path_factory):
   from configs.mvae import tiny
   from mmlearn import train
 
-  with shared_by_workers(tmp_path_factory, "mvae_run") as workdir:
-    results_file = workdir.with_name("mvae_run_results.pkl")
-    if not results_file.exists():
-      config = tiny.get_config()
-      config.dataset.data_dir = retrieval_tiny_data[0]
-      results_file.write_bytes(pickle.dumps(train.train_and_evaluate(config, str(workdir))))
-    return workdir, pickle.loads(results_file.read_bytes())
+  def train_once(workdir):
+    config = tiny.get_config()
+    config.dataset.data_dir = retrieval_tiny_data[0]
+    return train.train_and_evaluate(config, str(workdir))
+
+  return made_once(tmp_path_factory, "mvae_run", train_once)
 
 
 # The real AV-MNIST raw files (MNIST idx + FSDD wavs); the tests that need them skip when they are absent.
@@ -113,6 +115,18 @@ def shared_by_workers(tmp_path_factory, name: str):
   with open(directory / f"{name}.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     yield directory / name
+
+
+def made_once(tmp_path_factory, name: str, make: Callable[[pathlib.Path], Any]) -> tuple[pathlib.Path, Any]:
+  """(the shared path NAME, `make(path)`'s result), `make` run by the first worker only.
+
+  The result is pickled beside the path, where the other workers read it back.
+  """
+  with shared_by_workers(tmp_path_factory, name) as path:
+    result_file = path.with_name(f"{name}.result.pkl")
+    if not result_file.exists():
+      result_file.write_bytes(pickle.dumps(make(path)))
+  return path, pickle.loads(result_file.read_bytes())
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import run_python, shared_by_workers
+from conftest import made_once, run_python
 from mmlearn import checkpoint, parallel
 from mmlearn.errors import CheckpointError, ConfigError
 from mmlearn.prefetch import IteratorState
@@ -23,14 +23,16 @@ TOLERANCE = 1e-5  # Float32 summation order: 1 vs 8 devices, pmean vs reduce-sca
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
   """The 8-device run's figures, measured once for the session's workers (its tests may be split)."""
-  with shared_by_workers(tmp_path_factory, "sharding_check.out") as path:
-    if not path.exists():
-      result = run_python(
-        ["tests/sharding_check.py"], env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-      )
-      assert result.returncode == 0, result.stderr[-3000:]
-      path.write_text(result.stdout)
-  lines = path.read_text().strip().splitlines()
+
+  def run(_):
+    result = run_python(
+      ["tests/sharding_check.py"], env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+  _, stdout = made_once(tmp_path_factory, "sharding_check", run)
+  lines = stdout.strip().splitlines()
   print("\n".join(lines[:-1]))  # The bytes table (pytest -s shows it).
   return json.loads(lines[-1])
 
