@@ -5,7 +5,7 @@ Image: Conv(32, 3x3, VALID) -> relu -> flatten (30x30x32) -> dense 64 -> relu, n
 differs: the Keras LSTM uses relu where this one uses tanh, and its vocabulary is 64 ids, mmshapes' own.
 """
 
-from mmlearn import defaults
+from mmlearn.config import schema as defaults
 
 
 def get_config():

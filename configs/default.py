@@ -1,6 +1,6 @@
 """Default config: CNN(image) + LSTM(text) -> concat -> MLP on mmshapes, trained with SGD + momentum.
 
-The keys, their defaults and their comments live in `mmlearn/defaults.py` (the schema every config is
+The keys, their defaults and their comments live in `mmlearn/config/schema.py` (the schema every config is
 checked against, so it ships with the library); this run changes one of them. Other mmshapes configs
 import this file and override a few fields; configs for other datasets and tasks start from the schema.
 
@@ -12,7 +12,7 @@ table and its commands: docs/training-core.md, "Choosing the default's gradient 
 
 import ml_collections
 
-from mmlearn import defaults
+from mmlearn.config import schema as defaults
 
 
 def get_config() -> ml_collections.ConfigDict:

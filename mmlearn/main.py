@@ -7,7 +7,7 @@ status 1 (`mmlearn.errors`); run with `--verbosity=1` for the traceback. Any oth
 and keeps its traceback.
 
 Re-running a command resumes its workdir from the latest checkpoint. `--allow_config_changes` lets the
-resume change logging, evaluation and length keys (`mmlearn.workdir.RESUMABLE_KEYS`); `--fallback`
+resume change logging, evaluation and length keys (`mmlearn.runs.workdir.RESUMABLE_KEYS`); `--fallback`
 resumes from the newest intact checkpoint when the latest is damaged.
 
 A multi-process run starts one such command per process, each with `--coordinator_address=HOST:PORT`
@@ -24,8 +24,11 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mmlearn import config_files, parallel, profiler, train
+from mmlearn import parallel
+from mmlearn.config import files as config_files
 from mmlearn.errors import USER_ERRORS, ConfigError, fail
+from mmlearn.train import loop as train
+from mmlearn.train import profiler
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the resolved config.")

@@ -42,11 +42,15 @@ from absl import app, flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mmlearn import config_checks, config_files, data, optim, report, train  # noqa: E402
+from mmlearn import data, optim  # noqa: E402
 from mmlearn import parallel as parallel_lib  # noqa: E402
+from mmlearn.config import checks as config_checks  # noqa: E402
+from mmlearn.config import files as config_files  # noqa: E402
 from mmlearn.data import pipeline  # noqa: E402
 from mmlearn.errors import ConfigError  # noqa: E402
+from mmlearn.launch import report  # noqa: E402
 from mmlearn.tasks import TASKS  # noqa: E402
+from mmlearn.train import loop as train  # noqa: E402
 
 flags.DEFINE_string("config", None, "Config file (`FILE[:ARG]`).")
 flags.DEFINE_multi_string("override", [], "key=value applied to the config, e.g. parallel.mode=shard_map.")

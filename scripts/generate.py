@@ -17,9 +17,9 @@ default: the run's `flow.*`.
 `--judge=RUN` names a classification run of the same dataset on images alone (configs/mvae/judge_*.py).
 For every other modality c, each example of `--split` gets one image generated from its c alone; the
 coherence is the share the judge labels with the example's label (mmshapes: also shape and colour
-separately; `mmlearn.coherence`), reported beside the judge's accuracy on the real images, printed and
+separately; `mmlearn.metrics.coherence`), reported beside the judge's accuracy on the real images, printed and
 saved to `WORKDIR/coherence.json` with the Fréchet distance and diversity of the same images in the
-judge's feature space (`mmlearn.coherence_eval`) and the time sampling takes per image (one evaluation
+judge's feature space (`mmlearn.evaluators.coherence`) and the time sampling takes per image (one evaluation
 batch, after compiling). For an MVAE, `image_to_image` is the same for each
 image's reconstruction from its own posterior: how well the decoder draws what the image itself tells,
 a reference for the others. `--num_examples=N` judges a seeded subset of N examples instead (the same
@@ -45,12 +45,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from mmlearn import restore, robustness  # noqa: E402
-from mmlearn.coherence_eval import CoherenceEvaluator, image_conditions  # noqa: E402
 from mmlearn.data import pipeline  # noqa: E402
 from mmlearn.errors import USER_ERRORS, ConfigError, fail  # noqa: E402
-from mmlearn.evaluators import sample_options  # noqa: E402
-from mmlearn.image_grid import to_uint8  # noqa: E402
+from mmlearn.evaluators.coherence import CoherenceEvaluator, image_conditions  # noqa: E402
+from mmlearn.evaluators.image_grid import to_uint8  # noqa: E402
+from mmlearn.evaluators.registry import (  # noqa: E402
+  robustness,
+  sample_options,  # noqa: E402
+)
+from mmlearn.runs import restore  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A finished (or checkpointed) mvae or flow run.")
 flags.DEFINE_string("caption", None, "Generate from this text, in the dataset's vocabulary.")

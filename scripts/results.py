@@ -21,7 +21,10 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmlearn import config_files, metric_writer, report, train  # noqa: E402
+from mmlearn.config import files as config_files  # noqa: E402
+from mmlearn.launch import report  # noqa: E402
+from mmlearn.runs import metric_writer  # noqa: E402
+from mmlearn.train import loop as train  # noqa: E402
 
 flags.DEFINE_list("configs", None, "Config files to train.")
 flags.DEFINE_string(

@@ -27,10 +27,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmlearn import data, restore  # noqa: E402
+from mmlearn import data  # noqa: E402
 from mmlearn import parallel as parallel_lib  # noqa: E402
 from mmlearn.data import pipeline  # noqa: E402
 from mmlearn.errors import USER_ERRORS, fail  # noqa: E402
+from mmlearn.runs import restore  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A finished (or checkpointed) retrieval run.")
 flags.DEFINE_string("query", None, "The text to search with (tokenized as the dataset's captions).")

@@ -5,7 +5,7 @@
 Restores the state the run reports (its best-validation one where it selects one, else the latest) and
 evaluates `--split` with each modality, and all of them, missing at rates 0, 0.1, ..., 0.9 (filled by the
 run's own `missing.imputation`), and with Gaussian noise of std 0, 0.1, ..., 0.9 added to each array
-modality (see `mmlearn.robustness`). Writes into `--output` (default WORKDIR/robustness): `robustness.csv`
+modality (see `mmlearn.evaluators.robustness`). Writes into `--output` (default WORKDIR/robustness): `robustness.csv`
 (one row per curve: area, then each level), `robustness.md`, and `robustness.png` (accuracy against level,
 one panel per kind). A missing run, a run of another task or a bad flag ends with one `error:` line and
 exit status 1.
@@ -22,10 +22,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmlearn import evaluators, imputation, report, restore, robustness  # noqa: E402
 from mmlearn import parallel as parallel_lib  # noqa: E402
 from mmlearn.data import missing  # noqa: E402
 from mmlearn.errors import USER_ERRORS, fail  # noqa: E402
+from mmlearn.evaluators import registry as evaluators  # noqa: E402
+from mmlearn.evaluators import robustness  # noqa: E402
+from mmlearn.launch import report  # noqa: E402
+from mmlearn.runs import imputation, restore  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A finished (or checkpointed) classification run.")
 flags.DEFINE_string("split", "test", "The split to evaluate.")

@@ -24,8 +24,9 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmlearn import launcher, report  # noqa: E402
 from mmlearn.errors import USER_ERRORS, DataError, fail  # noqa: E402
+from mmlearn.launch import local as launcher  # noqa: E402
+from mmlearn.launch import report  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A sweep's root directory: one sub-directory per variant.")
 flags.DEFINE_string("subdir_format", "robustness_{split}", "Where a variant keeps a split's curves.")

@@ -10,7 +10,7 @@ after raising the sweep file's `num_epochs`, `--extend` trains every variant on 
 Writes `summary.csv`, `summary.md` and `summary.png` (the metric by variant) into `--workdir`; a failed
 variant is listed with its error line, and the exit status is 1 if any failed.
 
-`--launcher=slurm` submits each variant as a Slurm job instead (`mmlearn/slurm_launcher.py`, same
+`--launcher=slurm` submits each variant as a Slurm job instead (`mmlearn/launch/slurm.py`, same
 skip / resume / `done.json` / summary behaviour); its settings come from the flags below or the sweep
 file's `get_launcher()` dict (flags win). See docs/cluster.md.
 """
@@ -25,8 +25,10 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmlearn import launcher, report, slurm_launcher, sweep  # noqa: E402
 from mmlearn.errors import USER_ERRORS, ConfigError, fail  # noqa: E402
+from mmlearn.launch import local as launcher  # noqa: E402
+from mmlearn.launch import report, sweep  # noqa: E402
+from mmlearn.launch import slurm as slurm_launcher  # noqa: E402
 
 flags.DEFINE_string("config", None, "Config file defining get_config and get_sweep, optionally FILE:ARG.")
 flags.DEFINE_string("workdir", None, "Root directory: one sub-directory per variant, plus the summary.")

@@ -86,7 +86,7 @@ def mvae_tiny_run(retrieval_tiny_data, tmp_path_factory):
   """(workdir, final metrics) of `configs/mvae/tiny.py` trained on the `retrieval_tiny` build, once per
   test session: the MVAE tests read it, and generative imputation imputes with it."""
   from configs.mvae import tiny
-  from mmlearn import train
+  from mmlearn.train import loop as train
 
   def train_once(workdir):
     config = tiny.get_config()
@@ -218,7 +218,7 @@ def run_steps(par, task, tx, variables, batches, *, ema_decay=0.0, microbatch_si
   One step per batch. Returns the host copy of the final variables (BatchNorm statistics included)
   and the loss of every step.
   """
-  from mmlearn import train
+  from mmlearn.train import loop as train
 
   state = train.TrainState.create(dict(variables), tx, jax.random.PRNGKey(1), ema=ema_decay > 0)
   step = par.map(

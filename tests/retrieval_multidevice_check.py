@@ -16,10 +16,12 @@ import optax
 from jax import lax
 
 from configs.retrieval import tiny
-from mmlearn import data, losses, train
+from mmlearn import data
 from mmlearn import parallel as parallel_lib
 from mmlearn.data import pipeline
+from mmlearn.losses import contrastive as losses
 from mmlearn.tasks import TASKS
+from mmlearn.train import loop as train
 
 
 def one_step(par, task, batch, variables):

@@ -24,10 +24,10 @@ from etils import epath
 from jax import lax
 
 from configs.retrieval import mmshapes_vit
-from mmlearn import checkpoint
 from mmlearn import parallel as parallel_lib
 from mmlearn.models.encoders import ENCODERS
-from mmlearn.prefetch import IteratorState
+from mmlearn.runs import checkpoint
+from mmlearn.train.prefetch import IteratorState
 
 SHARD_MIN_SIZE = 1024
 EMA_DECAY = 0.9

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from configs import default
-from mmlearn import config_checks, data
+from mmlearn import data
+from mmlearn.config import checks as config_checks
 from mmlearn.data import augment as A
 from mmlearn.data import pipeline
 from mmlearn.errors import ConfigError

@@ -7,9 +7,9 @@ import optax
 import pytest
 
 from configs import default
-from mmlearn import class_losses
-from mmlearn.class_losses import CLASS_LOSSES
 from mmlearn.errors import ConfigError
+from mmlearn.losses import classification as class_losses
+from mmlearn.losses.classification import CLASS_LOSSES
 
 COUNTS = np.array([50, 5, 0, 20, 1])  # Class 2 is absent from the "training split".
 
@@ -146,7 +146,7 @@ def test_unknown_loss_names_itself_and_the_known_ones():
   ],
 )
 def test_config_checks_reject_out_of_range_values(key, value, message):
-  from mmlearn import config_checks
+  from mmlearn.config import checks as config_checks
 
   config = default.get_config()
   config.classification[key] = value
@@ -155,7 +155,7 @@ def test_config_checks_reject_out_of_range_values(key, value, message):
 
 
 def test_config_checks_reject_an_unknown_loss():
-  from mmlearn import config_checks
+  from mmlearn.config import checks as config_checks
 
   config = default.get_config()
   config.classification.loss = "nope"

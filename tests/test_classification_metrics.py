@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from mmlearn import class_losses, data, report
-from mmlearn import classification_metrics as cm
-from mmlearn.metric_writer import MetricWriter, confusion_png_name, scalars
+from mmlearn import data
+from mmlearn.launch import report
+from mmlearn.losses import classification as class_losses
+from mmlearn.metrics import classification as cm
+from mmlearn.runs.metric_writer import MetricWriter, confusion_png_name, scalars
 from mmlearn.tasks import TASKS
 
 # Rows: true class, columns: predicted. Class 2 is absent from the split but predicted once.

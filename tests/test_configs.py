@@ -11,8 +11,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import REPO
-from mmlearn import config_checks, data
+from mmlearn import data
 from mmlearn import parallel as parallel_lib
+from mmlearn.config import checks as config_checks
 from mmlearn.tasks import TASKS
 
 # Two examples of each dataset's model inputs and features, as the pipeline delivers them.

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from conftest import max_diff, run_steps
-from mmlearn import data, optim, restore, train
+from mmlearn import data, optim
 from mmlearn import parallel as parallel_lib
 from mmlearn.data import pipeline
 from mmlearn.errors import ConfigError
+from mmlearn.runs import restore
 from mmlearn.tasks import TASKS
+from mmlearn.train import loop as train
 
 
 def tiny_task_and_batches(config, num_batches=3):

@@ -15,11 +15,13 @@ import pytest
 
 from configs.flow import tiny
 from conftest import run_python
-from mmlearn import generation_metrics, imputation, restore, train
 from mmlearn.data import mmshapes, pipeline
 from mmlearn.errors import ConfigError
+from mmlearn.metrics import generation as generation_metrics
 from mmlearn.models import unet
+from mmlearn.runs import imputation, restore
 from mmlearn.tasks import TASKS, flow
+from mmlearn.train import loop as train
 
 VOCAB = len(mmshapes.VOCABULARY)
 

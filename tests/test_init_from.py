@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from mmlearn import config_checks, init_from, optim
+from mmlearn import optim
+from mmlearn.config import checks as config_checks
 from mmlearn.errors import ConfigError, WorkdirError
+from mmlearn.runs import init_from
 
 
 def tree(seed: float) -> dict:

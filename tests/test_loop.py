@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import run_python
-from mmlearn import prefetch, profiler, train
 from mmlearn.errors import ConfigError
+from mmlearn.train import loop as train
+from mmlearn.train import prefetch, profiler
 
 
 class CountingIterator:

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from mmlearn.losses import LOSSES
+from mmlearn.losses.contrastive import LOSSES
 
 
 def unit_rows(rng, n, d):

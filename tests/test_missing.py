@@ -6,10 +6,11 @@ import pytest
 from test_fusion import FUSION_KWARGS, classifier, features, image_text_batch, random_params
 
 from configs import default
-from mmlearn import config_checks, imputation
+from mmlearn.config import checks as config_checks
 from mmlearn.data import missing
 from mmlearn.errors import ConfigError
 from mmlearn.models.fusion import FUSIONS
+from mmlearn.runs import imputation
 
 POOLING = ("sum", "late", "gated", "attention")
 SLOTS = ("concat", "tensor", "low_rank_tensor", "multiplicative")
@@ -253,7 +254,7 @@ def test_the_generator_samples_only_the_rows_that_lack_a_modality():
 
 def test_generative_imputation_with_a_trained_mvae_end_to_end(mvae_tiny_run, retrieval_tiny_data, tmp_path):
   from configs import tiny
-  from mmlearn import train
+  from mmlearn.train import loop as train
 
   config = tiny.get_config()
   config.dataset.data_dir = retrieval_tiny_data[0]

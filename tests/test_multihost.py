@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import main_in_process, run_python
-from mmlearn import parallel, train
+from mmlearn import parallel
 from mmlearn.errors import ConfigError
+from mmlearn.train import loop as train
 
 
 def free_address() -> str:

@@ -19,16 +19,19 @@ from scipy import stats
 
 from configs.mvae import tiny
 from conftest import main_in_process, run_python
-from mmlearn import coherence, config_checks, optim, rngs, train
+from mmlearn import optim, rngs
 from mmlearn import parallel as parallel_lib
+from mmlearn.config import checks as config_checks
 from mmlearn.data import mmshapes, pipeline
 from mmlearn.errors import ConfigError
-from mmlearn.image_grid import sample_grid
-from mmlearn.metric_writer import Image, MetricWriter
+from mmlearn.evaluators.image_grid import sample_grid
+from mmlearn.metrics import coherence
 from mmlearn.models import decoders, mvae
+from mmlearn.runs.metric_writer import Image, MetricWriter
 from mmlearn.tasks import TASKS
 from mmlearn.tasks import mvae as mvae_task
 from mmlearn.tasks.mvae import kl_weight
+from mmlearn.train import loop as train
 
 VOCAB = len(mmshapes.VOCABULARY)
 

@@ -15,9 +15,12 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, run_python
-from mmlearn import config_files, data, metric_writer, registry, train
+from mmlearn import data, registry
+from mmlearn.config import files as config_files
 from mmlearn.data import avmnist, captioned, progress
 from mmlearn.errors import ConfigError, DataError
+from mmlearn.runs import metric_writer
+from mmlearn.train import loop as train
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220)}
 SHAPES = ("square", "circle")
@@ -212,7 +215,7 @@ import os
 
 import ml_collections
 
-from mmlearn.defaults import get_config as defaults
+from mmlearn.config.schema import get_config as defaults
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmlearn import defaults
+from mmlearn.config import schema as defaults
 from mmlearn.errors import ConfigError
 from mmlearn.models.classifier import build_classifier
 from mmlearn.models.config import compute_dtype

@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 
 from conftest import main_in_process, run_python
-from mmlearn import checkpoint, errors, train, workdir
+from mmlearn import errors
 from mmlearn.errors import CheckpointError, DivergedError, WorkdirError
+from mmlearn.runs import checkpoint, workdir
+from mmlearn.train import loop as train
 
 
 def cli(*argv: str) -> tuple[int, str]:
@@ -366,7 +368,7 @@ KILLER = """
 import os, signal, sys
 from orbax.checkpoint._src.path import async_path
 from configs import tiny
-from mmlearn import train
+from mmlearn.train import loop as train
 
 kill_step, in_write = int(sys.argv[1]), sys.argv[2] == "write"
 rename = async_path.rename

@@ -9,12 +9,15 @@ import pytest
 
 from configs.retrieval import tiny
 from conftest import run_python, run_steps
-from mmlearn import config_checks, data, optim, retrieval_metrics, train
+from mmlearn import data, optim
 from mmlearn import parallel as parallel_lib
+from mmlearn.config import checks as config_checks
 from mmlearn.data import mmshapes, pipeline
 from mmlearn.errors import ConfigError
+from mmlearn.metrics import retrieval as retrieval_metrics
 from mmlearn.models.dual_encoder import DualEncoder
 from mmlearn.tasks import TASKS
+from mmlearn.train import loop as train
 
 RULE = "same_shape_colour_size_quadrant"
 ATTRIBUTE_WORDS = {  # attribute -> per value, the words that name it

@@ -5,8 +5,9 @@ import math
 import numpy as np
 
 from configs.retrieval import avmnist_clip
-from mmlearn import data, train
+from mmlearn import data
 from mmlearn.tasks import TASKS
+from mmlearn.train import loop as train
 
 
 def test_avmnist_retrieval_trains_and_ranks_by_digit(avmnist_data_dir, tmp_path):

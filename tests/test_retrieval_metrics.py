@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mmlearn import retrieval_metrics as rm
+from mmlearn.metrics import retrieval as rm
 
 
 def brute_force(queries, targets, query_keys, target_keys):

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import main_in_process, run_python
-from mmlearn import robustness, train
 from mmlearn.data import missing
 from mmlearn.errors import ConfigError
+from mmlearn.evaluators import robustness
+from mmlearn.train import loop as train
 
 
 def test_area_is_the_mean_of_the_curve():

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import made_once, run_python
-from mmlearn import checkpoint, parallel
+from mmlearn import parallel
 from mmlearn.errors import CheckpointError, ConfigError
-from mmlearn.prefetch import IteratorState
+from mmlearn.runs import checkpoint
+from mmlearn.train.prefetch import IteratorState
 
 TOLERANCE = 1e-5  # Float32 summation order: 1 vs 8 devices, pmean vs reduce-scatter.
 
@@ -157,7 +158,7 @@ def test_a_sharded_run_resumes_on_another_device_count(data_dir, tmp_path):
   """Through the trainer: 3 sharded steps on 8 devices, resumed to 6 on 4 devices, equal a replicated
   6-step run on 1 device (float tolerance: the summation order differs). Gradients are clipped (to a
   norm below the tiny model's), so the clipping norm must be the global one, not a shard's."""
-  from mmlearn import restore
+  from mmlearn.runs import restore
 
   train_tiny(data_dir, tmp_path / "single", 1, 6, 0)
   train_tiny(data_dir, tmp_path / "resumed", 8, 3, 256)

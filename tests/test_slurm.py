@@ -17,7 +17,7 @@ import pytest
 import slurm_cluster
 
 from conftest import REPO, SESSION_ENV, run_python
-from mmlearn import checkpoint
+from mmlearn.runs import checkpoint
 
 TWO_LR = """
 from configs import tiny

@@ -11,8 +11,10 @@ import types
 import pytest
 
 from conftest import REPO, run_python
-from mmlearn import config_files, launcher, sweep
+from mmlearn.config import files as config_files
 from mmlearn.errors import ConfigError
+from mmlearn.launch import local as launcher
+from mmlearn.launch import sweep
 
 H = sweep.HELPERS
 LR = H.sweep("optimizer.learning_rate", [0.1, 0.3])

@@ -11,11 +11,12 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import run_steps
-from mmlearn import data, optim, train
+from mmlearn import data, optim
 from mmlearn import parallel as parallel_lib
 from mmlearn.data import pipeline
 from mmlearn.errors import ConfigError
 from mmlearn.tasks import TASKS
+from mmlearn.train import loop as train
 
 
 def saved_params(workdir: str, step: int | None = None):

@@ -15,7 +15,7 @@ tables were measured with them, still use them.
 import ml_collections
 from ml_collections import config_dict
 
-from mmlearn import defaults
+from mmlearn.config import schema as defaults
 
 IMAGE = {"encoder": "lenet", "channels": 6, "num_layers": 3}  # 28x28x1 -> 48 features.
 # 112x112x1 spectrogram -> 192 features; centred per example (see `LeNet.center_input`: without it the

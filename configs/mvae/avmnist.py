@@ -9,7 +9,7 @@ likelihood's deviation (`learn_std`): a fixed 0.1 would weigh its 12,544 noisy l
 import ml_collections
 
 from configs.avmnist import base
-from mmlearn import defaults
+from mmlearn.config import schema as defaults
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -17,7 +17,7 @@ docs/generation.md has the figures.
 
 import ml_collections
 
-from mmlearn import defaults
+from mmlearn.config import schema as defaults
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -11,7 +11,7 @@ log(batch size) for the first ~150 steps before it falls, hence 2 epochs and not
 import ml_collections
 
 from configs.avmnist import base
-from mmlearn import defaults
+from mmlearn.config import schema as defaults
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -9,7 +9,7 @@ split).
 
 import ml_collections
 
-from mmlearn import defaults
+from mmlearn.config import schema as defaults
 
 
 def get_config(loss: str = "clip") -> ml_collections.ConfigDict:

@@ -32,7 +32,7 @@ import tensorflow_datasets as tfds
 from mmlearn.data.info import local_dataset_info
 from mmlearn.errors import ConfigError
 
-DEFAULT_CONFIG = "default"  # `dataset.config`'s default in mmlearn/defaults.py.
+DEFAULT_CONFIG = "default"  # `dataset.config`'s default in mmlearn/config/schema.py.
 
 
 class _DropMessages(logging.Filter):

@@ -14,7 +14,7 @@ information about an absent input can leak into the model:
             `flow`, `FlowTask.impute`: its target drawn from its condition; an absent condition is 0).
             The batch then has every modality (no `<m>_present`): the fusion uses the generated input
             as if it were real. This module never loads the run (that needs JAX and the trainer): the
-            caller does (`mmlearn.imputation`) and hands it to `from_config`.
+            caller does (`mmlearn.runs.imputation`) and hands it to `from_config`.
 
 `MissingModalities` holds the settings (`config.missing`). It is a `pipeline.BatchTransform` of
 training batches, and `evaluate(rates)` gives the `transform` of `pipeline.eval_batches`.
@@ -229,7 +229,7 @@ def from_config(
   """Settings from `config.missing` and `config.model.modalities`; `mean` averages `train_source`.
 
   `generative` calls `load_generator(generative_workdir, modalities, generative_temperature)` for
-  `impute`'s `generate` (`mmlearn.imputation.load_generator`): the caller hands it in, because loading
+  `impute`'s `generate` (`mmlearn.runs.imputation.load_generator`): the caller hands it in, because loading
   a run needs the trainer, which imports this module.
   """
   settings = config.missing

@@ -20,10 +20,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from mmlearn import class_losses
-from mmlearn import classification_metrics as cm
 from mmlearn import parallel as parallel_lib
-from mmlearn.evaluate import SplitEvaluator
+from mmlearn.evaluators.split_pass import SplitEvaluator
+from mmlearn.losses import classification as class_losses
+from mmlearn.metrics import classification as cm
 from mmlearn.models.classifier import build_classifier
 from mmlearn.models.config import compute_dtype
 from mmlearn.tasks.contract import apply_for_training
@@ -40,7 +40,10 @@ class ClassificationTask:
 
   summary_metric = "accuracy"
   separable_loss = True
-  evaluator_types = ("classification", "robustness")  # Registered evaluators (mmlearn.evaluators) that apply.
+  evaluator_types = (
+    "classification",
+    "robustness",
+  )  # Registered evaluators (mmlearn.evaluators.registry) that apply.
   default_evaluators = ("classification",)
 
   def __init__(

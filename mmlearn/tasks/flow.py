@@ -31,10 +31,10 @@ from jax import lax
 from mmlearn import parallel as parallel_lib
 from mmlearn import rngs
 from mmlearn.errors import ConfigError
+from mmlearn.evaluators.generation import GenerationEvaluator, weighted_means
 from mmlearn.models.config import compute_dtype, resolve_modalities
 from mmlearn.models.unet import FlowNet
 from mmlearn.tasks.contract import apply_for_training
-from mmlearn.tasks.mvae_eval import GenerationEvaluator, weighted_means
 from mmlearn.tasks.registry import TASKS
 
 SAMPLERS = ("euler", "heun")

@@ -2,7 +2,7 @@
 
 Task `"mvae"` follows the task contract (`mmlearn.tasks.contract.Task`). Its model is
 `mmlearn.models.mvae.MVAE` on `config.model.modalities` (encoders) and `config.mvae.decoders`. Its
-evaluator (test ELBO and sample grids) is `mmlearn.tasks.mvae_eval`.
+evaluator (test ELBO and sample grids) is `mmlearn.evaluators.generation`.
 
 The objective (Wu & Goodman 2018) sums ELBOs over subsets of the modalities: the joint ELBO, with the
 posterior of every modality, and one per modality, with that modality's posterior alone, so every
@@ -51,9 +51,9 @@ import numpy as np
 from mmlearn import parallel as parallel_lib
 from mmlearn import rngs
 from mmlearn.errors import ConfigError
+from mmlearn.evaluators.generation import GenerationEvaluator, weighted_means
 from mmlearn.models import mvae
 from mmlearn.models.config import compute_dtype, resolve_modalities
-from mmlearn.tasks.mvae_eval import GenerationEvaluator, weighted_means
 from mmlearn.tasks.registry import TASKS
 
 
@@ -99,7 +99,11 @@ class MVAETask:
 
   summary_metric = "elbo"
   separable_loss = True
-  evaluator_types = ("elbo", "samples", "coherence")  # Registered evaluators (mmlearn.evaluators) that apply.
+  evaluator_types = (
+    "elbo",
+    "samples",
+    "coherence",
+  )  # Registered evaluators (mmlearn.evaluators.registry) that apply.
   default_evaluators = ("elbo", "samples")
 
   def __init__(

@@ -3,7 +3,7 @@
 The task pairs exactly two modalities (`config.model.modalities`, e.g. image + text, or audio + image).
 Training follows the task contract of `mmlearn.tasks.classification` (`init`, `loss`); evaluation is a
 `RetrievalEvaluator`, which embeds a whole split once and ranks every item of one modality against every
-item of the other, both ways (`mmlearn.retrieval_metrics`).
+item of the other, both ways (`mmlearn.metrics.retrieval`).
 
 Every split is ranked with the paired item as the only right answer (rule "pair", the headline and the
 task's summary metric). `config.retrieval.relevance` adds a lenient rule beside it: feature names such as
@@ -22,10 +22,10 @@ from absl import logging
 from jax import lax
 
 from mmlearn import parallel as parallel_lib
-from mmlearn import retrieval_metrics
 from mmlearn.errors import ConfigError
-from mmlearn.evaluate import SplitPass
-from mmlearn.losses import LOSSES
+from mmlearn.evaluators.split_pass import SplitPass
+from mmlearn.losses.contrastive import LOSSES
+from mmlearn.metrics import retrieval as retrieval_metrics
 from mmlearn.models.config import compute_dtype, resolve_modalities
 from mmlearn.models.dual_encoder import DualEncoder
 from mmlearn.tasks.contract import apply_for_training
@@ -37,7 +37,7 @@ RANDOM_BASELINE_SEED = 0
 @TASKS.register("retrieval")
 class RetrievalTask:
   separable_loss = False  # In-batch negatives: a chunk would see fewer of them.
-  evaluator_types = ("retrieval",)  # Registered evaluators (mmlearn.evaluators) that apply.
+  evaluator_types = ("retrieval",)  # Registered evaluators (mmlearn.evaluators.registry) that apply.
   default_evaluators = ("retrieval",)
 
   def __init__(
@@ -111,7 +111,7 @@ class RetrievalTask:
     step: Any = None,
     dropout_rng: jax.Array | None = None,
   ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
-    """Per-device contrastive loss of this device's pairs against the global batch (see mmlearn.losses)."""
+    """Per-device contrastive loss of this device's pairs against the global batch (see mmlearn.losses.contrastive)."""
     del rng, step  # Dropout is the only randomness; no schedules.
     self._check_batch(batch)
     embeddings, updated = apply_for_training(self.model, variables, batch, dropout_rng=dropout_rng)

@@ -22,7 +22,7 @@ from typing import Any
 
 import ml_collections
 
-from mmlearn import defaults
+from mmlearn.config import schema as defaults
 from mmlearn.errors import WorkdirError
 
 CONFIG = "config.json"

@@ -7,7 +7,7 @@ Empty copies the whole tree (the same model, fine-tuned). Every other parameter 
 initialisation. A copied subtree's other collections (BatchNorm's `batch_stats`) come with it.
 
 The source's variables are the ones it evaluates with (its best-validation state where it selects one,
-its EMA where it keeps one; `mmlearn.restore.load_run`). Shapes and dtypes must match leaf for leaf.
+its EMA where it keeps one; `mmlearn.runs.restore.load_run`). Shapes and dtypes must match leaf for leaf.
 
 The trainer applies this to the step-0 state whether or not the run then resumes from a checkpoint
 (which replaces it), so the source run must stay where it is while the run trains. `optimizer.frozen`
@@ -20,8 +20,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from mmlearn import restore
 from mmlearn.errors import ConfigError
+from mmlearn.runs import restore
 
 
 def parse_pairs(text: str) -> list[tuple[str, str]]:

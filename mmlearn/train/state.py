@@ -1,8 +1,8 @@
-"""What a run is built from, shared by the trainer and the tools that read runs back (`mmlearn.restore`).
+"""What a run is built from, shared by the trainer and the tools that read runs back (`mmlearn.runs.restore`).
 
 The train state, the task, the run's length and the step-0 state (the template a checkpoint restores
 into) are built the same way when training and when evaluating a finished run, so they live here rather
-than in `mmlearn.train`: tools and the generative imputer load runs without importing the trainer.
+than in `mmlearn.train.loop`: tools and the generative imputer load runs without importing the trainer.
 """
 
 import functools

@@ -219,7 +219,7 @@ def remove_unfinished(directory: str) -> None:
 class Checkpointer:
   def __init__(self, workdir: str, *, keep: int, read_only: bool = False, subdir: str = "checkpoints"):
     """`read_only` (tools that evaluate a run) never creates, cleans or rotates anything; `subdir` is
-    the directory under `workdir` (`best` for the selected checkpoint, `mmlearn.selection`)."""
+    the directory under `workdir` (`best` for the selected checkpoint, `mmlearn.runs.selection`)."""
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, subdir)
     if not read_only and jax.process_index() == 0:

@@ -2,7 +2,7 @@
 
 `config_flags` already rejects unknown keys and ill-typed values given on the command line; these checks
 catch the same mistakes made inside config files (which may add keys freely), by comparing the config
-against `mmlearn/defaults.py` (the reference schema), and catch values whose type is right but whose
+against `mmlearn/config/schema.py` (the reference schema), and catch values whose type is right but whose
 meaning is not.
 """
 
@@ -11,13 +11,17 @@ from typing import Any
 
 import ml_collections
 
-from mmlearn import class_losses, defaults, init_from, losses, optim, parallel, registry
+from mmlearn import optim, parallel, registry
+from mmlearn.config import schema as defaults
 from mmlearn.data import imbalance, missing
 from mmlearn.data.augment import Augment
 from mmlearn.errors import ConfigError
+from mmlearn.losses import classification as class_losses
+from mmlearn.losses import contrastive as losses
 from mmlearn.models.decoders import DECODERS
 from mmlearn.models.encoders import ENCODERS
 from mmlearn.models.fusion import FUSIONS
+from mmlearn.runs import init_from
 
 # Sub-trees whose keys are the user's to choose: modality names (the encoders, the missing rates, the
 # MVAE's decoders and likelihood weights), fusion arguments and the dataset builder's options.

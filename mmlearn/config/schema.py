@@ -1,6 +1,6 @@
 """The reference config: every key a config may set, with its default (`configs/default.py` is this).
 
-It lives in the library, not in `configs/`, because `mmlearn.config_checks` validates every config against
+It lives in the library, not in `configs/`, because `mmlearn.config.checks` validates every config against
 it (unknown keys, wrong types), and a pip-installed mmlearn must be able to do that without the
 repository's `configs/` package. The default run: CNN(image) + LSTM(text) -> concat -> MLP on mmshapes,
 trained with SGD + momentum. Override fields on the command line, e.g.
@@ -66,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.retrieval.query_chunk = 512  # Queries ranked at once: a [query_chunk, N] similarity block.
   config.retrieval.random_baseline = False  # Also report the metrics of random unit embeddings.
 
-  # Used by task="classification" only: the training loss (see mmlearn/class_losses.py). Losses that
+  # Used by task="classification" only: the training loss (see mmlearn/losses/classification.py). Losses that
   # weight or shift classes take the training split's class counts from the dataset.
   config.classification = ml_collections.ConfigDict()
   # cross_entropy | inverse_frequency | class_balanced | focal | logit_adjusted
@@ -143,7 +143,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Regex over parameter paths, matched from the start ("embed/encoder/"): those parameters never change.
   config.optimizer.frozen = ""
 
-  # Start from another run's parameters (a pretrained encoder, fine-tuning; see mmlearn/init_from.py).
+  # Start from another run's parameters (a pretrained encoder, fine-tuning; see mmlearn/runs/init_from.py).
   config.init_from = ml_collections.ConfigDict()
   config.init_from.workdir = ""  # A trained run; "" = this run's seeded initialisation only.
   # "DEST=SOURCE,...": this run's parameter path <- the source run's ("embed/encoder=audio_encoder");
@@ -159,7 +159,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 500
   config.eval_every_steps = 0  # > 0: also evaluate every eval split this often (sample grids); 0: at the end.
   config.keep_checkpoints = 2
-  # Evaluators (see mmlearn/evaluators.py), big_vision style: `config.evals.<name> = {"type": ...,
+  # Evaluators (see mmlearn/evaluators/registry.py), big_vision style: `config.evals.<name> = {"type": ...,
   # "split": ..., "every_steps": ...}` plus the type's own keys. Empty: the task's default evaluator on
   # every `dataset.eval_splits` split, every `eval_every_steps` (0: at the end only).
   config.evals = ml_collections.ConfigDict()

@@ -5,7 +5,7 @@ its target (the image) from its condition (the other modality), and leaves an ab
 Both tasks have the same `impute(variables, batch, present, rng, temperature, targets)`.
 
 `mmlearn.data.missing` fills absent inputs in the numpy data pipeline and must not load runs: that needs
-JAX, the run's checkpoint and the trainer's builders (`mmlearn.restore`), and the trainer imports the
+JAX, the run's checkpoint and the trainer's builders (`mmlearn.runs.restore`), and the trainer imports the
 pipeline. So whoever builds the pipeline (the trainer, `scripts/robustness.py`) hands `load_generator`
 to `missing.from_config`, which calls it only for `missing.imputation = "generative"`.
 """
@@ -17,8 +17,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from mmlearn import restore
 from mmlearn.errors import ConfigError
+from mmlearn.runs import restore
 
 
 def modelled(config: ml_collections.ConfigDict) -> set[str]:

@@ -5,8 +5,8 @@
 that a resume keeps the saved config, restores (and verifies) the latest checkpoint if there is one,
 trains, logs, guards against a non-finite loss, gradient or parameter norm before every checkpoint,
 checkpoints the state together with the data iterator, and runs the configured evaluators
-(`mmlearn.evaluators`: each on its schedule, all at the end). With `config.select_metric` it keeps the
-best-validation state too (`mmlearn.selection`) and reports the test metrics at that step beside the
+(`mmlearn.evaluators.registry`: each on its schedule, all at the end). With `config.select_metric` it keeps the
+best-validation state too (`mmlearn.runs.selection`) and reports the test metrics at that step beside the
 last step's. With `config.ema_decay` > 0 evaluation uses the parameters' moving average.
 
 Tasks follow `mmlearn.tasks.contract.Task`: the loss is `loss(variables, batch, rng, step=step,
@@ -29,27 +29,29 @@ import optax
 from absl import logging
 from jax import lax
 
-from mmlearn import config_checks, data, imputation, init_from, optim, rngs, selection
-from mmlearn import evaluators as evaluators_lib
+from mmlearn import data, optim, rngs
 from mmlearn import parallel as parallel_lib
-from mmlearn import workdir as workdir_lib
-from mmlearn.checkpoint import Checkpointer
+from mmlearn.config import checks as config_checks
 from mmlearn.data import missing, pipeline
 from mmlearn.data.augment import Augment
 from mmlearn.errors import ConfigError, DivergedError
-from mmlearn.metric_writer import MetricWriter
-from mmlearn.prefetch import DevicePrefetch
-from mmlearn.profiler import StepProfiler
+from mmlearn.evaluators import registry as evaluators_lib
+from mmlearn.runs import imputation, init_from, selection
+from mmlearn.runs import workdir as workdir_lib
+from mmlearn.runs.checkpoint import Checkpointer
+from mmlearn.runs.metric_writer import MetricWriter
+from mmlearn.tasks.contract import Task
+from mmlearn.train.prefetch import DevicePrefetch
+from mmlearn.train.profiler import StepProfiler
 
 # Re-exported: the trainer's public names include the run builders it uses.
-from mmlearn.run_setup import (  # noqa: F401
+from mmlearn.train.state import (  # noqa: F401
   TrainState,
   build_task,
   check_batch_size,
   initial_state,
   total_train_steps,
 )
-from mmlearn.tasks.contract import Task
 
 
 def train_step(
@@ -187,7 +189,7 @@ def train_and_evaluate(
   """Trains `config` in `workdir` (resuming if it holds checkpoints) and returns the final eval metrics.
 
   Everything is validated, and a resumed state restored, before anything is written to `workdir`; the
-  workdir is locked for the whole run (see `mmlearn.workdir`). `allow_config_changes` lets a resume
+  workdir is locked for the whole run (see `mmlearn.runs.workdir`). `allow_config_changes` lets a resume
   change logging, evaluation and length keys; `fallback` resumes from the newest intact checkpoint when
   the latest is damaged. `hooks` are called as `hook(step, metrics)` after each log interval (e.g. to
   stop a run early). `profile_steps=(start, end)` traces those steps with `jax.profiler`.

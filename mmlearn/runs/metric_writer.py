@@ -28,7 +28,7 @@ from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.proto.summary_pb2 import Summary
 
-from mmlearn.classification_metrics import ConfusionMatrix
+from mmlearn.metrics.classification import ConfusionMatrix
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -179,7 +179,7 @@ class MetricWriter:
       self._tb.flush()
 
   def _write_confusion(self, step: int, name: str, matrix: ConfusionMatrix) -> None:
-    from mmlearn import report  # Imports matplotlib: only runs that draw a matrix pay for it.
+    from mmlearn.launch import report  # Imports matplotlib: only runs that draw a matrix pay for it.
 
     path = os.path.join(self.workdir, confusion_png_name(name))
     picture = report.confusion_chart(path, matrix.counts, matrix.class_names, title=f"{name}, step {step}")

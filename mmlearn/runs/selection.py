@@ -13,9 +13,9 @@ import math
 import os
 from typing import Any
 
-from mmlearn.checkpoint import Checkpointer
 from mmlearn.errors import ConfigError
-from mmlearn.report import minimised
+from mmlearn.launch.report import minimised
+from mmlearn.runs.checkpoint import Checkpointer
 
 RECORD, SUBDIR = "best.json", "best"  # The record and the checkpoint directory, under the workdir.
 

@@ -22,9 +22,9 @@ from jax import lax
 from mmlearn import parallel as parallel_lib
 from mmlearn import rngs
 from mmlearn.data import pipeline
-from mmlearn.evaluate import SplitPass
-from mmlearn.image_grid import sample_grid
-from mmlearn.metric_writer import Image
+from mmlearn.evaluators.image_grid import sample_grid
+from mmlearn.evaluators.split_pass import SplitPass
+from mmlearn.runs.metric_writer import Image
 
 EVAL_SEED = 0  # Of evaluation's z samples: every evaluation of the same parameters gives the same numbers.
 GRID_SEED = 1

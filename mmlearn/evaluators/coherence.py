@@ -3,12 +3,12 @@
 For every condition c the generator draws images from (the MVAE: every other modality, and the image
 itself; the flow: its condition), each example of the split gets one image generated from its c alone
 (at `temperature`: a fresh draw per example); its coherence is the share the judge labels with the
-example's label (mmshapes: shape and colour separately too; `mmlearn.coherence`). For the MVAE,
+example's label (mmshapes: shape and colour separately too; `mmlearn.metrics.coherence`). For the MVAE,
 `image_to_image` is each image's reconstruction from its own posterior, the reference for the others,
 and `judge/...` is the judge's accuracy on the real images, which bounds what coherence can show.
 
 With `frechet` (the default) the same images are also compared with the real ones in the judge's
-penultimate feature space (`mmlearn.generation_metrics`): `frechet/<c>_to_image` is the Fréchet distance
+penultimate feature space (`mmlearn.metrics.generation`): `frechet/<c>_to_image` is the Fréchet distance
 between the images generated from the even-indexed examples and the real odd-indexed ones,
 `frechet/real_floor` the distance between the real even- and odd-indexed images (the same sizes, so the
 two compare), and `diversity/...` the mean within-class pairwise feature distance, generated and real.
@@ -25,9 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmlearn import coherence, generation_metrics, restore
 from mmlearn.data import pipeline
 from mmlearn.errors import ConfigError
+from mmlearn.metrics import coherence
+from mmlearn.metrics import generation as generation_metrics
+from mmlearn.runs import restore
 
 
 def judge_outputs(task: Any, variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:

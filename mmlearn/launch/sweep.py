@@ -16,7 +16,7 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
-from mmlearn import config_files
+from mmlearn.config import files as config_files
 from mmlearn.errors import ConfigError
 
 Sweep = list[dict[str, Any]]

@@ -24,9 +24,9 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from mmlearn import robustness
 from mmlearn.errors import ConfigError
-from mmlearn.evaluate import SplitEvaluator
+from mmlearn.evaluators import robustness
+from mmlearn.evaluators.split_pass import SplitEvaluator
 from mmlearn.registry import Registry
 
 EVALUATORS = Registry("evaluator")
@@ -130,7 +130,7 @@ def _retrieval(context: RunContext, source: Any, *, split: str) -> Any:
 @EVALUATORS.register("elbo")
 def _elbo(context: RunContext, source: Any, *, split: str) -> Any:
   """The MVAE's ELBO and its parts at beta = 1 over the split."""
-  from mmlearn.tasks.mvae_eval import GenerationEvaluator  # noqa: PLC0415 (the MVAE's module, on demand)
+  from mmlearn.evaluators.generation import GenerationEvaluator  # noqa: PLC0415 (the MVAE's module, on demand)
 
   return GenerationEvaluator(context.task, context.par, source, grids=False, **_split_kwargs(context, split))
 
@@ -138,7 +138,7 @@ def _elbo(context: RunContext, source: Any, *, split: str) -> Any:
 @EVALUATORS.register("flow_loss")
 def _flow_loss(context: RunContext, source: Any, *, split: str) -> Any:
   """The flow model's velocity loss over the split, every condition kept, fixed keys."""
-  from mmlearn.tasks.mvae_eval import GenerationEvaluator  # noqa: PLC0415
+  from mmlearn.evaluators.generation import GenerationEvaluator  # noqa: PLC0415
 
   return GenerationEvaluator(context.task, context.par, source, grids=False, **_split_kwargs(context, split))
 
@@ -146,7 +146,7 @@ def _flow_loss(context: RunContext, source: Any, *, split: str) -> Any:
 @EVALUATORS.register("samples")
 def _samples(context: RunContext, source: Any, *, split: str) -> Any:
   """Sample grids of every array modality given each other one (images in TensorBoard)."""
-  from mmlearn.tasks.mvae_eval import SampleGridEvaluator  # noqa: PLC0415
+  from mmlearn.evaluators.generation import SampleGridEvaluator  # noqa: PLC0415
 
   return SampleGridEvaluator(context.task, context.par, source, **_split_kwargs(context, split))
 
@@ -167,7 +167,7 @@ def _coherence(
   """What a trained judge classifier reads in images generated from each other modality; with `frechet`,
   the Fréchet distance and within-class diversity of those images in the judge's feature space.
   `guidance_scale`, `num_steps` and `sampler` (flow runs) override the run's sampling settings."""
-  from mmlearn.coherence_eval import CoherenceEvaluator  # noqa: PLC0415 (loads a run: on demand)
+  from mmlearn.evaluators.coherence import CoherenceEvaluator  # noqa: PLC0415 (loads a run: on demand)
 
   if not judge_workdir:
     raise ConfigError("the coherence evaluator needs judge_workdir (an image-only classification run)")
@@ -195,7 +195,7 @@ def sample_options(
 
 
 class RobustnessEvaluator:
-  """Accuracy against test-time missing rate and input noise (`mmlearn.robustness`): curves and areas.
+  """Accuracy against test-time missing rate and input noise (`mmlearn.evaluators.robustness`): curves and areas.
 
   One classification evaluator (one compiled step) serves every point; only its transform changes.
   """

@@ -11,11 +11,13 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from mmlearn import data, optim, registry, run_setup, selection
-from mmlearn import workdir as workdir_lib
-from mmlearn.checkpoint import Checkpointer
+from mmlearn import data, optim, registry
 from mmlearn.data import pipeline
 from mmlearn.errors import ConfigError, DataError, WorkdirError
+from mmlearn.runs import selection
+from mmlearn.runs import workdir as workdir_lib
+from mmlearn.runs.checkpoint import Checkpointer
+from mmlearn.train import state as run_setup
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

@@ -30,8 +30,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mmlearn import config_files, launcher
+from mmlearn.config import files as config_files
 from mmlearn.errors import ConfigError
+from mmlearn.launch import local as launcher
 
 JOB_FILE = "slurm_job.json"
 # States a job can still leave (squeue's long names); any other state, or none, means it ended.

@@ -1,0 +1,1 @@
+"""The config schema, its checks, and config files loaded outside absl."""

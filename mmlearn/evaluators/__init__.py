@@ -1,0 +1,1 @@
+"""Evaluators by name: the registry and one module per evaluator."""

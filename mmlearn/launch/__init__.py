@@ -1,0 +1,1 @@
+"""Launching runs: sweeps, local subprocesses, Slurm jobs, result tables."""

@@ -1,0 +1,1 @@
+"""Training losses: classification (re-weighted) and contrastive."""

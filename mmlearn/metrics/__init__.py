@@ -1,0 +1,1 @@
+"""Metrics computed from a model's outputs: classification, retrieval, generation."""

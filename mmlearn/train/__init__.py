@@ -1,0 +1,1 @@
+"""The training loop, its per-device step, the train state, prefetch and profiling."""
