@@ -1,4 +1,12 @@
-"""The default classifier, text modality alone: at best 62.5% on mmshapes (half the captions omit shape)."""
+"""The default classifier, text modality alone: at best 62.5% on mmshapes (half the captions omit shape).
+
+  python -m mmlearn.main --config=configs/mmshapes_text_only.py --workdir=runs/mmshapes_text_only
+
+Reaches (640 steps = 4 epochs of 128, seed 0): validation accuracy 62.94%, at its ceiling (a split's realised
+ceiling scatters around 62.5% by about 0.7 points on validation's 2,048 examples). Test: the README's
+"What the configs reach (measured)" table, whose `scripts/results.py` command trains this config beside
+`configs/default.py` and the image-only one.
+"""
 
 from configs import default
 

@@ -16,19 +16,13 @@ A multi-process run starts one such command per process, each with `--coordinato
 (Slurm, Open MPI, Cloud TPU, Kubernetes).
 """
 
-import logging as std_logging
-import os
-import sys
-
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mmlearn import parallel
-from mmlearn.config import files as config_files
-from mmlearn.errors import USER_ERRORS, ConfigError, fail
-from mmlearn.train import loop as train
-from mmlearn.train import profiler
+from mmlearn import cli, parallel
+from mmlearn.errors import USER_ERRORS, fail
+from mmlearn.train import loop, profiler
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the resolved config.")
@@ -49,96 +43,15 @@ flags.DEFINE_string(
 )
 
 
-def config_path(argv: list[str]) -> str | None:
-  """The file of `--config=FILE[:ARG]` (or `--config FILE`) in `argv`, if given."""
-  for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
-      return config_files.split_spec(arg.removeprefix("--config="))[0]
-    if arg == "--config" and i + 1 < len(argv):
-      return config_files.split_spec(argv[i + 1])[0]
-  return None
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, but a bad config file or `--config.*` override is one line, not a traceback."""
-  path = config_path(argv)
-  try:
-    if path is not None:
-      config_files.check_exists(path)
-    return FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  except ConfigError as e:
-    fail(e)
-  except Exception as e:
-    if path is not None and (in_file := config_files.error_in_file(path, e)) is not None:
-      fail(in_file)
-    if isinstance(e, KeyError | AttributeError | TypeError | ValueError):  # config_flags: a bad override.
-      fail(ConfigError(unwrap(e)), prefix="bad --config override: ")
-    raise
-
-
-def unwrap(error: BaseException) -> str:
-  """The innermost message of `AttributeError(KeyError(str))`, as config_flags raises for unknown keys."""
-  message: object = error
-  while isinstance(message, BaseException) and message.args:
-    message = message.args[0]
-  return str(message)
-
-
-def quiet_library_info(record) -> bool:
-  """Drops orbax's and TFDS's INFO lines (dozens per checkpoint), keeping their warnings and errors.
-
-  Also drops orbax's tracebacks of a failed save or restore thread: the exception reaches the trainer,
-  which reports it in its one `error:` line (`--verbosity=1` shows everything).
-  """
-  if "/orbax/" in record.pathname and record.exc_info:
-    return False
-  noisy = "/orbax/" in record.pathname or "/tensorflow_datasets/" in record.pathname
-  return record.levelno > std_logging.INFO or not noisy
-
-
-def ignore_closed_event_loops(unraisable) -> None:
-  """Silences tensorstore callbacks that land on orbax's closed event loop after a failed write.
-
-  When one write of a checkpoint fails, orbax abandons the others; their completions then call into
-  an event loop that no longer exists. That is noise after the reported error, not a second problem.
-  """
-  if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
-    return
-  sys.__unraisablehook__(unraisable)
-
-
-def distributed_settings() -> dict[str, str | int | None]:
-  """The multi-process flags, each unset one taken from its `$MMLEARN_*` environment variable."""
-  settings = {}
-  for name, env in parallel.ENV_VARS.items():
-    value = FLAGS[name].value
-    if value is None and os.environ.get(env):
-      value = os.environ[env]
-      if name != "coordinator_address":
-        try:
-          value = int(value)
-        except ValueError:
-          raise ConfigError(f"${env} must be an integer, got {value!r}") from None
-    settings[name] = value
-  return settings
-
-
-def main(argv):
+def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if logging.get_verbosity() <= logging.INFO:
-    logging.get_absl_handler().addFilter(quiet_library_info)
-    sys.unraisablehook = ignore_closed_event_loops
+  cli.quiet_library_logs()
   try:  # Before anything touches a device: JAX fixes the device list on first use.
-    parallel.initialize_distributed(**distributed_settings(), auto=FLAGS.distributed)
-  except USER_ERRORS as e:
-    fail(e)
-  logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
-  try:
-    train.train_and_evaluate(
+    settings = parallel.distributed_settings({name: FLAGS[name].value for name in parallel.ENV_VARS})
+    parallel.initialize_distributed(**settings, auto=FLAGS.distributed)
+    logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
+    loop.train_and_evaluate(
       FLAGS.config,
       FLAGS.workdir,
       allow_config_changes=FLAGS.allow_config_changes,
@@ -151,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -75,9 +75,8 @@ def make_optimizer(
   tx = make(make_schedule(cfg, total_steps), cfg)
   if cfg.grad_clip_norm > 0:
     tx = optax.chain(clip_by_norm(cfg.grad_clip_norm, norm), tx)
-  frozen = cfg.get("frozen", "")  # Absent from the configs of runs saved before the key existed.
-  if frozen:
-    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, frozen_labels(frozen))
+  if cfg.frozen:
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, frozen_labels(cfg.frozen))
   return tx
 
 

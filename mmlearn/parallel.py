@@ -8,8 +8,9 @@ implicit broadcast is a psum), so a pmap-style `pmean` on top would be N times t
 parameters as varying first (`lax.pcast(..., to="varying")`) fixes the gradient, but then every `scan`
 in the model (an LSTM) must make its initial carry varying too, leaking parallelism into model code. So
 the step is mapped with `check_vma=False`, where, as under `pmap`, the per-device gradient is local and
-the explicit `pmean` averages it: both modes give the parameters of a single-device run (tested on 4
-devices).
+the explicit `pmean` averages it: in both modes each step computes the single-device step's update,
+equal within float rounding (the device sums reorder the additions), so trajectories agree for a few
+steps and then drift apart as any reordering of float sums makes them.
 
 Sharded parameters (`config.parallel.shard_min_size` > 0, `shard_map` only) are FSDP's FULL_SHARD /
 ZeRO-3 over the data-parallel group, on the same 1-D mesh: every device holds 1/N of the batch *and* 1/N
@@ -31,17 +32,19 @@ get their parameter's layout without being matched to it, and a checkpoint can b
 device count by recomputing the layout there. Everything else (small leaves, the step, the RNG, model
 state such as BatchNorm statistics, optimizer counters) stays replicated. The optimizer must act
 elementwise on sharded leaves (sgd, adam, adamw do); optax's `clip_by_global_norm` does not (it would
-take the norm of the local shard), so `check_config` refuses clipping with sharding.
+take the norm of the local shard), so gradient clipping uses `mmlearn.optim.clip_by_norm` with this
+layout's `global_norm` (a psum of the shards' squares) instead.
 `DataParallel.map` reads each argument's layout from its arrays' shardings, and `out_layouts` gives an
 output the layout of an argument (the train step returns the state in the layout it took).
 
 Multi-host: `initialize_distributed` joins the processes of one run (before anything touches a device);
 the mesh then spans every device of every process, each process feeds only its share of each global
-batch, and both modes give the parameters of a single-process run (tested with 2 CPU processes).
+batch, and each step is the single-process step within float rounding, as above.
 """
 
 import contextlib
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -130,14 +133,6 @@ class DataParallel:
     if global_batch % self.num_devices:
       raise ConfigError(f"batch size {global_batch} is not divisible by the {self.num_devices} devices")
     return global_batch // jax.process_count()
-
-  def replicate(self, tree: Any) -> Any:
-    """Copies `tree` (the same value on every process) to every device, through host memory.
-
-    A process cannot `device_put` an array on its own device onto other processes' devices, but
-    each can place its host copy of the same value on its own devices, which is all replication needs.
-    """
-    return jax.device_put(jax.device_get(tree), self.replicated)
 
   def spec(self, shape: Sequence[int]) -> P:
     """The partition spec of a shardable leaf of this full shape: P() or "batch" on its `shard_dim`."""
@@ -312,6 +307,22 @@ ENV_VARS = {
   "num_processes": "MMLEARN_NUM_PROCESSES",
   "process_id": "MMLEARN_PROCESS_ID",
 }
+
+
+def distributed_settings(flag_values: dict[str, str | int | None]) -> dict[str, str | int | None]:
+  """The multi-process settings from their flags, each unset one from its `$MMLEARN_*` variable."""
+  settings = {}
+  for name, env in ENV_VARS.items():
+    value = flag_values.get(name)
+    if value is None and os.environ.get(env):
+      value = os.environ[env]
+      if name != "coordinator_address":
+        try:
+          value = int(value)
+        except ValueError:
+          raise ConfigError(f"${env} must be an integer, got {value!r}") from None
+    settings[name] = value
+  return settings
 
 
 def initialize_distributed(

@@ -2,12 +2,15 @@
 
 import importlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Generic, TypeVar, cast
 
 from mmlearn.errors import ConfigError
 
+T = TypeVar("T")
+Item = TypeVar("Item")
 
-class Registry:
+
+class Registry(Generic[T]):
   """A small mapping from names to classes or functions, filled by a decorator.
 
   Lookup of an unknown name raises a `ConfigError` (a `ValueError`) that names the kind of component and
@@ -17,18 +20,25 @@ class Registry:
 
   def __init__(self, kind: str):
     self.kind = kind
-    self._items: dict[str, Any] = {}
+    self._items: dict[str, T] = {}
 
-  def register(self, name: str) -> Callable[[Any], Any]:
-    def decorator(item: Any) -> Any:
-      if name in self._items:
-        raise ValueError(f"{self.kind} {name!r} is registered twice")
-      self._items[name] = item
+  def add(self, name: str, item: T) -> None:
+    if name in self._items:
+      raise ValueError(f"{self.kind} {name!r} is registered twice")
+    self._items[name] = item
+
+  def register(self, name: str) -> Callable[[Item], Item]:
+    """A decorator registering what it decorates, which keeps its own type. It is not checked against `T`
+    here: a registry whose items follow a contract checks them in a decorator of its own
+    (`mmlearn.tasks.registry.register`)."""
+
+    def decorator(item: Item) -> Item:
+      self.add(name, cast(T, item))
       return item
 
     return decorator
 
-  def get(self, name: str) -> Any:
+  def get(self, name: str) -> T:
     if name not in self._items:
       raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items))}")
     return self._items[name]

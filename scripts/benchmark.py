@@ -4,7 +4,7 @@
     --keras_python=/tmp/kvenv/bin/python
 
 For each batch size (`--batch_sizes`, default 32 and 256) it measures
-  - step: the real `train.train_step`, mapped by `parallel.DataParallel` and compiled ahead of time, run
+  - step: the real `train_step` (`mmlearn.train.step`), mapped by `parallel.DataParallel` and compiled ahead of time, run
     on one fixed device-resident batch (the ceiling the input pipeline can at best reach);
   - loop: the same compiled step fed by the real `pipeline.train_iterator` over the config's dataset,
     sharded onto the devices each step, with the trainer's one host sync per chunk of steps;
@@ -42,15 +42,16 @@ from absl import app, flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mmlearn import data, optim  # noqa: E402
+from mmlearn import optim, tasks  # noqa: E402
 from mmlearn import parallel as parallel_lib  # noqa: E402
 from mmlearn.config import checks as config_checks  # noqa: E402
 from mmlearn.config import files as config_files  # noqa: E402
 from mmlearn.data import pipeline  # noqa: E402
 from mmlearn.errors import ConfigError  # noqa: E402
 from mmlearn.launch import report  # noqa: E402
-from mmlearn.tasks import TASKS  # noqa: E402
-from mmlearn.train import loop as train  # noqa: E402
+from mmlearn.runs import restore  # noqa: E402
+from mmlearn.train import state as train_state  # noqa: E402
+from mmlearn.train.step import train_step  # noqa: E402
 
 flags.DEFINE_string("config", None, "Config file (`FILE[:ARG]`).")
 flags.DEFINE_multi_string("override", [], "key=value applied to the config, e.g. parallel.mode=shard_map.")
@@ -120,27 +121,18 @@ class Bench:
     self.batch_size = batch_size
     self.par = parallel_lib.DataParallel(config.parallel.mode)
     self.par.check_batch_size(batch_size)
-    sources, info = data.load_sources(
-      config.dataset.name,
-      config=config.dataset.config,
-      data_dir=config.dataset.data_dir,
-      manual_dir=config.dataset.manual_dir,
-      options=config.dataset.options,
-      splits=("train",),
-    )
+    sources, info = restore.load_sources(config, ("train",))
     source = sources["train"]
     self.steps_per_epoch = len(source) // batch_size
     self.log_every_steps = config.log_every_steps
-    tokenizer = data.dataset_tokenizer(config.dataset)
-    vocab_size = None if tokenizer is None else tokenizer.vocab_size
-    task = TASKS.get(config.task)(config, info=info, vocab_size=vocab_size)
-    tx = optim.make_optimizer(config.optimizer, train.total_train_steps(config, len(source)))
+    task = tasks.build(config, info=info, train_source=source)
+    tx = optim.make_optimizer(config.optimizer, train_state.total_train_steps(config, len(source)))
     start = time.perf_counter()
     self.iterator = pipeline.train_iterator(
       source, batch_size=batch_size, seed=config.seed, max_tokens=config.dataset.max_tokens
     )
     self.input_setup_s = time.perf_counter() - start
-    self.state = self.par.place_state(train.initial_state(config, task, tx, source, self.par.num_devices))
+    self.state = self.par.place_state(train_state.initial_state(config, task, tx, source, self.par.num_devices))
     self.fixed_batch = self.par.shard(next(self.iterator))
     mapped = self.mapped_step(task, tx, config.microbatch_size)
     if not hasattr(mapped, "lower"):
@@ -160,7 +152,7 @@ class Bench:
   def mapped_step(self, task, tx, microbatch_size: int):
     """The trainer's step mapped over the devices, the state donated as in the trainer."""
     return self.par.map(
-      functools.partial(train.train_step, task=task, tx=tx, par=self.par, microbatch_size=microbatch_size),
+      functools.partial(train_step, task=task, tx=tx, par=self.par, microbatch_size=microbatch_size),
       sharded_args=(1,),
       donate_argnums=(0,),
       out_layouts=(0, None),

@@ -47,12 +47,9 @@ import jax  # noqa: E402
 
 from mmlearn.data import pipeline  # noqa: E402
 from mmlearn.errors import USER_ERRORS, ConfigError, fail  # noqa: E402
-from mmlearn.evaluators.coherence import CoherenceEvaluator, image_conditions  # noqa: E402
-from mmlearn.evaluators.image_grid import to_uint8  # noqa: E402
-from mmlearn.evaluators.registry import (  # noqa: E402
-  robustness,
-  sample_options,  # noqa: E402
-)
+from mmlearn.evaluators.coherence import CoherenceEvaluator, load_judge, sample_options  # noqa: E402
+from mmlearn.evaluators.robustness import subsample  # noqa: E402
+from mmlearn.metrics.images import to_uint8  # noqa: E402
 from mmlearn.runs import restore  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A finished (or checkpointed) mvae or flow run.")
@@ -193,7 +190,7 @@ def sampling_ms_per_image(config, task, variables, source, temperature: float) -
   )
   size = len(batch.pop("weight"))
   timings = {}
-  for condition in image_conditions(task):
+  for condition in task.sample_conditions("image"):
     sample = functools.partial(
       task.sample,
       variables,
@@ -216,18 +213,18 @@ def measure_coherence(
 ) -> dict[str, float]:
   """The `coherence` evaluator on the state the run reports; printed and saved to coherence.json.
 
-  `num_examples` draws the same subset for every run (`robustness.subsample`, seeded by `seed`): a
+  `num_examples` draws the same subset for every run (`subsample`, seeded by `seed`): a
   flow samples with tens of network passes per image, so a comparison of settings can afford a subset.
   """
   config = read_generator_config(workdir)
   sources, _, task, variables = restore.load_run(config, workdir, (split,))
-  source = robustness.subsample(sources[split], num_examples, seed=seed)
+  source = subsample(sources[split], num_examples, seed=seed)
   temperature = default_temperature(config)
   evaluator = CoherenceEvaluator(
     task,
     source,
     split=split,
-    judge_workdir=judge_workdir,
+    judge_fn=load_judge(restore.load_run_variables, judge_workdir, config.dataset.name),
     dataset=config.dataset.name,
     temperature=temperature,
     batch_size=config.eval_batch_size,
@@ -244,7 +241,7 @@ def measure_coherence(
     "workdir": workdir,
     "sampling_ms_per_image": sampling_ms_per_image(config, task, variables, source, temperature),
     "judge": judge_workdir,
-    "judge_dataset_config": evaluator.judge_config.dataset.config,
+    "judge_dataset_config": restore.read_config(judge_workdir).dataset.config,
     "temperature": temperature,
     **({"sampling": describe(config, temperature)} if config.task == "flow" else {}),
     "seed": seed,

@@ -13,6 +13,7 @@ interrupted table resumes where it stopped. A seed whose loss goes non-finite is
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -24,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmlearn.config import files as config_files  # noqa: E402
 from mmlearn.launch import report  # noqa: E402
 from mmlearn.runs import metric_writer  # noqa: E402
-from mmlearn.train import loop as train  # noqa: E402
+from mmlearn.train import loop  # noqa: E402
 
 flags.DEFINE_list("configs", None, "Config files to train.")
 flags.DEFINE_string(
@@ -44,9 +45,16 @@ def reported_metric() -> str:
   return FLAGS.report or report.test_counterpart(FLAGS.metric)
 
 
+def run_name(spec: str) -> str:
+  """A config's sub-directory: its variant (`fusion.py:late` -> `late`), else its file's name."""
+  path, arg = config_files.split_spec(spec)
+  name = arg if arg else os.path.basename(path).removesuffix(".py")
+  return re.sub(r"[^A-Za-z0-9._=+-]+", "_", name)
+
+
 def run_once(path: str, seed: int) -> dict:
   """Trains one (config, seed), or reads back the result of a run that already finished."""
-  workdir = os.path.join(FLAGS.workdir, os.path.basename(path)[:-3], f"seed{seed}")
+  workdir = os.path.join(FLAGS.workdir, run_name(path), f"seed{seed}")
   result_file = os.path.join(workdir, "result.json")
   if os.path.exists(result_file):
     with open(result_file) as f:
@@ -55,7 +63,7 @@ def run_once(path: str, seed: int) -> dict:
   config.seed = seed
   start = time.perf_counter()
   try:
-    results = train.train_and_evaluate(config, workdir)
+    results = loop.train_and_evaluate(config, workdir)
   except FloatingPointError as e:  # A diverged seed is a result of the config, recorded, not retried.
     result = {"diverged": str(e), "wall_s": time.perf_counter() - start}
   else:
@@ -121,7 +129,7 @@ def write_tables(rows: list[dict]) -> None:
   print(table, end="")
   report.bar_chart(
     os.path.join(FLAGS.workdir, "results.png"),
-    [os.path.basename(r["config"])[:-3] for r in rows],
+    [run_name(r["config"]) for r in rows],
     [r["mean"] for r in rows],
     errors=[r["std"] for r in rows],
     ylabel=FLAGS.metric,

@@ -12,7 +12,6 @@ captions) reads it as `<unk>`. Runs of datasets registered outside mmlearn work 
 in their `config.imports` are importable (on PYTHONPATH).
 """
 
-import logging as std_logging
 import os
 import sys
 
@@ -20,18 +19,20 @@ import matplotlib
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import app, flags, logging
+from absl import app, flags
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmlearn import data  # noqa: E402
+from mmlearn import cli, data  # noqa: E402
 from mmlearn import parallel as parallel_lib  # noqa: E402
 from mmlearn.data import pipeline  # noqa: E402
 from mmlearn.errors import USER_ERRORS, fail  # noqa: E402
+from mmlearn.evaluators import retrieval  # noqa: E402
 from mmlearn.runs import restore  # noqa: E402
+from mmlearn.tasks.contract import Embedder  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A finished (or checkpointed) retrieval run.")
 flags.DEFINE_string("query", None, "The text to search with (tokenized as the dataset's captions).")
@@ -89,11 +90,12 @@ def search(workdir: str, query: str, top_k: int, split: str, output: str) -> Non
   config = restore.read_config(workdir)
   query_batch = restore.text_batch(config, query, what="query")
   source, info, task, variables = load_run(config, workdir, split)
+  assert isinstance(task, Embedder)  # A retrieval run's task (`require_task`).
   query_embedding = task.embed(variables, query_batch)[TEXT_MODALITY][0]
   (target,) = [m for m in task.modalities if m != TEXT_MODALITY]
   par = parallel_lib.DataParallel(config.parallel.mode)
-  evaluator = task.evaluator(
-    par, source, split=split, batch_size=config.eval_batch_size, max_tokens=config.dataset.max_tokens
+  evaluator = retrieval.for_task(
+    task, par, source, split=split, batch_size=config.eval_batch_size, max_tokens=config.dataset.max_tokens
   )
   items = evaluator.embed_split(variables)[target]
   scores = items @ np.asarray(query_embedding)
@@ -111,22 +113,12 @@ def search(workdir: str, query: str, top_k: int, split: str, output: str) -> Non
     print(f"saved {output}")
 
 
-def quiet_library_info(record) -> bool:
-  """Drops JAX's, orbax's and TFDS's INFO lines (dozens per restore); mmlearn's own stay (a long
-  embedding pass logs its progress and ETA)."""
-  noisy = any(f"/{library}/" in record.pathname for library in ("jax", "orbax", "tensorflow_datasets"))
-  return record.levelno > std_logging.INFO or not noisy
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if FLAGS.top_k <= 0:
     raise app.UsageError("--top_k must be positive")
-  if logging.get_verbosity() <= logging.INFO:
-    # Orbax and TFDS log dozens of INFO lines per restore; mmlearn's own (progress of a long
-    # embedding pass, with its ETA) stay.
-    logging.get_absl_handler().addFilter(quiet_library_info)
+  cli.quiet_library_logs()  # mmlearn's own lines stay (a long embedding pass logs its progress and ETA).
   output = FLAGS.output or os.path.join(FLAGS.workdir, "retrieved.png")
   try:
     search(FLAGS.workdir, FLAGS.query, FLAGS.top_k, FLAGS.split, output)

@@ -5,8 +5,8 @@
 Restores the state the run reports (its best-validation one where it selects one, else the latest) and
 evaluates `--split` with each modality, and all of them, missing at rates 0, 0.1, ..., 0.9 (filled by the
 run's own `missing.imputation`), and with Gaussian noise of std 0, 0.1, ..., 0.9 added to each array
-modality (see `mmlearn.evaluators.robustness`). Writes into `--output` (default WORKDIR/robustness): `robustness.csv`
-(one row per curve: area, then each level), `robustness.md`, and `robustness.png` (accuracy against level,
+modality (see `mmlearn.evaluators.robustness`), printing each point as it is measured. Writes into
+`--output` (default WORKDIR/robustness): `robustness.csv` (one row per curve: area, then each level), `robustness.md`, and `robustness.png` (accuracy against level,
 one panel per kind). A missing run, a run of another task or a bad flag ends with one `error:` line and
 exit status 1.
 """
@@ -22,13 +22,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mmlearn import cli  # noqa: E402
 from mmlearn import parallel as parallel_lib  # noqa: E402
-from mmlearn.data import missing  # noqa: E402
 from mmlearn.errors import USER_ERRORS, fail  # noqa: E402
 from mmlearn.evaluators import registry as evaluators  # noqa: E402
 from mmlearn.evaluators import robustness  # noqa: E402
 from mmlearn.launch import report  # noqa: E402
-from mmlearn.runs import imputation, restore  # noqa: E402
+from mmlearn.runs import restore  # noqa: E402
+from mmlearn.tasks.contract import Classifier  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A finished (or checkpointed) classification run.")
 flags.DEFINE_string("split", "test", "The split to evaluate.")
@@ -46,17 +47,16 @@ def measure(workdir: str, split: str, noise: bool, num_examples: int = 0) -> lis
   config = restore.read_config(workdir)
   restore.require_task(config, "classification", workdir, "the robustness suite")
   sources, _, task, variables = restore.load_run(config, workdir, (split,))
-  context = evaluators.RunContext(
-    task=task,
+  assert isinstance(task, Classifier)  # A classification run's task (`require_task`).
+  context = evaluators.EvalContext(
     par=parallel_lib.DataParallel(config.parallel.mode),
     dataset=config.dataset.name,
     batch_size=config.eval_batch_size,
     max_tokens=config.dataset.max_tokens,
-    absent=missing.from_config(config, sources["train"], load_generator=imputation.load_generator),
-    seed=config.missing.seed,
+    load_run=restore.load_run_variables,
   )
-  evaluator = evaluators.RobustnessEvaluator(
-    context, sources[split], split=split, noise=noise, num_examples=num_examples
+  evaluator = robustness.RobustnessEvaluator(
+    task, context, sources[split], split=split, noise=noise, num_examples=num_examples, log=print
   )
   return evaluator.curves(variables)
 
@@ -92,6 +92,7 @@ def write(curves: list[robustness.Curve], output: str, title: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.quiet_library_logs()
   output = FLAGS.output or os.path.join(FLAGS.workdir, "robustness")
   try:
     curves = measure(FLAGS.workdir, FLAGS.split, FLAGS.noise, FLAGS.num_examples)

@@ -86,12 +86,12 @@ def mvae_tiny_run(retrieval_tiny_data, tmp_path_factory):
   """(workdir, final metrics) of `configs/mvae/tiny.py` trained on the `retrieval_tiny` build, once per
   test session: the MVAE tests read it, and generative imputation imputes with it."""
   from configs.mvae import tiny
-  from mmlearn.train import loop as train
+  from mmlearn.train import loop
 
   def train_once(workdir):
     config = tiny.get_config()
     config.dataset.data_dir = retrieval_tiny_data[0]
-    return train.train_and_evaluate(config, str(workdir))
+    return loop.train_and_evaluate(config, str(workdir))
 
   return made_once(tmp_path_factory, "mvae_run", train_once)
 
@@ -151,6 +151,19 @@ def tiny_config(data_dir):
   return config
 
 
+def with_task(config, task: str):
+  """`config` (a copy) for another task: its sections replace the old task's (`mmlearn.config.schema`)."""
+  from mmlearn.config import schema
+
+  config = config.copy_and_resolve_references()
+  for name in schema.task_sections(config.task):
+    del config[name]
+  config.task = task
+  for name, section in schema.task_sections(task).items():
+    config[name] = section
+  return config
+
+
 def run_python(args: list[str], *, env: dict[str, str] | None = None, timeout: int = 300):
   """Runs `python ARGS` from the repo root in a fresh process (for flags and fake device counts)."""
   full_env = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
@@ -188,7 +201,7 @@ def main_in_process(argv: list[str], capsys, *, script: str | None = None) -> tu
   The command line's own work (absl's flag parsing, the config file, the exit status and its one
   `error:` line) without a fresh interpreter importing JAX again. The entry point is loaded afresh and
   its flags (with the `--config.*` overrides the parse defined) undefined after, so nothing leaks
-  between calls. `mmlearn.main` parses with its own `parse_flags`, a script with absl's parser, as
+  between calls. `mmlearn.main` parses with `mmlearn.cli.parse_flags`, a script with absl's parser, as
   `app.run` would.
   """
   from absl import flags
@@ -199,11 +212,14 @@ def main_in_process(argv: list[str], capsys, *, script: str | None = None) -> tu
   try:
     with own_flags():
       if script is None:
+        from mmlearn import cli
+
         sys.modules.pop("mmlearn.main", None)
-        entry = vars(importlib.import_module("mmlearn.main"))
+        entry, parse = vars(importlib.import_module("mmlearn.main")), cli.parse_flags
       else:
         entry = runpy.run_path(os.path.join(REPO, script), run_name="in_process")  # Not "__main__".
-      entry["main"](entry.get("parse_flags", flags.FLAGS)(sys.argv))
+        parse = flags.FLAGS
+      entry["main"](parse(sys.argv))
   except SystemExit as e:
     status = e.code if isinstance(e.code, int) else 1
   finally:
@@ -218,12 +234,13 @@ def run_steps(par, task, tx, variables, batches, *, ema_decay=0.0, microbatch_si
   One step per batch. Returns the host copy of the final variables (BatchNorm statistics included)
   and the loss of every step.
   """
-  from mmlearn.train import loop as train
+  from mmlearn.train.state import TrainState
+  from mmlearn.train.step import train_step
 
-  state = train.TrainState.create(dict(variables), tx, jax.random.PRNGKey(1), ema=ema_decay > 0)
+  state = TrainState.create(dict(variables), tx, jax.random.PRNGKey(1), ema=ema_decay > 0)
   step = par.map(
     functools.partial(
-      train.train_step, task=task, tx=tx, par=par, ema_decay=ema_decay, microbatch_size=microbatch_size
+      train_step, task=task, tx=tx, par=par, ema_decay=ema_decay, microbatch_size=microbatch_size
     ),
     sharded_args=(1,),
     out_layouts=(0, None),

@@ -21,7 +21,8 @@ from conftest import max_diff, run_steps
 from mmlearn import data, optim, rngs
 from mmlearn import parallel as parallel_lib
 from mmlearn.data import mmshapes, pipeline
-from mmlearn.tasks import TASKS, mvae_eval
+from mmlearn.evaluators import loss as loss_evaluator
+from mmlearn.tasks import TASKS
 
 STEPS = 10
 
@@ -68,11 +69,12 @@ def main(data_dir, flags):
 
   # Evaluation: the summed ELBO terms of one test batch (z drawn from each example's key).
   batch = next(pipeline.eval_batches(sources["test"], batch_size=32, max_tokens=16))
-  key = jax.random.PRNGKey(mvae_eval.EVAL_SEED)
+  key = jax.random.PRNGKey(loss_evaluator.EVAL_SEED)
 
   def eval_sums(par):
-    step = par.map(functools.partial(mvae_eval.eval_step, task=task), sharded_args=(1,))
-    return jax.device_get(step(par.replicate(single[0]), par.shard(batch), par.replicate(key)))
+    step = par.map(functools.partial(loss_evaluator.weighted_sums, task.example_losses), sharded_args=(1,))
+    replicated = jax.device_put((single[0], key), par.replicated)
+    return jax.device_get(step(replicated[0], par.shard(batch), replicated[1]))
 
   sums_1, sums_4 = eval_sums(one), eval_sums(parallel_lib.DataParallel("shard_map"))
   out["eval/elbo"] = float(sums_1["elbo"] / sums_1["count"])

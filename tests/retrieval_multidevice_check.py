@@ -1,6 +1,6 @@
 """Run in a subprocess with 4 fake CPU devices: contrastive losses over the global batch, three ways.
 
-For each loss (clip, siglip), one `train.train_step` with plain SGD at learning rate 1 (so the parameter
+For each loss (clip, siglip), one `train_step` with plain SGD at learning rate 1 (so the parameter
 change IS the averaged gradient) on one global batch of 32 pairs: on 1 device, on 4 with `shard_map`, on
 4 with `pmap`. Also embeds a whole split with the retrieval evaluator on 4 devices (with a padded last
 batch) and on 1. Prints one JSON line of the largest differences.
@@ -19,17 +19,19 @@ from configs.retrieval import tiny
 from mmlearn import data
 from mmlearn import parallel as parallel_lib
 from mmlearn.data import pipeline
+from mmlearn.evaluators import retrieval
 from mmlearn.losses import contrastive as losses
 from mmlearn.tasks import TASKS
-from mmlearn.train import loop as train
+from mmlearn.train.state import TrainState
+from mmlearn.train.step import train_step
 
 
 def one_step(par, task, batch, variables):
   """(loss, gradient) of one mapped train step with SGD(1): the gradient is params - new params."""
   tx = optax.sgd(1.0)
-  state = train.TrainState.create(variables, tx, jax.random.PRNGKey(1))
+  state = TrainState.create(variables, tx, jax.random.PRNGKey(1))
   step = par.map(
-    functools.partial(train.train_step, task=task, tx=tx, par=par), sharded_args=(1,), out_layouts=(0, None)
+    functools.partial(train_step, task=task, tx=tx, par=par), sharded_args=(1,), out_layouts=(0, None)
   )
   state, metrics = step(par.place_state(state), par.shard(batch))
   new_variables = jax.device_get(state.variables())
@@ -72,7 +74,7 @@ def main(data_dir):
 
   # 256 test examples in batches of 24: the last one holds 16 real examples and 8 of padding.
   def embed(par):
-    evaluator = task.evaluator(par, sources["test"], split="test", batch_size=24, max_tokens=16)
+    evaluator = retrieval.for_task(task, par, sources["test"], split="test", batch_size=24, max_tokens=16)
     return evaluator.embed_split(params)
 
   direct = task.embed(params, next(pipeline.eval_batches(sources["test"], batch_size=256, max_tokens=16)))

@@ -8,6 +8,7 @@ from mmlearn import data
 from mmlearn.config import checks as config_checks
 from mmlearn.data import augment as A
 from mmlearn.data import pipeline
+from mmlearn.data.pipeline import TrainingData
 from mmlearn.errors import ConfigError
 
 # One of each, as the config names them; which feature each changes.
@@ -132,7 +133,9 @@ def test_off_by_default_and_the_default_config_is_off(sources):
   assert not A.Augment.from_config(default.get_config().augment).active
   plain = train_batches(sources["train"])
   explicit = train_batches(
-    sources["train"], transforms=(A.Augment(),), imbalance_ratio=1.0, imbalance_seed=5, sampler="uniform"
+    sources["train"],
+    augment=A.Augment(),
+    training=TrainingData(imbalance_ratio=1.0, imbalance_seed=5, sampler="uniform"),
   )
   for a, b in zip(plain, explicit, strict=True):
     assert_same(a, b)
@@ -141,13 +144,13 @@ def test_off_by_default_and_the_default_config_is_off(sources):
 @pytest.mark.parametrize("kwargs, feature", EACH)
 def test_each_augmentation_changes_its_input_only_and_is_seeded(sources, kwargs, feature):
   plain = train_batches(sources["train"])
-  augmented = train_batches(sources["train"], transforms=(A.Augment(**kwargs),))
+  augmented = train_batches(sources["train"], augment=A.Augment(**kwargs))
   for a, b in zip(plain, augmented, strict=True):
     np.testing.assert_array_equal(a["label"], b["label"])
     assert not np.array_equal(a[feature], b[feature])
     for key in a.keys() - {feature, f"{feature}_mask"}:
       np.testing.assert_array_equal(a[key], b[key])
-  for a, b in zip(augmented, train_batches(sources["train"], transforms=(A.Augment(**kwargs),)), strict=True):
+  for a, b in zip(augmented, train_batches(sources["train"], augment=A.Augment(**kwargs)), strict=True):
     assert_same(a, b)
   # A different seed draws different augmentations of the same batch.
   one, two = (A.Augment(**kwargs)(plain[0], np.random.default_rng(seed)) for seed in (1, 2))
@@ -156,12 +159,12 @@ def test_each_augmentation_changes_its_input_only_and_is_seeded(sources, kwargs,
 
 def test_augmented_stream_restores_exactly(sources):
   augment = A.Augment(image_crop_pad=2, image_rotate_degrees=10.0, text_token_dropout=0.2)
-  it = pipeline.train_iterator(sources["train"], batch_size=8, seed=4, max_tokens=16, transforms=(augment,))
+  it = pipeline.train_iterator(sources["train"], batch_size=8, seed=4, max_tokens=16, augment=augment)
   next(it)
   state = it.get_state()
   expected = [next(it) for _ in range(3)]
   resumed = pipeline.train_iterator(
-    sources["train"], batch_size=8, seed=4, max_tokens=16, transforms=(augment,), memory_bytes=0
+    sources["train"], batch_size=8, seed=4, max_tokens=16, augment=augment, memory_bytes=0
   )
   resumed.set_state(state)  # Into the streaming path: augmentation depends on the batch number only.
   for want in expected:
@@ -180,8 +183,8 @@ def test_config_checks_reject_bad_values(tiny_config):
   for key, value, message in [
     ("augment.text_token_dropout", 1.5, "text_token_dropout"),
     ("augment.audio_time_mask", -2, "audio_time_mask"),
-    ("dataset.imbalance_ratio", 0.0, "imbalance_ratio"),
-    ("dataset.sampler", "balanced", "sampler"),
+    ("classification.imbalance_ratio", 0.0, "imbalance_ratio"),
+    ("classification.sampler", "balanced", "sampler"),
   ]:
     config = tiny_config.copy_and_resolve_references()
     section, name = key.split(".")
@@ -194,7 +197,7 @@ def test_avmnist_audio_masks_and_image_augmentations(avmnist_data_dir):
   sources, _ = data.load_sources("avmnist", config="tiny", data_dir=avmnist_data_dir, splits=("train",))
   source = sources["train"]
   augment = A.Augment(image_crop_pad=3, image_rotate_degrees=10.0, audio_time_mask=20, audio_freq_mask=20)
-  plain, augmented = train_batches(source, n=1), train_batches(source, n=1, transforms=(augment,))
+  plain, augmented = train_batches(source, n=1), train_batches(source, n=1, augment=augment)
   a, b = plain[0], augmented[0]
   np.testing.assert_array_equal(a["label"], b["label"])
   assert b["image"].shape == a["image"].shape == (16, 28, 28, 1)

@@ -10,9 +10,11 @@ import pytest
 
 from configs import tiny
 from mmlearn import data
+from mmlearn.evaluators import classification as classification_evaluator
 from mmlearn.launch import report
 from mmlearn.losses import classification as class_losses
 from mmlearn.metrics import classification as cm
+from mmlearn.metrics import images
 from mmlearn.runs.metric_writer import MetricWriter, confusion_png_name, scalars
 from mmlearn.tasks import TASKS
 
@@ -76,9 +78,11 @@ def make_batch(rng, size, padding=0):
 
 
 def test_eval_sums_and_summarize_match_brute_force(task_and_params):
+  """The classification evaluator's per-batch sums of the task's logits, and the metrics from them."""
   task, params = task_and_params
   batch = make_batch(np.random.default_rng(1), 64, padding=5)
-  metrics = task.summarize(jax.device_get(jax.jit(task.eval_sums)(params, batch)))
+  sums = jax.jit(lambda p, b: classification_evaluator.eval_sums(task.logits(p, b), b, 16))(params, batch)
+  metrics = classification_evaluator.summarize(jax.device_get(sums), task.class_names)
 
   logits = np.asarray(task.logits(params, batch), np.float64)
   real = batch["weight"] > 0
@@ -149,7 +153,7 @@ def test_scalars_drops_the_matrix_and_converts_to_float():
 
 
 def test_confusion_chart_returns_the_picture(tmp_path):
-  picture = report.confusion_chart(str(tmp_path / "c.png"), CONFUSION, list("abcd"), title="t")
+  picture = images.confusion_chart(str(tmp_path / "c.png"), CONFUSION, list("abcd"), title="t")
   assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
   assert (tmp_path / "c.png").stat().st_size > 0
 

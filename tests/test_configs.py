@@ -14,6 +14,9 @@ from conftest import REPO
 from mmlearn import data
 from mmlearn import parallel as parallel_lib
 from mmlearn.config import checks as config_checks
+from mmlearn.config import files
+from mmlearn.errors import ConfigError
+from mmlearn.models.fusion import FUSIONS
 from mmlearn.tasks import TASKS
 
 # Two examples of each dataset's model inputs and features, as the pipeline delivers them.
@@ -41,30 +44,42 @@ def dataset_info(name):
   return types.SimpleNamespace(features=features)
 
 
-CONFIG_FILES = sorted(
-  f
-  for f in glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True)
-  if not f.endswith("__init__.py")
-)
-
-
-def load(path):
+def module_of(path):
   spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module
+
+
+# Every launchable config (a file with get_config), and every variant of the AV-MNIST fusion config.
+CONFIG_FILES = sorted(
+  os.path.relpath(f, REPO)
+  for f in glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True)
+  if hasattr(module_of(f), "get_config")
+)
+AVMNIST_VARIANTS = [
+  *(f"configs/avmnist/fusion.py:{name}" for name in FUSIONS.names()),
+  "configs/avmnist/fusion.py:image_only",
+  "configs/avmnist/fusion.py:audio_only,towers=plain",
+  "configs/avmnist/fusion.py:concat,towers=plain",
+]
+CONFIGS = CONFIG_FILES + AVMNIST_VARIANTS
+
+
+def load(spec):
+  return files.get_config(os.path.join(REPO, spec))
 
 
 def test_all_config_files_are_listed():
-  names = {os.path.basename(f) for f in CONFIG_FILES}
-  assert {"default.py", "tiny.py", "mmshapes_image_only.py", "mmshapes_text_only.py", "tensor.py"} <= names
+  assert {"configs/default.py", "configs/tiny.py", "configs/avmnist/fusion.py"} <= set(CONFIG_FILES)
+  assert "configs/avmnist/base.py" not in CONFIG_FILES  # Helpers for the AV-MNIST configs, not a run.
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda f: os.path.relpath(f, REPO))
-def test_config_resolves_and_builds_its_model(path):
+@pytest.mark.parametrize("spec", CONFIGS)
+def test_config_resolves_and_builds_its_model(spec):
   """Traced, not compiled: shapes and dtypes are what a config can get wrong; the tiny configs' own tests
   train their models, so compiling every full-size model here would only add minutes."""
-  config = load(path)
+  config = load(spec)
   config_checks.check(config)
   name = config.dataset.name
   task = TASKS.get(config.task)(config, info=dataset_info(name), vocab_size=data.vocab_size(name))
@@ -82,7 +97,7 @@ def test_config_resolves_and_builds_its_model(path):
 
 
 def test_retrieval_configs_pair_two_modalities_with_each_loss():
-  configs = {os.path.relpath(p, os.path.join(REPO, "configs")): load(p) for p in CONFIG_FILES}
+  configs = {spec.removeprefix("configs/"): load(spec) for spec in CONFIG_FILES}
   retrieval = {name: c for name, c in configs.items() if c.task == "retrieval"}
   assert {"retrieval/mmshapes_clip.py", "retrieval/mmshapes_siglip.py", "retrieval/avmnist_clip.py"} <= set(
     retrieval
@@ -94,33 +109,38 @@ def test_retrieval_configs_pair_two_modalities_with_each_loss():
 
 
 def test_unimodal_configs_keep_one_modality():
-  configs = {os.path.relpath(p, os.path.join(REPO, "configs")): load(p) for p in CONFIG_FILES}
-  assert set(configs["mmshapes_image_only.py"].model.modalities) == {"image"}
-  assert set(configs["mmshapes_text_only.py"].model.modalities) == {"text"}
-  assert set(configs["default.py"].model.modalities) == {"image", "text"}
-  assert set(configs["avmnist/image_only.py"].model.modalities) == {"image"}
-  assert set(configs["avmnist/audio_only.py"].model.modalities) == {"audio"}
+  assert set(load("configs/mmshapes_image_only.py").model.modalities) == {"image"}
+  assert set(load("configs/mmshapes_text_only.py").model.modalities) == {"text"}
+  assert set(load("configs/default.py").model.modalities) == {"image", "text"}
+  assert set(load("configs/avmnist/fusion.py:image_only").model.modalities) == {"image"}
+  assert set(load("configs/avmnist/fusion.py:audio_only").model.modalities) == {"audio"}
 
 
-def test_avmnist_base_takes_the_fusion_as_a_variant():
-  """`--config=configs/avmnist/base.py:tensor` calls get_config("tensor")."""
-  from configs.avmnist import base, tensor
-
-  assert base.get_config("tensor").model.fusion == "tensor"
-  assert base.get_config("tensor").to_dict() == tensor.get_config().to_dict()
-  assert base.get_config().model.fusion == "concat"
+def test_avmnist_fusion_config_takes_the_fusion_and_towers_as_a_variant():
+  """`--config=configs/avmnist/fusion.py:tensor` calls get_config("tensor"); every fusion differs from
+  concat only in the fusion."""
+  concat = load("configs/avmnist/fusion.py").to_dict()
+  assert load("configs/avmnist/fusion.py:concat").to_dict() == concat
+  tensor = load("configs/avmnist/fusion.py:tensor").to_dict()
+  assert (
+    tensor["classification"].pop("fusion") == "tensor" and concat["classification"].pop("fusion") == "concat"
+  )
+  assert tensor == concat
+  with pytest.raises(ConfigError, match="takes FUSION"):
+    load("configs/avmnist/fusion.py:concat,width=3")
 
 
 def test_avmnist_reference_towers_are_multibench_lenets_with_batch_norm():
-  """The default towers are MultiBench's (BatchNorm, no centring); `:plain` keeps the BatchNorm-free ones."""
-  from configs.avmnist import concat
+  """The default towers are MultiBench's (BatchNorm, no centring); `towers=plain` keeps the BatchNorm-free
+  ones."""
+  from configs.avmnist import fusion
 
-  reference, plain = concat.get_config(), concat.get_config("plain")
+  reference, plain = fusion.get_config(), fusion.get_config("concat,towers=plain")
   for modality in ("image", "audio"):
     assert reference.model.modalities[modality].batch_norm
     assert not reference.model.modalities[modality].get("center_input", False)
-    assert not plain.model.modalities[modality].get("batch_norm", False)
+    assert not plain.model.modalities[modality].batch_norm
   assert plain.model.modalities.audio.center_input
   assert reference.select_metric == "validation/accuracy"
   with pytest.raises(ValueError, match="towers must be one of"):
-    concat.get_config("batchnorm")
+    fusion.get_config("concat,towers=batchnorm")

@@ -28,7 +28,7 @@ def finite_nonzero_gradients(module, params, x) -> bool:
 )
 def test_lenet_output_width_matches_multibench(shape, num_layers, width):
   x = jax.random.normal(jax.random.PRNGKey(1), (2, *shape))
-  module = LeNet(channels=6, num_layers=num_layers)
+  module = LeNet(channels=6, num_layers=num_layers, batch_norm=False)
   params, y = init_apply(module, x)
   assert y.shape == (2, width)
   kernels = [params["params"][f"conv{i}"]["kernel"].shape for i in range(num_layers + 1)]
@@ -40,7 +40,7 @@ def test_lenet_output_width_matches_multibench(shape, num_layers, width):
 
 def test_lenet_rejects_inputs_too_small_to_pool():
   with pytest.raises(ConfigError, match="too small to pool"):
-    init_apply(LeNet(num_layers=5), jnp.zeros((1, 28, 28, 1)))
+    init_apply(LeNet(num_layers=5, batch_norm=False), jnp.zeros((1, 28, 28, 1)))
 
 
 def test_spectrogram_lstm_reads_time_frames():
@@ -59,7 +59,10 @@ def test_spectrogram_lstm_reads_time_frames():
 def test_registered_and_usable_from_a_classifier_config():
   assert ENCODERS.get("lenet") is LeNet and ENCODERS.get("spectrogram_lstm") is SpectrogramLSTM
   model = Classifier(
-    modalities={"image": {"encoder": "lenet"}, "audio": {"encoder": "spectrogram_lstm", "hidden": 8}},
+    modalities={
+      "image": {"encoder": "lenet", "batch_norm": False},
+      "audio": {"encoder": "spectrogram_lstm", "hidden": 8},
+    },
     fusion="concat",
     head_hidden=(16,),
     num_classes=10,
@@ -67,3 +70,11 @@ def test_registered_and_usable_from_a_classifier_config():
   batch = {"image": jnp.zeros((2, 28, 28, 1)), "audio": jnp.zeros((2, 112, 112, 1))}
   params = model.init(jax.random.PRNGKey(0), batch)
   assert model.apply(params, batch).shape == (2, 10)
+
+
+def test_lenet_names_its_block_explicitly():
+  """No default block: a config must say MultiBench's (BatchNorm) or the plain one."""
+  with pytest.raises(ConfigError, match="missing required argument.*'batch_norm'"):
+    Classifier(modalities={"image": {"encoder": "lenet"}}, num_classes=10).init(
+      jax.random.PRNGKey(0), {"image": jnp.zeros((1, 28, 28, 1))}
+    )

@@ -19,9 +19,9 @@ from mmlearn.data import mmshapes, pipeline
 from mmlearn.errors import ConfigError
 from mmlearn.metrics import generation as generation_metrics
 from mmlearn.models import unet
-from mmlearn.runs import imputation, restore
-from mmlearn.tasks import TASKS, flow
-from mmlearn.train import loop as train
+from mmlearn.runs import restore
+from mmlearn.tasks import TASKS, flow, imputation
+from mmlearn.train import loop
 
 VOCAB = len(mmshapes.VOCABULARY)
 
@@ -246,7 +246,7 @@ def test_class_diversity_is_the_mean_within_class_distance():
 def trained_run(retrieval_tiny_data, tmp_path_factory):
   directory, _, _ = retrieval_tiny_data
   workdir = tmp_path_factory.mktemp("flow_run")
-  return workdir, train.train_and_evaluate(tiny_config(directory), str(workdir))
+  return workdir, loop.train_and_evaluate(tiny_config(directory), str(workdir))
 
 
 def test_tiny_config_trains_and_writes_sample_grids(trained_run):
@@ -270,7 +270,7 @@ def test_generate_cli_judges_a_flow_run_with_guidance(trained_run, retrieval_tin
   config.update(
     num_train_steps=2, batch_size=32, eval_batch_size=128, log_every_steps=2, checkpoint_every_steps=2
   )
-  train.train_and_evaluate(config, str(tmp_path / "judge"))
+  loop.train_and_evaluate(config, str(tmp_path / "judge"))
   flags = [f"--judge={tmp_path / 'judge'}", "--guidance_scale=2", "--num_steps=2", "--sampler=heun"]
   flags.append("--num_examples=100")
   result = run_python(["scripts/generate.py", f"--workdir={workdir}", *flags])
@@ -287,7 +287,7 @@ def test_generate_cli_judges_a_flow_run_with_guidance(trained_run, retrieval_tin
 def test_generative_imputation_draws_the_image_from_a_flow_run(trained_run, retrieval_tiny_data):
   workdir, _ = trained_run
   _, sources, _ = retrieval_tiny_data
-  generate = imputation.load_generator(str(workdir), ("image", "text"), 1.0)
+  generate = imputation.load_generator(restore.load_run_variables, str(workdir), ("image", "text"), 1.0)
   batch = next(pipeline.eval_batches(sources["test"], batch_size=8, max_tokens=16))
   present = {"image": np.array([True, False] * 4), "text": np.array([True, True, False, True] * 2)}
   filled = generate({k: v for k, v in batch.items() if k != "weight"}, present, 0)
@@ -326,7 +326,7 @@ def test_a_run_starts_from_another_runs_encoder_and_keeps_it_frozen(
   config.num_train_steps = 4
   config.init_from.update(workdir=str(source_dir), params="embed/encoder=embed/encoder")
   config.optimizer.frozen = "embed/encoder/"
-  train.train_and_evaluate(config, str(tmp_path / "run"))
+  loop.train_and_evaluate(config, str(tmp_path / "run"))
   _, _, _, source = restore.load_run(restore.read_config(str(source_dir)), str(source_dir), ())
   _, _, _, started = restore.load_run(restore.read_config(str(tmp_path / "run")), str(tmp_path / "run"), ())
   # The EMA of an unchanging parameter is that parameter, up to the average's rounding.

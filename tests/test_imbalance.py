@@ -5,6 +5,7 @@ import pytest
 
 from mmlearn import data
 from mmlearn.data import imbalance, pipeline
+from mmlearn.data.pipeline import TrainingData
 from mmlearn.errors import ConfigError
 
 NUM_CLASSES = 16  # mmshapes; its tiny train split holds 32 examples of each class.
@@ -63,7 +64,11 @@ def test_class_counts_are_those_of_the_training_subset(sources):
   # One epoch of the training iterator is exactly the subset those counts describe.
   epoch = next(
     pipeline.train_iterator(
-      source, batch_size=int(counts.sum()), seed=0, max_tokens=16, imbalance_ratio=8.0, imbalance_seed=1
+      source,
+      batch_size=int(counts.sum()),
+      seed=0,
+      max_tokens=16,
+      training=TrainingData(imbalance_ratio=8.0, imbalance_seed=1),
     )
   )
   np.testing.assert_array_equal(np.bincount(epoch["label"], minlength=NUM_CLASSES), counts)
@@ -80,7 +85,7 @@ def test_processes_share_out_the_same_subset(sources):
       batch_size=16,
       seed=0,
       max_tokens=16,
-      imbalance_ratio=8.0,
+      training=TrainingData(imbalance_ratio=8.0),
       process_index=process,
       process_count=2,
     )
@@ -103,9 +108,11 @@ def test_evaluation_splits_are_untouched(sources):
 
 
 def test_class_balanced_sampling_is_uniform_over_classes_on_a_long_tail(sources):
-  kwargs = dict(batch_size=64, seed=0, max_tokens=16, imbalance_ratio=8.0)
-  balanced = pipeline.train_iterator(sources["train"], sampler="class_balanced", **kwargs)
-  uniform = pipeline.train_iterator(sources["train"], **kwargs)
+  kwargs = dict(batch_size=64, seed=0, max_tokens=16)
+  balanced = pipeline.train_iterator(
+    sources["train"], training=TrainingData(imbalance_ratio=8.0, sampler="class_balanced"), **kwargs
+  )
+  uniform = pipeline.train_iterator(sources["train"], training=TrainingData(imbalance_ratio=8.0), **kwargs)
   freq = np.bincount(np.concatenate([next(balanced)["label"] for _ in range(50)]), minlength=NUM_CLASSES)
   assert freq.min() > 140 and freq.max() < 260  # 200 expected each, standard deviation ~14.
   natural = np.bincount(np.concatenate([next(uniform)["label"] for _ in range(50)]), minlength=NUM_CLASSES)
@@ -115,7 +122,11 @@ def test_class_balanced_sampling_is_uniform_over_classes_on_a_long_tail(sources)
 def test_class_balanced_stream_is_seeded_and_restores_exactly(sources):
   def make(seed=0):
     return pipeline.train_iterator(
-      sources["train"], batch_size=8, seed=seed, max_tokens=16, imbalance_ratio=8.0, sampler="class_balanced"
+      sources["train"],
+      batch_size=8,
+      seed=seed,
+      max_tokens=16,
+      training=TrainingData(imbalance_ratio=8.0, sampler="class_balanced"),
     )
 
   a = make()
@@ -137,8 +148,8 @@ def test_class_balanced_processes_draw_different_examples(sources):
   batches = [
     next(
       pipeline.train_iterator(
-        sources["train"], batch_size=32, seed=0, max_tokens=16, sampler="class_balanced",
-        process_index=i, process_count=2,
+        sources["train"], batch_size=32, seed=0, max_tokens=16,
+        training=TrainingData(sampler="class_balanced"), process_index=i, process_count=2,
       )
     )
     for i in range(2)
@@ -150,9 +161,11 @@ def test_class_balanced_processes_draw_different_examples(sources):
   "kwargs, message",
   [
     ({"imbalance_ratio": 0.5}, "imbalance_ratio must be >= 1"),
-    ({"sampler": "oversample"}, "unknown dataset"),
+    ({"sampler": "oversample"}, "unknown classification.sampler"),
   ],
 )
 def test_bad_options_fail_with_one_line(sources, kwargs, message):
   with pytest.raises(ConfigError, match=message):
-    pipeline.train_iterator(sources["train"], batch_size=8, seed=0, max_tokens=16, **kwargs)
+    pipeline.train_iterator(
+      sources["train"], batch_size=8, seed=0, max_tokens=16, training=TrainingData(**kwargs)
+    )

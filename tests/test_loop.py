@@ -1,15 +1,13 @@
 """The loop's extras: device prefetch, the profiler window, the summary line; the schema in the library."""
 
 import os
-import types
 
 import numpy as np
 import pytest
 
 from conftest import run_python
 from mmlearn.errors import ConfigError
-from mmlearn.train import loop as train
-from mmlearn.train import prefetch, profiler
+from mmlearn.train import loop, prefetch, profiler
 
 
 class CountingIterator:
@@ -46,30 +44,29 @@ def test_profile_steps_are_parsed_and_checked():
 
 
 def test_profile_window_writes_a_trace(tiny_config, tmp_path):
-  train.train_and_evaluate(tiny_config, str(tmp_path), profile_steps=(2, 3))
+  loop.train_and_evaluate(tiny_config, str(tmp_path), profile_steps=(2, 3))
   files = [name for _, _, names in os.walk(tmp_path / "profile") for name in names]
   assert any(name.endswith(".xplane.pb") for name in files), files
   assert any(name.endswith(".trace.json.gz") for name in files), files
 
 
 def test_summary_line_leads_with_the_last_split():
-  task = types.SimpleNamespace(summary_metric="accuracy")
   results = {"validation/accuracy": 0.9995, "test/accuracy": 0.9998, "test/loss": 0.01}
-  line = train.summary_line(results, task, ("validation", "test"), 640)
+  line = loop.summary_line(results, "accuracy", ("validation", "test"), 640)
   assert line == "test accuracy 99.98% (validation 99.95%) at step 640"
-  elbo = types.SimpleNamespace(summary_metric="elbo")
-  assert train.summary_line({"test/elbo": -1234.5}, elbo, ("test",), 8) == "test elbo -1234 at step 8"
+  assert loop.summary_line({"test/elbo": -1234.5}, "elbo", ("test",), 8) == "test elbo -1234 at step 8"
 
 
 def test_configs_validate_without_the_repository_configs_package(tmp_path):
   """The reference schema ships in mmlearn/, so a pip-installed mmlearn checks configs on its own."""
   code = (
     "import sys; sys.modules['configs'] = None\n"  # Any `import configs...` now fails.
-    "from mmlearn import config_checks, defaults\n"
-    "config = defaults.get_config(); config_checks.check(config)\n"
+    "from mmlearn.config import checks, schema\n"
+    "config = schema.get_config(); checks.check(config)\n"
     "config.optimizer.learnig_rate = 1.0\n"
-    "try:\n  config_checks.check(config)\nexcept config_checks.ConfigError as e:\n  print(e)\n"
+    "try:\n  checks.check(config)\nexcept checks.ConfigError as e:\n  print(e)\n"
   )
   result = run_python(["-c", code])
   assert result.returncode == 0, result.stderr[-2000:]
-  assert result.stdout.strip() == "unknown config key 'optimizer.learnig_rate'"
+  expected = "unknown config key 'optimizer.learnig_rate'; did you mean 'optimizer.learning_rate'?"
+  assert result.stdout.strip() == expected

@@ -27,9 +27,12 @@ def test_main_runs_end_to_end(data_dir, tmp_path):
 @pytest.mark.parametrize(
   "flag, message",
   [
-    ("--config.optimizer.learnig_rate=0.1", "learnig_rate"),
+    ("--config.optimizer.learnig_rate=0.1", "did you mean 'optimizer.learning_rate'?"),
     ("--config.batch_size=many", "batch_size"),
-    ("--config.model.fusion=nope", "unknown fusion 'nope'"),
+    ("--config.classification.fusion=nope", "unknown fusion 'nope'"),
+    ("--config.mvae.beta=2", "section 'mvae' belongs to task 'mvae', and config.task is 'classification'"),
+    ("--config.evals.x.type=nope", "evaluators are added in a config file"),
+    ("--config.dataset.options.tokenizer=subword", "config.dataset.options has no key 'tokenizer'"),
   ],
 )
 def test_bad_input_gives_one_error_line_and_nonzero_exit(capsys, data_dir, tmp_path, flag, message):

@@ -7,14 +7,20 @@ from test_fusion import FUSION_KWARGS, classifier, features, image_text_batch, r
 
 from configs import default
 from mmlearn.config import checks as config_checks
+from mmlearn.config import schema
 from mmlearn.data import missing
 from mmlearn.errors import ConfigError
 from mmlearn.models.fusion import FUSIONS
-from mmlearn.runs import imputation
+from mmlearn.tasks import imputation
 
 POOLING = ("sum", "late", "gated", "attention")
 SLOTS = ("concat", "tensor", "low_rank_tensor", "multiplicative")
 MODALITIES = ("audio", "image")
+
+
+def realised_rates(modalities, present):
+  """The share of examples missing each modality in a presence mask [B, M]."""
+  return {m: float(1.0 - present[:, j].mean()) for j, m in enumerate(modalities)}
 
 
 def test_every_fusion_is_pooling_or_slots():
@@ -97,7 +103,7 @@ def test_train_masks_keep_a_modality_follow_the_rate_and_replay_per_step():
   rates = {"audio": 0.3, "image": 0.6}
   present = missing.train_masks(MODALITIES, rates, 0.0, batch_size=4000, rng=rng(5))
   assert present.any(axis=1).all()
-  realised = missing.realised_rates(MODALITIES, present)
+  realised = realised_rates(MODALITIES, present)
   # The keep-one rule gives back the rows where both went (0.3 * 0.6 = 18%), half to each modality.
   assert realised["audio"] == pytest.approx(0.3 - 0.09, abs=0.03)
   assert realised["image"] == pytest.approx(0.6 - 0.09, abs=0.03)
@@ -121,7 +127,7 @@ def test_eval_masks_are_nested_across_rates_and_independent_of_batching():
   masks = [missing.eval_masks(MODALITIES, {"audio": r}, indices=indices, seed=1) for r in (0.1, 0.2, 0.5)]
   for lower, higher in zip(masks, masks[1:], strict=False):
     assert (higher <= lower).all()  # Missing at a lower rate -> missing at every higher rate.
-  assert missing.realised_rates(MODALITIES, masks[1])["audio"] == pytest.approx(0.2, abs=0.025)
+  assert realised_rates(MODALITIES, masks[1])["audio"] == pytest.approx(0.2, abs=0.025)
   assert masks[1][:, 1].all()
   split = np.concatenate(
     [missing.eval_masks(MODALITIES, {"audio": 0.2}, indices=i, seed=1) for i in (indices[:7], indices[7:])]
@@ -196,7 +202,10 @@ def test_input_means_average_a_seeded_sample():
     ),
     (lambda c: c.missing.test_rates.update(audio=0.2), "the model has no modality 'audio'"),
     (lambda c: c.missing.update(modality_dropout=-0.1), "missing.modality_dropout must be in"),
-    (lambda c: (c.missing.update(modality_dropout=0.3), c.update(task="retrieval")), "classification option"),
+    (
+      lambda c: c.update(task="retrieval", retrieval=schema.task_sections("retrieval")["retrieval"]),
+      "belongs to task 'classification', and config.task is 'retrieval'",
+    ),
   ],
 )
 def test_bad_missing_settings_name_the_problem(change, message):
@@ -254,7 +263,7 @@ def test_the_generator_samples_only_the_rows_that_lack_a_modality():
 
 def test_generative_imputation_with_a_trained_mvae_end_to_end(mvae_tiny_run, retrieval_tiny_data, tmp_path):
   from configs import tiny
-  from mmlearn.train import loop as train
+  from mmlearn.train import loop
 
   config = tiny.get_config()
   config.dataset.data_dir = retrieval_tiny_data[0]
@@ -262,9 +271,9 @@ def test_generative_imputation_with_a_trained_mvae_end_to_end(mvae_tiny_run, ret
   config.missing.update(imputation="generative", generative_workdir=str(mvae_tiny_run[0]))
   config.missing.train_rates.image = 0.5
   config.missing.test_rates.text = 0.5
-  results = train.train_and_evaluate(config, str(tmp_path / "classifier"))
+  results = loop.train_and_evaluate(config, str(tmp_path / "classifier"))
   assert 0 <= results["test/accuracy"] <= 1
 
   config.missing.generative_workdir = str(tmp_path / "classifier")
   with pytest.raises(ValueError, match="is a 'classification' run, not an 'mvae' run"):
-    train.train_and_evaluate(config, str(tmp_path / "classifier2"))
+    loop.train_and_evaluate(config, str(tmp_path / "classifier2"))

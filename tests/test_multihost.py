@@ -10,7 +10,7 @@ import pytest
 from conftest import main_in_process, run_python
 from mmlearn import parallel
 from mmlearn.errors import ConfigError
-from mmlearn.train import loop as train
+from mmlearn.train import loop
 
 
 def free_address() -> str:
@@ -65,14 +65,16 @@ def test_main_in_two_processes_logs_once_and_resumes(tiny_config, data_dir, tmp_
   for result in again:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from the checkpoint at step 4" in result.stderr
+  evaluated = lines[2]
   lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [line["step"] for line in lines] == [2, 4, 4, 4, 4] and lines[3] == {"step": 4, "resumed_from": 4}
-  assert lines[-1]["test/loss"] == pytest.approx(lines[2]["test/loss"], abs=1e-6)
-  assert lines[-1]["validation/accuracy"] == lines[2]["validation/accuracy"]
+  # The evaluation at step 4 is replaced, not appended a second time.
+  assert [line["step"] for line in lines] == [2, 4, 4, 4] and lines[2] == {"step": 4, "resumed_from": 4}
+  assert lines[-1]["test/loss"] == pytest.approx(evaluated["test/loss"], abs=1e-6)
+  assert lines[-1]["validation/accuracy"] == evaluated["validation/accuracy"]
 
   tiny_config.num_train_steps = 4  # One process cannot take over the iterator states of two.
   with pytest.raises(ValueError, match="written by 2 processes and this run has 1; resume it with 2"):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    loop.train_and_evaluate(tiny_config, str(tmp_path))
 
 
 @pytest.mark.parametrize(

@@ -24,14 +24,17 @@ from mmlearn import parallel as parallel_lib
 from mmlearn.config import checks as config_checks
 from mmlearn.data import mmshapes, pipeline
 from mmlearn.errors import ConfigError
-from mmlearn.evaluators.image_grid import sample_grid
-from mmlearn.metrics import coherence
+from mmlearn.evaluators import coherence
+from mmlearn.metrics import generation as generation_metrics
+from mmlearn.metrics.images import Image, sample_grid
 from mmlearn.models import decoders, mvae
-from mmlearn.runs.metric_writer import Image, MetricWriter
+from mmlearn.runs.metric_writer import MetricWriter
 from mmlearn.tasks import TASKS
 from mmlearn.tasks import mvae as mvae_task
 from mmlearn.tasks.mvae import kl_weight
-from mmlearn.train import loop as train
+from mmlearn.train import loop
+from mmlearn.train.state import TrainState
+from mmlearn.train.step import train_step
 
 VOCAB = len(mmshapes.VOCABULARY)
 
@@ -266,8 +269,8 @@ def test_step_reaches_the_loss_through_train_step(task_and_batch, retrieval_tiny
   config = tiny_config(retrieval_tiny_data[0])
   tx = optim.make_optimizer(config.optimizer, 100)
   par = parallel_lib.DataParallel("shard_map")
-  state = par.place_state(train.TrainState.create(params, tx, jax.random.PRNGKey(1)))
-  step = par.map(functools.partial(train.train_step, task=task, tx=tx, par=par), sharded_args=(1,))
+  state = par.place_state(TrainState.create(params, tx, jax.random.PRNGKey(1)))
+  step = par.map(functools.partial(train_step, task=task, tx=tx, par=par), sharded_args=(1,))
   weights = []
   for _ in range(3):
     state, metrics = step(state, par.shard(batch))
@@ -430,16 +433,17 @@ def test_coherence_with_a_fake_judge():
   wrong[:4] = (labels[:4] + 1) % 16  # 4 of 16 generated with the next label: the colour is wrong.
   judged = images + (wrong - labels)[:, None, None, None]
 
-  def judge(x):
-    return jax.nn.one_hot(np.asarray(x)[:, 0, 0, 0].astype(int), 16)  # Logits.
+  def judge_fn(x):  # (logits, penultimate features), as the coherence evaluator's judge returns them.
+    pixel = np.asarray(x)[:, 0, 0, 0]
+    return jax.nn.one_hot(pixel.astype(int), 16), pixel[:, None]
 
-  assert coherence.coherence(judged, labels, judge, batch_size=5) == 0.75
-  assert coherence.coherence(judged, labels, lambda x: np.asarray(x)[:, 0, 0, 0].astype(int)) == 0.75
+  read, features = coherence.judge(judged, judge_fn, batch_size=5)  # Batches of 5: 16 images in 4 calls.
+  np.testing.assert_array_equal(read, wrong)
+  np.testing.assert_array_equal(features[:, 0], wrong)
+  assert generation_metrics.agreement(read, labels, "mmshapes")["label"] == 0.75
   # mmshapes labels are shape * 4 + colour: label + 1 keeps the shape unless the colour wraps around.
-  agree = coherence.agreement(wrong, labels, "mmshapes")
+  agree = generation_metrics.agreement(wrong, labels, "mmshapes")
   assert agree == {"label": 0.75, "shape": 1 - 1 / 16, "colour": 0.75}
-  with pytest.raises(ValueError):
-    coherence.coherence(judged[:3], labels, judge)
 
 
 def test_image_metrics_are_saved_as_png_and_tensorboard_images(tmp_path):
@@ -526,7 +530,7 @@ def test_coherence_cli_judges_generated_images(trained_run, retrieval_tiny_data,
   config.update(
     num_train_steps=4, batch_size=32, eval_batch_size=128, log_every_steps=2, checkpoint_every_steps=4
   )
-  train.train_and_evaluate(config, str(tmp_path / "judge"))
+  loop.train_and_evaluate(config, str(tmp_path / "judge"))
   result = generate(workdir, f"--judge={tmp_path / 'judge'}")
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads((workdir / "coherence.json").read_text())

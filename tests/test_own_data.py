@@ -20,7 +20,7 @@ from mmlearn.config import files as config_files
 from mmlearn.data import avmnist, captioned, progress
 from mmlearn.errors import ConfigError, DataError
 from mmlearn.runs import metric_writer
-from mmlearn.train import loop as train
+from mmlearn.train import loop
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220)}
 SHAPES = ("square", "circle")
@@ -221,8 +221,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def get_config(task="classification"):
-  config = defaults()
-  config.task = task
+  config = defaults(task)  # The core keys and the sections of `task`.
   config.dataset.name = "captioned"
   config.dataset.config = "shapes"
   config.dataset.manual_dir = os.path.join(HERE, "raw")
@@ -230,8 +229,10 @@ def get_config(task="classification"):
   config.dataset.options = ml_collections.ConfigDict({"image_shape": (16, 16, 3), "min_count": 2})
   config.model.modalities.image.update(widths=(8,), dense=16)
   config.model.modalities.text.update(embed_dim=8, hidden=16)
-  config.model.head_hidden = (16,)
-  config.retrieval.embed_dim = 16
+  if task == "classification":
+    config.classification.head_hidden = (16,)
+  else:
+    config.retrieval.embed_dim = 16
   config.batch_size = 8
   config.eval_batch_size = 16
   config.num_train_steps = 4
@@ -249,7 +250,7 @@ def test_own_folder_trains_a_classifier_and_retrieval_that_the_tools_read_back(t
   for task in ("classification", "retrieval"):
     config = config_files.get_config(f"{tmp_path / 'my_config.py'}:{task}")
     runs[task] = str(tmp_path / "runs" / task)
-    results = train.train_and_evaluate(config, runs[task])
+    results = loop.train_and_evaluate(config, runs[task])
     headline = "test/accuracy" if task == "classification" else "test/pair/image_to_text/R@1"
     assert 0 <= results[headline] <= 1, results
   record = json.loads((tmp_path / "runs" / "retrieval" / "metrics.jsonl").read_text().splitlines()[-1])
@@ -297,7 +298,7 @@ def test_a_builder_registered_outside_mmlearn_trains_and_robustness_reads_it_bac
       batch_size=8, eval_batch_size=8, num_train_steps=2, log_every_steps=1, checkpoint_every_steps=2
     )
     config.optimizer.warmup_steps = 1
-  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  results = loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert 0 <= results["test/accuracy"] <= 1
   saved = json.loads((tmp_path / "run" / "config.json").read_text())
   assert saved["imports"] == ["my_lab_template_copy.datasets"]

@@ -2,16 +2,18 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from mmlearn.config import schema as defaults
+from mmlearn.config import schema
 from mmlearn.errors import ConfigError
 from mmlearn.models.classifier import build_classifier
 from mmlearn.models.config import compute_dtype
 from mmlearn.models.dual_encoder import DualEncoder
 from mmlearn.models.encoders import ImageCNN, LeNet, SpectrogramLSTM, TextLSTM
 from mmlearn.models.mvae import MVAE
+from mmlearn.tasks.classification import MODEL_KEYS
 
 VOCAB, TOKENS, CLASSES = 40, 16, 8
 
@@ -69,7 +71,7 @@ def test_default_classifier_in_bfloat16_stays_near_float32():
   and three dense layers compounds to at most 0.005 (measured: 0.003 here, 0.0026-0.0049 over four init
   seeds on 16 examples), so 0.05 is a 10x margin that still catches a layer losing its precision.
   """
-  config = defaults.get_config().model
+  config = default_classifier()
   build = lambda dtype: build_classifier(config, num_classes=CLASSES, vocab_size=VOCAB, dtype=dtype)  # noqa: E731
   assert_bf16_close(build(jnp.float32), build(jnp.bfloat16), (mmshapes_batch(),), atol=0.05)
 
@@ -143,7 +145,7 @@ def test_lenet_with_batch_norm_has_multibench_layers():
   "module",
   [
     ImageCNN(widths=(4, 8), dense=6),
-    LeNet(channels=2, num_layers=1),
+    LeNet(channels=2, num_layers=1, batch_norm=False),
     TextLSTM(vocab_size=VOCAB, embed_dim=4, hidden=5, dense=3),
     SpectrogramLSTM(hidden=4, project=3),
   ],
@@ -164,7 +166,9 @@ def test_features_off_keep_the_parameter_tree(module):
 
 
 @pytest.mark.parametrize(
-  "module", [LeNet(channels=2, num_layers=1), ImageCNN(widths=(3, 4), dense=5)], ids=["lenet", "cnn"]
+  "module",
+  [LeNet(channels=2, num_layers=1, batch_norm=False), ImageCNN(widths=(3, 4), dense=5)],
+  ids=["lenet", "cnn"],
 )
 def test_batch_norm_trains_on_batch_statistics_and_evaluates_on_running_ones(module):
   module = module.clone(batch_norm=True, batch_norm_axis=None)
@@ -233,7 +237,7 @@ def test_batch_norm_over_split_batches_equals_one_device_on_the_whole_batch():
   ("module", "inputs"),
   [
     (ImageCNN(widths=(4,), dense=16, dropout=0.5), (np.ones((2, 8, 8, 3), np.float32),)),
-    (LeNet(channels=8, num_layers=1, dropout=0.5), (np.ones((2, 8, 8, 1), np.float32),)),
+    (LeNet(channels=8, num_layers=1, dropout=0.5, batch_norm=False), (np.ones((2, 8, 8, 1), np.float32),)),
     (TextLSTM(vocab_size=VOCAB, embed_dim=4, hidden=16, dropout=0.5), (mmshapes_batch(2)["text"],)),
     (SpectrogramLSTM(hidden=16, dropout=0.5), (np.ones((2, 6, 5, 1), np.float32),)),
   ],
@@ -252,7 +256,7 @@ def test_encoder_dropout_is_random_in_training_only(module, inputs):
 
 
 def test_classifier_head_dropout_from_the_config():
-  config = defaults.get_config().model
+  config = default_classifier()
   config.modalities.image.update(widths=(4,), dense=8)  # Small, to compile fast; the head is the default's.
   config.modalities.text.update(embed_dim=4, hidden=8)
   config.head_dropout = 0.5
@@ -275,8 +279,16 @@ def test_classifier_head_dropout_from_the_config():
     build_classifier(config, num_classes=CLASSES, vocab_size=VOCAB)
 
 
+def default_classifier() -> ml_collections.ConfigDict:
+  """The default config's classifier description, as the classification task builds it."""
+  config = schema.get_config("classification")
+  return ml_collections.ConfigDict(
+    {"modalities": config.model.modalities, **{key: config.classification[key] for key in MODEL_KEYS}}
+  )
+
+
 def test_encoder_kwargs_pass_the_config_checks():
-  config = defaults.get_config().model
+  config = default_classifier()
   config.modalities.image.update(batch_norm=True, batch_norm_axis=None, dropout=0.1)
   config.modalities.text.dropout = 0.2
 

@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 
 from conftest import main_in_process, run_python
-from mmlearn import errors
+from mmlearn import errors, tasks
 from mmlearn.errors import CheckpointError, DivergedError, WorkdirError
 from mmlearn.runs import checkpoint, workdir
-from mmlearn.train import loop as train
+from mmlearn.train import loop
+from mmlearn.train.state import initial_state
+from mmlearn.train.step import GUARDED_METRICS, check_finite
 
 
 def cli(*argv: str) -> tuple[int, str]:
@@ -73,7 +75,7 @@ def finished_once(data_dir, tmp_path_factory):
   config = tiny.get_config()
   config.dataset.data_dir = data_dir
   directory = str(tmp_path_factory.mktemp("finished") / "run")
-  train.train_and_evaluate(config, directory)
+  loop.train_and_evaluate(config, directory)
   return directory
 
 
@@ -100,7 +102,7 @@ BAD_CONFIG_FILES = {
 @pytest.mark.parametrize(
   "key, value, line",
   [
-    ("model.fusion", "nope", "error: ConfigError: unknown fusion 'nope'"),
+    ("classification.fusion", "nope", "error: ConfigError: unknown fusion 'nope'"),
     ("dataset.name", "imagenet42", "error: ConfigError: unknown dataset 'imagenet42'"),
     (
       "optimizer.learning_rate",
@@ -127,7 +129,7 @@ def test_bad_config_is_one_line_and_writes_nothing(tiny_config, tmp_path, key, v
     node = node[name]
   node[leaf] = value
   with pytest.raises(errors.Error) as failure:
-    train.train_and_evaluate(tiny_config, str(tmp_path / "w"))
+    loop.train_and_evaluate(tiny_config, str(tmp_path / "w"))
   assert printed(failure.value).startswith(line)
   assert not os.path.exists(tmp_path / "w" / "config.json")  # Nothing written for a config that cannot run.
 
@@ -162,9 +164,9 @@ def test_a_bug_keeps_its_traceback(capsys, tiny_config, tmp_path, monkeypatch):
   def broken(*args, **kwargs):
     raise TypeError("a bug in a new task")
 
-  monkeypatch.setattr(train, "build_task", broken)
+  monkeypatch.setattr(tasks, "build", broken)
   with pytest.raises(TypeError, match="a bug in a new task"):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    loop.train_and_evaluate(tiny_config, str(tmp_path))
   assert not isinstance(TypeError("x"), errors.USER_ERRORS)
 
 
@@ -174,17 +176,23 @@ def test_a_bug_keeps_its_traceback(capsys, tiny_config, tmp_path, monkeypatch):
 def test_resume_with_another_config_is_refused_and_loses_nothing(finished, tiny_config):
   before = {name: read(os.path.join(finished, name)) for name in ("config.json", "metrics.jsonl")}
   for key, value, shown in [
-    ("head_hidden", (32,), "model.head_hidden ([16] -> [32])"),
+    ("head_hidden", (32,), "classification.head_hidden ([16] -> [32])"),
     ("learning_rate", 0.5, "optimizer.learning_rate (0.1 -> 0.5)"),
     ("seed", 3, "seed (0 -> 3)"),
   ]:
     config = tiny_config.copy_and_resolve_references()
-    node = config.model if key == "head_hidden" else config.optimizer if key == "learning_rate" else config
+    node = (
+      config.classification
+      if key == "head_hidden"
+      else config.optimizer
+      if key == "learning_rate"
+      else config
+    )
     node[key] = value
     with pytest.raises(WorkdirError, match="holds a run with another config: " + re.escape(shown)):
-      train.train_and_evaluate(config, finished)
+      loop.train_and_evaluate(config, finished)
     with pytest.raises(WorkdirError, match="would change what the saved parameters were trained with"):
-      train.train_and_evaluate(config, finished, allow_config_changes=True)
+      loop.train_and_evaluate(config, finished, allow_config_changes=True)
   after = {name: read(os.path.join(finished, name)) for name in before}
   assert after == before
 
@@ -193,14 +201,14 @@ def test_harmless_changes_and_a_longer_run_need_the_flag(finished, tiny_config):
   tiny_config.log_every_steps = 1
   tiny_config.num_train_steps = 8
   with pytest.raises(WorkdirError, match=r"log_every_steps \(2 -> 1\), num_train_steps \(6 -> 8\)"):
-    train.train_and_evaluate(tiny_config, finished)
-  train.train_and_evaluate(tiny_config, finished, allow_config_changes=True)
+    loop.train_and_evaluate(tiny_config, finished)
+  loop.train_and_evaluate(tiny_config, finished, allow_config_changes=True)
   saved = json.loads(read(os.path.join(finished, "config.json")))
   assert (saved["num_train_steps"], saved["log_every_steps"]) == (8, 1)
   assert params_at(finished)[0] == 8
   tiny_config.num_train_steps = 7  # Shorter than the saved run: refused even with the flag.
   with pytest.raises(WorkdirError, match=r"num_train_steps \(8 -> 7\) would change"):
-    train.train_and_evaluate(tiny_config, finished, allow_config_changes=True)
+    loop.train_and_evaluate(tiny_config, finished, allow_config_changes=True)
 
 
 def test_a_run_saved_before_a_key_existed_resumes_while_that_key_is_at_its_default(finished, tiny_config):
@@ -210,19 +218,19 @@ def test_a_run_saved_before_a_key_existed_resumes_while_that_key_is_at_its_defau
   with open(path, "w") as f:
     json.dump(saved, f)
   tiny_config.optimizer.frozen = "text_encoder/"  # Not the default: the saved run did not train this way.
-  with pytest.raises(WorkdirError, match=r"optimizer.frozen \('<absent>' -> 'text_encoder/'\)"):
-    train.train_and_evaluate(tiny_config, finished)
+  with pytest.raises(WorkdirError, match=r"optimizer.frozen \('' -> 'text_encoder/'\)"):
+    loop.train_and_evaluate(tiny_config, finished)
   tiny_config.optimizer.frozen = ""
   tiny_config.num_train_steps = 8
-  train.train_and_evaluate(tiny_config, finished, allow_config_changes=True)
+  loop.train_and_evaluate(tiny_config, finished, allow_config_changes=True)
   assert params_at(finished)[0] == 8
 
 
 def test_a_checkpoint_of_another_model_is_one_line(finished, tiny_config):
   os.remove(os.path.join(finished, "config.json"))  # A run saved before config.json existed, say.
-  tiny_config.model.head_hidden = (32,)
+  tiny_config.classification.head_hidden = (32,)
   with pytest.raises(checkpoint.CheckpointMismatchError, match=r"checkpoints/6 holds another model"):
-    train.train_and_evaluate(tiny_config, finished, fallback=True)
+    loop.train_and_evaluate(tiny_config, finished, fallback=True)
   assert sorted(os.listdir(os.path.join(finished, "checkpoints"))) == ["4", "6"]  # Not set aside.
 
 
@@ -245,13 +253,13 @@ def test_a_second_trainer_on_a_busy_workdir_exits_naming_the_holder(finished, da
 
 def test_guard_checks_loss_gradient_and_parameter_norms():
   history = [(7, {"loss": 1.0, "grad_norm": 1.0, "param_norm": 1.0})]
-  train.check_finite(history, 6)
-  for name in train.GUARDED_METRICS:
+  check_finite(history, 6)
+  for name in GUARDED_METRICS:
     bad = [(8, {**history[0][1], name: float("inf")})]
     with pytest.raises(DivergedError, match=rf"non-finite {name} \(inf\) at step 8; .*checkpoint: step 6"):
-      train.check_finite(bad, 6)
+      check_finite(bad, 6)
   with pytest.raises(DivergedError, match="last good checkpoint: none saved"):
-    train.check_finite([(1, {**history[0][1], "loss": float("nan")})], None)
+    check_finite([(1, {**history[0][1], "loss": float("nan")})], None)
 
 
 def test_diverged_state_is_never_saved_so_the_last_good_checkpoint_survives_rotation(tiny_config, tmp_path):
@@ -261,7 +269,7 @@ def test_diverged_state_is_never_saved_so_the_last_good_checkpoint_survives_rota
   tiny_config.keep_checkpoints = 2
   tiny_config.optimizer.update(name="sgd", learning_rate=1e6, warmup_steps=0, momentum=0.9)
   with pytest.raises(DivergedError) as failure:
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    loop.train_and_evaluate(tiny_config, str(tmp_path))
   named = int(str(failure.value).rsplit("step ", 1)[1])
   steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
   assert named == steps[-1] and len(steps) <= 2
@@ -299,9 +307,9 @@ def test_a_damaged_checkpoint_never_restores_wrong_values(finished, tiny_config,
   from mmlearn import data, optim
 
   sources, info = data.load_sources("mmshapes", config="tiny", data_dir=tiny_config.dataset.data_dir)
-  task, _ = train.build_task(tiny_config, sources["train"], info)
+  task = tasks.build(tiny_config, info=info, train_source=sources["train"])
   tx = optim.make_optimizer(tiny_config.optimizer, 6)
-  template = train.initial_state(tiny_config, task, tx, sources["train"], 1)
+  template = initial_state(tiny_config, task, tx, sources["train"], 1)
   checkpointer = checkpoint.Checkpointer(finished, keep=2)
   intact = checkpoint.state_digest(checkpointer.restore(6, template))
   checkpointer.close()
@@ -368,7 +376,7 @@ KILLER = """
 import os, signal, sys
 from orbax.checkpoint._src.path import async_path
 from configs import tiny
-from mmlearn.train import loop as train
+from mmlearn.train import loop
 
 kill_step, in_write = int(sys.argv[1]), sys.argv[2] == "write"
 rename = async_path.rename
@@ -387,7 +395,7 @@ def kill(step, metrics):
 config = tiny.get_config()
 config.dataset.data_dir = sys.argv[3]
 config.update(num_train_steps=12, checkpoint_every_steps=3, log_every_steps=1)
-train.train_and_evaluate(config, sys.argv[4], hooks=[kill])
+loop.train_and_evaluate(config, sys.argv[4], hooks=[kill])
 """
 
 
@@ -429,7 +437,7 @@ def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_parameters(
 ):
   tiny_config.update(num_train_steps=12, checkpoint_every_steps=3, log_every_steps=1)
   straight = str(tmp_path / "straight")
-  train.train_and_evaluate(tiny_config, straight)
+  loop.train_and_evaluate(tiny_config, straight)
   run = str(tmp_path / "killed")
   rng = np.random.default_rng(14)
   kills = [(int(s), "log") for s in rng.choice([2, 4, 5, 7, 8, 10, 11], size=3, replace=False)]

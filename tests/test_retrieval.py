@@ -14,10 +14,11 @@ from mmlearn import parallel as parallel_lib
 from mmlearn.config import checks as config_checks
 from mmlearn.data import mmshapes, pipeline
 from mmlearn.errors import ConfigError
+from mmlearn.evaluators import retrieval as retrieval_evaluator
 from mmlearn.metrics import retrieval as retrieval_metrics
 from mmlearn.models.dual_encoder import DualEncoder
 from mmlearn.tasks import TASKS
-from mmlearn.train import loop as train
+from mmlearn.train import loop
 
 RULE = "same_shape_colour_size_quadrant"
 ATTRIBUTE_WORDS = {  # attribute -> per value, the words that name it
@@ -148,17 +149,19 @@ def test_relevance_keys_pair_or_description(retrieval_data):
   directory, sources, info = retrieval_data
   config = tiny_config(directory)
   task = TASKS.get("retrieval")(config, info=info, vocab_size=60)
-  assert task.relevance_rule == RULE
-  keys = task.relevance_keys(sources["test"])
+  assert retrieval_evaluator.relevance_rule(task.relevance) == RULE
+  keys = retrieval_evaluator.relevance_keys(sources["test"], task.relevance)
   attributes = np.array([[sources["test"][i][f] for f in task.relevance] for i in range(256)])
   same = (attributes[:, None, :] == attributes[None, :, :]).all(-1)
   np.testing.assert_array_equal(keys[:, None] == keys[None, :], same)
   assert 1 < len(np.unique(keys)) < 256  # Descriptions repeat: several relevant items per query.
   config.retrieval.relevance = ()
   pair = TASKS.get("retrieval")(config, info=info, vocab_size=60)
-  assert pair.relevance_rule == "pair"
+  assert retrieval_evaluator.relevance_rule(pair.relevance) == "pair"
   assert task.summary_metric == pair.summary_metric == "pair/image_to_text/R@1"  # The headline is paired.
-  np.testing.assert_array_equal(pair.relevance_keys(sources["test"]), np.arange(256))
+  np.testing.assert_array_equal(
+    retrieval_evaluator.relevance_keys(sources["test"], pair.relevance), np.arange(256)
+  )
 
 
 # ---- A tiny run: it learns, and the CLI searches it ----
@@ -173,15 +176,14 @@ def trained_run(retrieval_data, tmp_path_factory):
   config.log_every_steps = 40
   config.checkpoint_every_steps = 120
   workdir = tmp_path_factory.mktemp("clip_run")
-  return workdir, train.train_and_evaluate(config, str(workdir))
+  return workdir, loop.train_and_evaluate(config, str(workdir))
 
 
 def test_clip_learns_to_retrieve_far_above_chance(trained_run, retrieval_data):
   workdir, results = trained_run
   directory, sources, info = retrieval_data
-  keys = TASKS.get("retrieval")(tiny_config(directory), info=info, vocab_size=60).relevance_keys(
-    sources["test"]
-  )
+  relevance = TASKS.get("retrieval")(tiny_config(directory), info=info, vocab_size=60).relevance
+  keys = retrieval_evaluator.relevance_keys(sources["test"], relevance)
   ceiling = retrieval_metrics.pair_ceiling(keys, keys)
   for direction in ("image_to_text", "text_to_image"):
     learned = {k: results[f"test/{RULE}/{direction}/{k}"] for k in ("R@1", "R@10", "median_rank", "mAP")}

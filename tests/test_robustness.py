@@ -10,7 +10,7 @@ from conftest import main_in_process, run_python
 from mmlearn.data import missing
 from mmlearn.errors import ConfigError
 from mmlearn.evaluators import robustness
-from mmlearn.train import loop as train
+from mmlearn.train import loop
 
 
 def test_area_is_the_mean_of_the_curve():
@@ -52,14 +52,15 @@ def test_curves_measure_each_modality_all_together_and_noise():
   batch["label"] = np.zeros(2000, np.int32)
   calls = []
 
-  def accuracy(transform):  # A stand-in model: the fraction of audio inputs still intact.
-    calls.append(transform)
+  def accuracy(transform, point):  # A stand-in model: the fraction of audio inputs still intact.
+    calls.append(point)
     out = batch if transform is None else transform(batch, np.arange(2000))
     return float((out["audio"] == 0.5).all(axis=(1, 2, 3)).mean())
 
   curves = {c.name: c for c in robustness.curves(accuracy, absent)}
   assert sorted(curves) == ["missing/all", "missing/audio", "missing/image", "noise/audio", "noise/image"]
   assert len(calls) == 1 + 5 * 9  # The clean point is shared.
+  assert calls[:2] == ["clean", "missing/audio rate 0.1"] and calls[-1] == "noise/image std 0.9"
   np.testing.assert_allclose(curves["missing/audio"].values, [1 - r for r in robustness.LEVELS], atol=0.03)
   assert curves["missing/image"].values == (1.0,) * 10
   # Both at rate r: audio goes unless it is the one kept (the keep-one rule), so more survives than 1 - r.
@@ -72,12 +73,15 @@ def test_script_writes_the_curves_of_a_run_with_missing_modalities(tiny_config, 
   tiny_config.missing.modality_dropout = 0.2
   tiny_config.missing.test_rates.text = 0.5
   tiny_config.missing.imputation = "learned"
-  results = train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+  results = loop.train_and_evaluate(tiny_config, str(tmp_path / "run"))
   assert 0 <= results["test/accuracy"] <= 1
   result = run_python(
     ["scripts/robustness.py", f"--workdir={tmp_path / 'run'}", "--split=validation", "--num_examples=40"]
   )
   assert result.returncode == 0, result.stderr[-3000:]
+  # Progress and results on stdout, each point named; no library log lines (orbax restores, TFDS).
+  assert "validation missing/text rate 0.5: accuracy" in result.stdout
+  assert "/orbax/" not in result.stderr and "checkpoint" not in result.stderr.lower(), result.stderr[-3000:]
   with open(tmp_path / "run" / "robustness" / "robustness.csv") as f:
     rows = {row["curve"]: row for row in csv.DictReader(f)}
   assert sorted(rows) == ["missing/all", "missing/image", "missing/text", "noise/image"]

@@ -30,10 +30,12 @@ def get_config():
 
 
 def get_sweep(h):
-  return h.chain([{"model.fusion": "nope"}], h.sweep("optimizer.learning_rate", [0.05, 0.1]))
+  return h.chain([{"classification.fusion": "nope"}], h.sweep("optimizer.learning_rate", [0.05, 0.1]))
 """
-GOOD, OTHER, BAD = "optimizer.learning_rate=0.05", "optimizer.learning_rate=0.1", "model.fusion=nope"
-ONE_LR = TWO_LR.replace('[{"model.fusion": "nope"}], ', "").replace("[0.05, 0.1]", "[0.05]")  # GOOD alone.
+GOOD, OTHER, BAD = "optimizer.learning_rate=0.05", "optimizer.learning_rate=0.1", "classification.fusion=nope"
+ONE_LR = TWO_LR.replace('[{"classification.fusion": "nope"}], ', "").replace(
+  "[0.05, 0.1]", "[0.05]"
+)  # GOOD alone.
 
 
 @pytest.fixture(scope="session")

@@ -38,8 +38,10 @@ def test_zip_pairs_and_chain_concatenates():
     {"optimizer.learning_rate": 0.3, "seed": 1},
   ]
   assert H.chain(LR, [{}], SEED) == [*LR, {}, *SEED]
-  nested = H.chain(H.product(LR, H.sweep("model.fusion", ["sum"])), [{"model.fusion": "late"}])
-  assert len(nested) == 3 and nested[-1] == {"model.fusion": "late"}
+  nested = H.chain(
+    H.product(LR, H.sweep("classification.fusion", ["sum"])), [{"classification.fusion": "late"}]
+  )
+  assert len(nested) == 3 and nested[-1] == {"classification.fusion": "late"}
 
 
 def test_zip_of_different_lengths_and_overlapping_keys_are_errors():
@@ -56,9 +58,15 @@ def test_variant_names_are_readable_safe_and_stable():
     sweep.variant_name({"optimizer.learning_rate": 0.1, "seed": 1}) == "optimizer.learning_rate=0.1,seed=1"
   )
   assert sweep.variant_name({}) == "base"
-  odd = sweep.variant_name({"model.fusion": "a/b c"})
-  assert re.fullmatch(r"model\.fusion=a_b_c-[0-9a-f]{8}", odd)  # Sanitised, with a hash of the original.
-  assert odd == sweep.variant_name({"model.fusion": "a/b c"}) != sweep.variant_name({"model.fusion": "a_b_c"})
+  odd = sweep.variant_name({"classification.fusion": "a/b c"})
+  assert re.fullmatch(
+    r"classification\.fusion=a_b_c-[0-9a-f]{8}", odd
+  )  # Sanitised, with a hash of the original.
+  assert (
+    odd
+    == sweep.variant_name({"classification.fusion": "a/b c"})
+    != sweep.variant_name({"classification.fusion": "a_b_c"})
+  )
   long = sweep.variant_name({"k": "x" * 500})
   assert len(long) <= sweep.MAX_NAME and long != sweep.variant_name({"k": "x" * 501})
 
@@ -96,7 +104,7 @@ def test_the_projects_sweep_configs_expand_as_their_docstrings_say():
   names = list(sweep.expand(imbalance))
   assert len(names) == 6 * 2 * 2 and len(set(names)) == len(names)
   assert (
-    "classification.loss=cross_entropy,dataset.sampler=class_balanced,optimizer.learning_rate=0.3,seed=1"
+    "classification.loss=cross_entropy,classification.sampler=class_balanced,optimizer.learning_rate=0.3,seed=1"
     in names
   )
   missing = list(
@@ -125,7 +133,7 @@ args = dict(a[2:].partition("=")[::2] for a in sys.argv[1:])
 workdir = args["workdir"]
 with open(os.path.join(workdir, "calls"), "a") as f:
   f.write(" ".join(sys.argv[1:]) + "\\n")
-if args.get("config.model.fusion") == "nope":
+if args.get("config.classification.fusion") == "nope":
   sys.exit(print("I0 some log line\\nerror: ConfigError: unknown fusion 'nope'", file=sys.stderr) or 1)
 with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
   f.write(json.dumps({"step": 2, "train/loss": 1.0}) + "\\n")
@@ -135,7 +143,7 @@ with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
 
 def test_launcher_skips_finished_resumes_cut_off_and_records_failures(tmp_path):
   (tmp_path / "fake.py").write_text(FAKE_TRAINER)
-  variants = {sweep.variant_name(o): o for o in H.chain(LR, [{"model.fusion": "nope"}])}
+  variants = {sweep.variant_name(o): o for o in H.chain(LR, [{"classification.fusion": "nope"}])}
   root = tmp_path / "root"
   messages = []
 
@@ -195,13 +203,13 @@ from configs import tiny
 
 def get_config(fusion="concat"):
   config = tiny.get_config()
-  config.model.fusion = fusion
+  config.classification.fusion = fusion
   config.num_train_steps = 4
   return config
 
 
 def get_sweep(h):
-  return h.chain(h.sweep("optimizer.learning_rate", [0.05, 0.1]), [{"model.fusion": "nope"}])
+  return h.chain(h.sweep("optimizer.learning_rate", [0.05, 0.1]), [{"classification.fusion": "nope"}])
 """
 
 
@@ -220,13 +228,17 @@ def test_sweep_end_to_end_with_a_failing_variant_then_skip_and_resume(data_dir, 
   assert result.stderr.splitlines()[-1].startswith("error: 1 of 3 variants failed")
   root = tmp_path / "root"
   rows = {r["variant"]: r for r in csv.DictReader(open(root / "summary.csv"))}  # noqa: SIM115
-  good, other, bad = "optimizer.learning_rate=0.05", "optimizer.learning_rate=0.1", "model.fusion=nope"
+  good, other, bad = (
+    "optimizer.learning_rate=0.05",
+    "optimizer.learning_rate=0.1",
+    "classification.fusion=nope",
+  )
   assert [rows[v]["status"] for v in (good, other, bad)] == ["done", "done", "failed"]
   assert "unknown fusion 'nope'" in rows[bad]["error"] and rows[bad]["test/accuracy"] == ""
   final = json.loads((root / good / "metrics.jsonl").read_text().splitlines()[-1])
   assert float(rows[good]["test/accuracy"]) == final["test/accuracy"] and final["step"] == 4
   config = json.loads((root / good / "config.json").read_text())
-  assert config["optimizer"]["learning_rate"] == 0.05 and config["model"]["fusion"] == "sum"
+  assert config["optimizer"]["learning_rate"] == 0.05 and config["classification"]["fusion"] == "sum"
   assert "failed: ConfigError: unknown fusion 'nope'" in (root / "summary.md").read_text()
   assert "Traceback" not in (root / bad / "log.txt").read_text()  # A config mistake is one line, not a bug.
   assert (root / "summary.png").stat().st_size > 0

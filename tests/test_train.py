@@ -16,7 +16,7 @@ from mmlearn import parallel as parallel_lib
 from mmlearn.data import pipeline
 from mmlearn.errors import ConfigError
 from mmlearn.tasks import TASKS
-from mmlearn.train import loop as train
+from mmlearn.train import loop
 
 
 def saved_params(workdir: str, step: int | None = None):
@@ -46,7 +46,7 @@ def test_steps_lower_the_loss_on_a_fixed_batch(tiny_config):
 
 
 def test_train_and_evaluate_writes_logs_and_metrics(tiny_config, tmp_path):
-  results = train.train_and_evaluate(tiny_config, str(tmp_path))
+  results = loop.train_and_evaluate(tiny_config, str(tmp_path))
   for split in ("validation", "test"):
     assert 0.0 <= results[f"{split}/accuracy"] <= 1.0
     assert math.isfinite(results[f"{split}/loss"])
@@ -69,16 +69,16 @@ class Preempted(Exception):
 def test_interrupted_run_resumes_to_identical_parameters(tiny_config, tmp_path):
   tiny_config.num_train_steps = 8
   tiny_config.checkpoint_every_steps = 3
-  train.train_and_evaluate(tiny_config, str(tmp_path / "straight"))
+  loop.train_and_evaluate(tiny_config, str(tmp_path / "straight"))
 
   def preempt(step, metrics):
     if step == 4:  # After the step-3 checkpoint, before the step-6 one: steps 4..? are lost.
       raise Preempted
 
   with pytest.raises(Preempted):
-    train.train_and_evaluate(tiny_config, str(tmp_path / "resumed"), hooks=[preempt])
+    loop.train_and_evaluate(tiny_config, str(tmp_path / "resumed"), hooks=[preempt])
   assert saved_params(str(tmp_path / "resumed"))[0] == 3
-  train.train_and_evaluate(tiny_config, str(tmp_path / "resumed"))
+  loop.train_and_evaluate(tiny_config, str(tmp_path / "resumed"))
   step_a, params_a = saved_params(str(tmp_path / "straight"))
   step_b, params_b = saved_params(str(tmp_path / "resumed"))
   assert step_a == step_b == 8
@@ -88,7 +88,7 @@ def test_interrupted_run_resumes_to_identical_parameters(tiny_config, tmp_path):
 @pytest.mark.parametrize(
   "field, value, error, message",
   [
-    ("model.fusion", "nope", ValueError, "unknown fusion 'nope'"),
+    ("classification.fusion", "nope", ValueError, "unknown fusion 'nope'"),
     ("optimizer.name", "adagrad9", ValueError, "unknown optimizer 'adagrad9'"),
     ("dataset.name", "imagenet42", ValueError, "unknown dataset 'imagenet42'"),
     ("parallel.mode", "xmap", ValueError, "unknown parallel.mode 'xmap'"),
@@ -104,21 +104,21 @@ def test_bad_config_values_are_named(tiny_config, tmp_path, field, value, error,
     node = node[name]
   node[leaf] = value
   with pytest.raises(error, match=message):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    loop.train_and_evaluate(tiny_config, str(tmp_path))
 
 
 def test_modality_the_dataset_lacks_is_named(tiny_config, tmp_path):
   tiny_config.model.modalities.audio = {"encoder": "cnn"}
   with pytest.raises(ConfigError, match="no input for modality 'audio'"):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    loop.train_and_evaluate(tiny_config, str(tmp_path))
 
 
 def test_keys_added_or_mistyped_in_config_files_are_rejected(tiny_config, tmp_path):
   tiny_config.optimizer.learnig_rate = 0.1
   with pytest.raises(ValueError, match="unknown config key 'optimizer.learnig_rate'"):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    loop.train_and_evaluate(tiny_config, str(tmp_path))
   del tiny_config.optimizer["learnig_rate"]
   as_dict = tiny_config.to_dict()
   as_dict["num_epochs"] = "three"  # A config file that builds its own ConfigDict escapes type safety.
   with pytest.raises(ConfigError, match="config key 'num_epochs' should be float, got str"):
-    train.train_and_evaluate(ml_collections.ConfigDict(as_dict), str(tmp_path))
+    loop.train_and_evaluate(ml_collections.ConfigDict(as_dict), str(tmp_path))

@@ -1,20 +1,29 @@
 """MVAE on AV-MNIST (`noisy` build): spoken digit -> digit image generation with a shared latent space.
 
+  python -m mmlearn.main --config=configs/mvae/avmnist.py --workdir=runs/mvae_avmnist
+  python -m mmlearn.main --config=configs/mvae/judge_avmnist.py --workdir=runs/judge_avmnist
+  python scripts/generate.py --workdir=runs/mvae_avmnist --judge=runs/judge_avmnist --temperature=1.0 \\
+    --split=validation
+
 Encoders: MultiBench's LeNets (configs/avmnist/base.py); decoders: transposed convs from 7x7 to the
 28x28 image and to the 112x112 spectrogram. The spectrogram is mostly noise, so its decoder learns its
 likelihood's deviation (`learn_std`): a fixed 0.1 would weigh its 12,544 noisy levels against the image's
 784 as if they were all signal. Audio -> image coherence is judged by `judge_avmnist.py`.
+
+Reaches (1,719 steps of 32, seed 0, builder 1.4.0, nothing tuned): validation ELBO -61,480 nats
+(`validation/elbo`); validation coherence: not measured. Test (digit coherence, Fréchet distance,
+diversity, ELBO): docs/generation.md, "Multimodal VAE (MVAE)", the AV-MNIST table, and the README's
+generation table. It is also the generative imputer of `configs/sweeps/avmnist_missing.py`.
 """
 
 import ml_collections
 
 from configs.avmnist import base
-from mmlearn.config import schema as defaults
+from mmlearn.config import schema
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = base.use_avmnist(defaults.get_config())
-  config.task = "mvae"
+  config = base.use_avmnist(schema.get_config("mvae"))
   config.mvae.latent_dim = 32
   config.mvae.decoders.image.update(shape=(28, 28, 1), widths=(64, 32), std=0.1)
   config.mvae.decoders.audio.update(shape=(112, 112, 1), widths=(64, 32, 16, 8), std=0.2, learn_std=True)

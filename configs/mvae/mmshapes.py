@@ -1,5 +1,10 @@
 """MVAE on mmshapes' `retrieval` build: caption -> image generation with a shared latent space.
 
+  python -m mmlearn.main --config=configs/mvae/mmshapes.py --workdir=runs/mvae_mmshapes_shift5
+  python -m mmlearn.main --config=configs/mvae/judge_mmshapes.py --workdir=runs/judge_mmshapes
+  python scripts/generate.py --workdir=runs/mvae_mmshapes_shift5 --judge=runs/judge_mmshapes \\
+    --split=validation
+
 The `retrieval` build has every image in colour and every caption naming shape, colour, size and quadrant,
 so a caption determines what the image should show and caption -> image coherence is well defined
 (judged by `judge_mmshapes.py`; `scripts/generate.py --judge=...`). Encoders: the default CNN and LSTM;
@@ -12,17 +17,21 @@ between two candidates fixed before its runs: the learning rate, 1e-3 or 2e-3 (2
 were still blurred at the last step), then the bound of the image's private translation, 3 or 5 pixels
 at lr 2e-3 (5: the higher coherence, though its Fréchet distance is further). The design choices below
 were settled in an earlier round and are described by what failed without them.
-docs/generation.md has the figures.
+
+Reaches (1,600 steps of 128, seed 0, temperature 1): validation label coherence 79.0% (shape 79.1%,
+colour 99.90%) at 13.0x the real-vs-real Fréchet floor, against 76.3% with a 3-pixel bound; the
+learning rate was chosen under an earlier judge, 71.4% at 2e-3 against 47.3% at 1e-3. Test, for the
+selected run: docs/generation.md, "Measured: caption -> image on mmshapes", and the README's generation
+table.
 """
 
 import ml_collections
 
-from mmlearn.config import schema as defaults
+from mmlearn.config import schema
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = defaults.get_config()
-  config.task = "mvae"
+  config = schema.get_config("mvae")
   config.dataset.config = "retrieval"
   config.model.modalities = ml_collections.ConfigDict(
     {

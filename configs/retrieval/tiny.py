@@ -1,4 +1,9 @@
-"""A seconds-long image <-> caption retrieval run on the `retrieval_tiny` mmshapes build, for tests."""
+"""A seconds-long image <-> caption retrieval run on the `retrieval_tiny` mmshapes build, for tests.
+
+  python -m mmlearn.main --config=configs/retrieval/tiny.py --workdir=runs/retrieval_tiny
+
+Six steps of scaled-down towers check the pieces, not the ranking: no recall is measured for it.
+"""
 
 from configs.retrieval import mmshapes_clip
 

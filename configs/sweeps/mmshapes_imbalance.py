@@ -12,6 +12,11 @@ larger, not smaller: the re-weighting losses scale the head examples that fill m
 (inverse frequency: 0.19 for a 1,280-example class), so the same rate is a smaller step for them; a
 first sweep with 0.02 left every loss far behind. The config after ':' sets the ratio
 (`mmshapes_imbalance.py:10`).
+
+Reaches (ratio 100, 640 steps; validation balanced accuracy, mean of seeds 0 and 1, each loss at its
+selected rate): logit_adjusted 94.87 (lr 0.1, first), cross_entropy 92.19 (0.1), cross_entropy with the
+class-balanced sampler 87.16 (0.3), inverse_frequency 86.04 (0.1), focal 85.60 (0.3), class_balanced
+85.13 (0.3). Test, for the selected rate of each: docs/imbalance-and-missing.md, "Class imbalance".
 """
 
 from configs import default
@@ -19,7 +24,7 @@ from configs import default
 
 def get_config(ratio: str = "100"):
   config = default.get_config()
-  config.dataset.imbalance_ratio = float(ratio)
+  config.classification.imbalance_ratio = float(ratio)
   config.num_train_steps = 640
   return config
 
@@ -29,7 +34,7 @@ def get_sweep(h):
     "classification.loss", ["cross_entropy", "inverse_frequency", "class_balanced", "focal", "logit_adjusted"]
   )
   sampled = h.zip(
-    h.sweep("classification.loss", ["cross_entropy"]), h.sweep("dataset.sampler", ["class_balanced"])
+    h.sweep("classification.loss", ["cross_entropy"]), h.sweep("classification.sampler", ["class_balanced"])
   )
   rates = h.sweep("optimizer.learning_rate", [0.1, 0.3])
   return h.product(h.chain(losses, sampled), rates, h.sweep("seed", [0, 1]))

@@ -3,7 +3,12 @@
   python scripts/sweep.py --config=configs/sweeps/mmshapes_lr.py --workdir=runs/sweep_lr --parallel=2
   python scripts/sweep.py --config=configs/sweeps/mmshapes_lr.py:sum --workdir=runs/sweep_lr_sum
 
-The text after ':' picks the fusion (`get_config("sum")`), as `configs/avmnist/base.py:tensor` does.
+The text after ':' picks the fusion (`get_config("sum")`), as `configs/avmnist/fusion.py:tensor` does.
+It shows the sweep tools (docs/workflow.md, "Sweeps"; Slurm: docs/cluster.md); one epoch is too short
+to choose the default's learning rate with.
+
+Reaches: validation not measured. The table in docs/workflow.md, "Sweeps", predates the default's
+gradient clipping and lists test accuracy only.
 """
 
 from configs import default
@@ -11,7 +16,7 @@ from configs import default
 
 def get_config(fusion: str = "concat"):
   config = default.get_config()
-  config.model.fusion = fusion
+  config.classification.fusion = fusion
   config.num_epochs = 1.0
   return config
 

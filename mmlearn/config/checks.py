@@ -2,47 +2,33 @@
 
 `config_flags` already rejects unknown keys and ill-typed values given on the command line; these checks
 catch the same mistakes made inside config files (which may add keys freely), by comparing the config
-against `mmlearn/config/schema.py` (the reference schema), and catch values whose type is right but whose
-meaning is not.
+against the schema of its task (`mmlearn.config.schema`: the core keys and the task's own sections), and
+catch values whose type is right but whose meaning is not. The task checks its own sections
+(`TaskFactory.check_config`).
 """
 
+import difflib
 import math
 from typing import Any
 
 import ml_collections
 
 from mmlearn import optim, parallel, registry
-from mmlearn.config import schema as defaults
-from mmlearn.data import imbalance, missing
+from mmlearn.config import schema
+from mmlearn.config.schema import FREE_FORM
 from mmlearn.data.augment import Augment
 from mmlearn.errors import ConfigError
-from mmlearn.losses import classification as class_losses
-from mmlearn.losses import contrastive as losses
-from mmlearn.models.decoders import DECODERS
 from mmlearn.models.encoders import ENCODERS
-from mmlearn.models.fusion import FUSIONS
 from mmlearn.runs import init_from
-
-# Sub-trees whose keys are the user's to choose: modality names (the encoders, the missing rates, the
-# MVAE's decoders and likelihood weights), fusion arguments and the dataset builder's options.
-FREE_FORM = (
-  "dataset.options",
-  "model.modalities",
-  "model.fusion_kwargs",
-  "missing.train_rates",
-  "missing.test_rates",
-  "mvae.decoders",
-  "mvae.likelihood_weights",
-  "mvae.private_dims",
-  "evals",
-)
+from mmlearn.tasks.registry import TASKS
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """`{dotted key: value}` of a config; a free-form sub-tree (`FREE_FORM`) is one value."""
   if isinstance(tree, ml_collections.ConfigDict | dict) and not prefix.startswith(FREE_FORM):
     out = {}
     for key, value in tree.items():
-      out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+      out.update(flatten(value, f"{prefix}.{key}" if prefix else key))
     return out
   return {prefix: tree}
 
@@ -59,11 +45,24 @@ def _type_ok(value: Any, reference: Any) -> bool:
   return isinstance(value, type(reference))
 
 
+def unknown_key(key: str, known: list[str], task: str) -> ConfigError:
+  """The one-line error for a key the schema lacks: the closest known key, or the task owning its section."""
+  section = key.split(".")[0]
+  owners = [name for name in TASKS.names() if section in TASKS.get(name).config_sections()]
+  if owners and task not in owners:
+    return ConfigError(
+      f"unknown config key {key!r}: section {section!r} belongs to task {owners[0]!r}, and config.task "
+      f"is {task!r}"
+    )
+  close = difflib.get_close_matches(key, known, n=1)
+  return ConfigError(f"unknown config key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+
+
 def check_keys_and_types(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict) -> None:
-  ref = _flatten(reference)
-  for key, value in _flatten(config).items():
+  ref = flatten(reference)
+  for key, value in flatten(config).items():
     if key not in ref:
-      raise ConfigError(f"unknown config key {key!r}")
+      raise unknown_key(key, list(ref), reference.task)
     if not _type_ok(value, ref[key]):
       raise ConfigError(
         f"config key {key!r} should be {type(ref[key]).__name__}, got {type(value).__name__} {value!r}"
@@ -73,18 +72,20 @@ def check_keys_and_types(config: ml_collections.ConfigDict, reference: ml_collec
 def check(config: ml_collections.ConfigDict) -> None:
   """Raises `ConfigError` with a one-line message naming the first problem found.
 
-  Imports `config.imports` first: the names checked below may be registered by those modules.
+  Imports `config.imports` first: the task and the names checked below may be registered by those
+  modules.
   """
-  check_keys_and_types(config, defaults.get_config())
-  registry.import_modules(config.imports)
+  registry.import_modules(config.get("imports", ()))
+  if not isinstance(config.get("task"), str):
+    raise ConfigError(f"config.task must name a task (known: {', '.join(TASKS.names())})")
+  schema.check_sections(config)
+  check_keys_and_types(config, schema.get_config(config.task))
   for key in (
     "batch_size",
     "eval_batch_size",
     "log_every_steps",
     "checkpoint_every_steps",
     "keep_checkpoints",
-    "retrieval.embed_dim",
-    "retrieval.query_chunk",
   ):
     if config[key] <= 0:
       raise ConfigError(f"config key {key!r} must be positive, got {config[key]}")
@@ -100,42 +101,15 @@ def check(config: ml_collections.ConfigDict) -> None:
   init_from.parse_pairs(config.init_from.params)
   if config.optimizer.frozen:
     optim.frozen_labels(config.optimizer.frozen)  # Raises on a pattern that does not compile.
-  FUSIONS.get(config.model.fusion)
-  losses.LOSSES.get(config.retrieval.loss)
-  imbalance.check(config.dataset.imbalance_ratio, config.dataset.sampler)
   Augment.from_config(config.augment)  # Raises on negative or out-of-range strengths.
-  class_losses.check_config(config.classification)
-  check_missing(config)
   check_core(config)
-  check_eval_every_steps(config)
-  check_mvae(config)
   if not config.model.modalities:
     raise ConfigError("config.model.modalities is empty: configure at least one modality")
   for modality, encoder in config.model.modalities.items():
     if "encoder" not in encoder:
       raise ConfigError(f"config.model.modalities.{modality} names no 'encoder'")
     ENCODERS.get(encoder["encoder"])
-
-
-def check_missing(config: ml_collections.ConfigDict) -> None:
-  """Rates in [0, 1) for modalities the model has; missing modalities are a classification option."""
-  settings = config.missing
-  if settings.imputation not in missing.IMPUTATIONS:
-    raise ConfigError(
-      f"unknown missing.imputation {settings.imputation!r}; known: {', '.join(missing.IMPUTATIONS)}"
-    )
-  if not 0 <= settings.modality_dropout < 1:
-    raise ConfigError(f"missing.modality_dropout must be in [0, 1), got {settings.modality_dropout}")
-  used = settings.modality_dropout > 0
-  for which in ("train_rates", "test_rates"):
-    for modality, rate in settings[which].items():
-      if not isinstance(rate, int | float) or not 0 <= rate < 1:
-        raise ConfigError(f"missing.{which}.{modality} must be a rate in [0, 1), got {rate!r}")
-      if rate > 0 and modality not in config.model.modalities:
-        raise ConfigError(f"missing.{which}.{modality}: the model has no modality {modality!r}")
-      used |= rate > 0
-  if used and config.task != "classification":
-    raise ConfigError(f"missing modalities are a classification option; task is {config.task!r}")
+  TASKS.get(config.task).check_config(config)
 
 
 PRECISIONS = ("float32", "bfloat16")
@@ -151,6 +125,10 @@ def check_core(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
       f"microbatch_size must be >= 0 (0: no gradient accumulation), got {config.microbatch_size}"
     )
+  if config.eval_every_steps < 0:
+    raise ConfigError(
+      f"eval_every_steps must be >= 0 (0: evaluate at the end only), got {config.eval_every_steps}"
+    )
   for name, entry in config.evals.items():
     if not isinstance(entry, ml_collections.ConfigDict | dict):
       raise ConfigError(f"config.evals.{name} must be a dict with 'type' and 'split', got {entry!r}")
@@ -158,39 +136,3 @@ def check_core(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
       f"select_metric must name a split's metric, e.g. 'validation/accuracy'; got {config.select_metric!r}"
     )
-
-
-def check_eval_every_steps(config: ml_collections.ConfigDict) -> None:
-  if config.eval_every_steps < 0:
-    raise ConfigError(
-      f"eval_every_steps must be >= 0 (0: evaluate at the end only), got {config.eval_every_steps}"
-    )
-
-
-def check_mvae(config: ml_collections.ConfigDict) -> None:
-  """`config.mvae`: sizes and weights in range; for task "mvae", a decoder and a weight per modality."""
-  settings = config.mvae
-  if settings.latent_dim <= 0:
-    raise ConfigError(f"mvae.latent_dim must be positive, got {settings.latent_dim}")
-  for key in ("kl_anneal_steps", "beta", "temperature", "grid_conditions", "grid_samples"):
-    if settings[key] < 0:
-      raise ConfigError(f"mvae.{key} must be >= 0, got {settings[key]}")
-  for modality, weight in settings.likelihood_weights.items():
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
-      raise ConfigError(f"mvae.likelihood_weights.{modality} must be a number >= 0, got {weight!r}")
-  for modality, width in settings.private_dims.items():
-    if isinstance(width, bool) or not isinstance(width, int) or width < 0:
-      raise ConfigError(f"mvae.private_dims.{modality} must be an integer >= 0, got {width!r}")
-  if config.task != "mvae":
-    return
-  if not (settings.joint_elbo or settings.unimodal_elbos):
-    raise ConfigError("mvae.joint_elbo and mvae.unimodal_elbos are both off: the MVAE has nothing to train")
-  for modality in config.model.modalities:
-    decoder = settings.decoders.get(modality)
-    if decoder is None or "decoder" not in decoder:
-      raise ConfigError(
-        f"config.mvae.decoders.{modality} names no 'decoder' (known: {', '.join(DECODERS.names())})"
-      )
-    DECODERS.get(decoder["decoder"])
-    if modality not in settings.likelihood_weights:
-      raise ConfigError(f"config.mvae.likelihood_weights has no weight for modality {modality!r}")

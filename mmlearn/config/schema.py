@@ -1,20 +1,60 @@
-"""The reference config: every key a config may set, with its default (`configs/default.py` is this).
+"""The config schema: the core keys every run has, with their defaults, plus the sections of its task.
 
-It lives in the library, not in `configs/`, because `mmlearn.config.checks` validates every config against
-it (unknown keys, wrong types), and a pip-installed mmlearn must be able to do that without the
-repository's `configs/` package. The default run: CNN(image) + LSTM(text) -> concat -> MLP on mmshapes,
-trained with SGD + momentum. Override fields on the command line, e.g.
+The core is what the trainer reads whatever the task: the dataset and its pipeline (augmentation), the
+model's modalities, the optimizer and its schedule, the run's length, logging, checkpointing,
+evaluators, precision, the parallel layout. Everything a single task reads lives in that task's own
+sections, which the task class declares (`TaskFactory.config_sections`, with its checks beside them):
+classification's `classification` (loss, fusion, head, class imbalance) and `missing` (missing
+modalities), `retrieval`, `mvae`, `flow`. `get_config(task)` is the core plus that task's sections, so
+a run's `config.json` holds only what the run reads.
+
+It lives in the library, not in `configs/`, because `mmlearn.config.checks` validates every config
+against it (unknown keys, wrong types), and a pip-installed mmlearn must be able to do that without the
+repository's `configs/` package. Override fields on the command line, e.g.
 `--config.optimizer.learning_rate=0.1`.
 """
 
 import ml_collections
 from ml_collections import config_dict
 
+from mmlearn.errors import ConfigError
+from mmlearn.tasks.registry import TASKS
 
-def get_config() -> ml_collections.ConfigDict:
+# Sub-trees whose keys are the user's to choose: modality names (the encoders, the missing rates, the
+# MVAE's decoders and likelihood weights), fusion arguments, the dataset builder's options, evaluators.
+FREE_FORM = (
+  "dataset.options",
+  "model.modalities",
+  "classification.fusion_kwargs",
+  "missing.train_rates",
+  "missing.test_rates",
+  "mvae.decoders",
+  "mvae.likelihood_weights",
+  "mvae.private_dims",
+  "evals",
+)
+
+
+def get_config(task: str = "classification") -> ml_collections.ConfigDict:
+  """Every key a `task` run may set, with its default; the default run is CNN(image) + LSTM(text) ->
+  concat -> MLP on mmshapes, trained with SGD + momentum."""
+  config = core()
+  config.task = task
+  for name, section in task_sections(task).items():
+    config[name] = section
+  return config
+
+
+def task_sections(task: str) -> dict[str, ml_collections.ConfigDict]:
+  """The sections `task` owns, with their defaults (a `ConfigError` naming the known tasks if unknown)."""
+  return TASKS.get(task).config_sections()
+
+
+def core() -> ml_collections.ConfigDict:
+  """The keys of every run, whatever its task."""
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.task = "classification"
+  config.task = "classification"  # A registered task (mmlearn.tasks): it adds its own sections.
   # Modules imported before any name is looked up (datasets, encoders, fusions, tasks registered outside
   # mmlearn, e.g. ("my_lab.datasets",)); recorded in config.json, so tools reading the run import them too.
   config.imports = ()
@@ -31,11 +71,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.options = ml_collections.ConfigDict()
   config.dataset.max_tokens = 16  # Captions are padded/truncated to this many tokens (with a mask).
   config.dataset.eval_splits = ("validation", "test")
-  # Class imbalance (training split only; see mmlearn/data/imbalance.py). A ratio > 1 keeps a seeded
-  # long-tailed subset: class c keeps n_min * ratio^(-c/(C-1)) examples, n_min the rarest class's count.
-  config.dataset.imbalance_ratio = 1.0  # 1 = the whole split.
-  config.dataset.imbalance_seed = 0
-  config.dataset.sampler = "uniform"  # uniform (shuffled epochs) | class_balanced (every class equally often)
 
   # Training-batch augmentation, all off by default (see mmlearn/data/augment.py); never on eval batches.
   config.augment = ml_collections.ConfigDict()
@@ -46,91 +81,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.audio_freq_mask = 0  # SpecAugment: one frequency band of up to this many bins.
   config.augment.text_token_dropout = 0.0  # Drop each token with this probability (kept ones shift left).
 
+  # One encoder per modality, `{"encoder": <registered name>, **its arguments}` (mmlearn/models/encoders.py).
   config.model = ml_collections.ConfigDict()
   config.model.modalities = ml_collections.ConfigDict()
   config.model.modalities.image = ml_collections.ConfigDict(
     {"encoder": "cnn", "widths": (16, 32), "dense": 64}
   )
   config.model.modalities.text = ml_collections.ConfigDict({"encoder": "lstm", "embed_dim": 32, "hidden": 64})
-  config.model.fusion = "concat"
-  config.model.fusion_kwargs = ml_collections.ConfigDict()
-  config.model.head_hidden = (64,)
-  config.model.head_dropout = 0.0  # Dropout on the head's hidden layers while training.
-
-  # Used by task="retrieval" only (dual encoder on config.model.modalities; see configs/retrieval/).
-  config.retrieval = ml_collections.ConfigDict()
-  config.retrieval.loss = "clip"  # clip | siglip
-  config.retrieval.embed_dim = 64  # Joint embedding width (each tower's projection head).
-  # Features that must agree for two items to count as relevant; () = only the paired item counts.
-  config.retrieval.relevance = ()
-  config.retrieval.query_chunk = 512  # Queries ranked at once: a [query_chunk, N] similarity block.
-  config.retrieval.random_baseline = False  # Also report the metrics of random unit embeddings.
-
-  # Used by task="classification" only: the training loss (see mmlearn/losses/classification.py). Losses that
-  # weight or shift classes take the training split's class counts from the dataset.
-  config.classification = ml_collections.ConfigDict()
-  # cross_entropy | inverse_frequency | class_balanced | focal | logit_adjusted
-  config.classification.loss = "cross_entropy"
-  config.classification.class_balanced_beta = 0.999  # class_balanced: in [0, 1); 0 = uniform weights.
-  config.classification.focal_gamma = 2.0  # focal: 0 = cross-entropy.
-  config.classification.focal_alpha = 0.25  # focal: one weight for every class; None = 1.
-  config.classification.logit_adjust_tau = 1.0  # logit_adjusted: logits + tau * log(class prior).
-
-  # Missing modalities (classification; see mmlearn/data/missing.py): per-example presence masks drawn
-  # in the pipeline, at a rate per modality (a rate for a modality the model lacks must stay 0).
-  config.missing = ml_collections.ConfigDict()
-  config.missing.train_rates = ml_collections.ConfigDict({"image": 0.0, "text": 0.0})
-  config.missing.test_rates = ml_collections.ConfigDict({"image": 0.0, "text": 0.0})  # Every eval split.
-  config.missing.modality_dropout = 0.0  # P(a training example loses one of its modalities, never the last).
-  config.missing.imputation = "zero"  # zero | mean | learned | generative: what an absent modality gets.
-  config.missing.generative_workdir = config_dict.placeholder(str)  # generative: a trained `mvae` run.
-  config.missing.generative_temperature = 1.0  # generative: the MVAE's sampling temperature.
-  config.missing.seed = 0  # Of the evaluation masks (and the sample `mean` averages).
-
-  # Used by task="mvae" only (multimodal VAE; see mmlearn/tasks/mvae.py, configs/mvae/). Encoders
-  # are config.model.modalities; decoders and likelihood weights are keyed by modality, like them.
-  config.mvae = ml_collections.ConfigDict()
-  config.mvae.latent_dim = 32
-  config.mvae.decoders = ml_collections.ConfigDict(
-    {
-      # deconv: discretized-Gaussian levels of `shape` (H, W divisible by 2 ** len(widths)), std fixed
-      # or learned ("learn_std": True); "translate": True reads a 2-wide private latent as a shift.
-      # See mmlearn/models/decoders.py.
-      "image": {"decoder": "deconv", "shape": (32, 32, 3), "widths": (64, 32), "std": 0.1},
-      "text": {"decoder": "lstm", "embed_dim": 32, "hidden": 128},  # vocab_size, max_tokens: the dataset's.
-      "audio": {"decoder": "deconv", "shape": (112, 112, 1), "widths": (64, 32, 16, 8), "std": 0.1},
-    }
-  )
-  config.mvae.likelihood_weights = ml_collections.ConfigDict({"image": 1.0, "text": 1.0, "audio": 1.0})
-  # Width of each modality's private latent, read by its decoder only (0: none; see mmlearn/models/mvae.py).
-  config.mvae.private_dims = ml_collections.ConfigDict({"image": 0, "text": 0, "audio": 0})
-  config.mvae.beta = 1.0  # Final KL weight (1: the ELBO).
-  config.mvae.kl_anneal_steps = 0  # Linear KL warm-up from 0 to beta over this many steps; 0: off.
-  config.mvae.joint_elbo = True  # Train on the joint ELBO (always reported as `elbo`).
-  config.mvae.unimodal_elbos = True  # Also on each single modality's ELBO (MVAE's sub-sampling).
-  config.mvae.cross_reconstruction = False  # Single-modality posteriors also reconstruct the others.
-  config.mvae.temperature = 1.0  # Sample grids' (and generate.py's default) posterior temperature.
-  config.mvae.grid_conditions = 8  # Sample grids: rows (the split's first examples) ...
-  config.mvae.grid_samples = 4  # ... and samples per row; 0 disables the grids.
-
-  # Used by task="flow" only (conditional flow matching; see mmlearn/tasks/flow.py, configs/flow/). The
-  # condition is the one modality of config.model.modalities (its encoder); the target is generated.
-  config.flow = ml_collections.ConfigDict()
-  config.flow.target = "image"  # The generated array modality (image or audio).
-  config.flow.widths = (32, 64)  # U-Net channels per resolution; H and W divisible by 2 ** (levels - 1).
-  config.flow.blocks = 1  # Residual blocks per resolution (each way).
-  config.flow.groups = 8  # GroupNorm groups.
-  config.flow.embed_dim = 128  # Time and condition embedding width (FiLM input).
-  # Training times t: "uniform" on [0, 1], or "logit_normal" (sigmoid of N(0, 1): Esser et al. 2024),
-  # which spends more of the training on the middle of the path, where the velocity is hardest to predict.
-  config.flow.time_sampling = "uniform"
-  config.flow.cond_dropout = 0.1  # P(the condition is replaced by the learned null one): enables guidance.
-  config.flow.guidance_scale = 1.0  # Classifier-free guidance at sampling: 0 unconditional, 1 conditional.
-  config.flow.num_steps = 20  # ODE steps from noise to data.
-  config.flow.sampler = "euler"  # euler | heun
-  config.flow.temperature = 1.0  # Scale of the starting noise (generate.py's default).
-  config.flow.grid_conditions = 8  # Sample grids: rows (the split's first examples) ...
-  config.flow.grid_samples = 4  # ... and samples per row; 0 disables the grids.
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "sgd"  # sgd | adam | adamw
@@ -159,9 +116,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 500
   config.eval_every_steps = 0  # > 0: also evaluate every eval split this often (sample grids); 0: at the end.
   config.keep_checkpoints = 2
-  # Evaluators (see mmlearn/evaluators/registry.py), big_vision style: `config.evals.<name> = {"type": ...,
-  # "split": ..., "every_steps": ...}` plus the type's own keys. Empty: the task's default evaluator on
-  # every `dataset.eval_splits` split, every `eval_every_steps` (0: at the end only).
+  # Evaluators (see mmlearn/evaluators/), big_vision style: `config.evals.<name> = {"type": ...,
+  # "split": ..., "every_steps": ...}` plus the type's own keys, added in a config file (the command line
+  # may then change their keys). Empty: the task's default evaluators on every `dataset.eval_splits`
+  # split, every `eval_every_steps` (0: at the end only).
   config.evals = ml_collections.ConfigDict()
   # Keeps a `best` checkpoint beside the latest, by this evaluation metric (e.g. "validation/accuracy");
   # "" = none. Losses, errors and distances are minimised, everything else maximised.
@@ -174,8 +132,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.ema_decay = 0.0
   # Gradient accumulation inside a step: > 0 splits each device's batch into chunks of this many examples
   # and averages their gradients (the same update for a loss that is a mean over examples; refused for
-  # in-batch-negative losses and BatchNorm). Bounds activation memory; on CPU it keeps a large model's
-  # activations in cache (`docs/benchmark.md`). 0 = the whole batch at once.
+  # in-batch-negative losses and BatchNorm). Bounds activation memory. 0 = the whole batch at once.
   config.microbatch_size = 0
 
   config.parallel = ml_collections.ConfigDict()
@@ -184,3 +141,14 @@ def get_config() -> ml_collections.ConfigDict:
   # devices, FSDP style (see mmlearn/parallel.py); 0 = every parameter replicated. shard_map mode only.
   config.parallel.shard_min_size = 0
   return config
+
+
+def check_sections(config: ml_collections.ConfigDict) -> None:
+  """A `ConfigError` when the config lacks a section its task owns (e.g. `--config.task=mvae` given to a
+  classification config file, which was built without the `mvae` section)."""
+  for name in task_sections(config.task):
+    if name not in config:
+      raise ConfigError(
+        f"config.task is {config.task!r}, but the config has no {name!r} section; start the config file "
+        f"from mmlearn.config.schema.get_config({config.task!r})"
+      )

@@ -30,11 +30,11 @@ _labels_cache: dict[int, tuple[weakref.ref, np.ndarray]] = {}
 
 
 def check(ratio: float, sampler: str) -> None:
-  """`ConfigError`s for impossible settings (config_checks and the pipeline both call this)."""
+  """`ConfigError`s for impossible settings (the classification task's checks and the pipeline call this)."""
   if not ratio >= 1:
-    raise ConfigError(f"dataset.imbalance_ratio must be >= 1 (1 = off), got {ratio}")
+    raise ConfigError(f"classification.imbalance_ratio must be >= 1 (1 = off), got {ratio}")
   if sampler not in SAMPLERS:
-    raise ConfigError(f"unknown dataset.sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
+    raise ConfigError(f"unknown classification.sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
 
 
 def long_tail_counts(counts: np.ndarray, ratio: float) -> np.ndarray:

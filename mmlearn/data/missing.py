@@ -13,8 +13,8 @@ information about an absent input can leak into the model:
             product of the present experts, the absent modality decoded from it) or a flow model (task
             `flow`, `FlowTask.impute`: its target drawn from its condition; an absent condition is 0).
             The batch then has every modality (no `<m>_present`): the fusion uses the generated input
-            as if it were real. This module never loads the run (that needs JAX and the trainer): the
-            caller does (`mmlearn.runs.imputation`) and hands it to `from_config`.
+            as if it were real. This module never loads the run (that needs JAX): the classification
+            task does (`mmlearn.tasks.imputation`) and hands its `impute` to `from_config`.
 
 `MissingModalities` holds the settings (`config.missing`). It is a `pipeline.BatchTransform` of
 training batches, and `evaluate(rates)` gives the `transform` of `pipeline.eval_batches`.
@@ -29,7 +29,7 @@ Masks are reproducible and need no state of their own:
 
 No example ever loses all its modalities: where the draw removes them all, one, chosen uniformly by the
 same generator, is kept. The realised rate is then a little lower than the nominal one for high rates
-on several modalities; `realised_rates` reports it.
+on several modalities.
 
 Modality dropout (ModDrop, Neverova et al. 2016) is a training technique rather than missing data: with
 probability p an example loses one of its present modalities, chosen uniformly, never the last one.
@@ -98,10 +98,6 @@ def eval_masks(
     if not present[row].any():
       present[row, rng.integers(0, len(modalities))] = True
   return present
-
-
-def realised_rates(modalities: Sequence[str], present: np.ndarray) -> dict[str, float]:
-  return {m: float(1.0 - present[:, j].mean()) for j, m in enumerate(modalities)}
 
 
 def impute(
@@ -224,34 +220,34 @@ class MissingModalities:
 
 
 def from_config(
-  config: Any, train_source: Any, *, load_generator: Callable | None = None
+  settings: Any,
+  modalities: Sequence[str],
+  *,
+  max_tokens: int,
+  train_source: Any = None,
+  generate: Callable | None = None,
 ) -> MissingModalities:
-  """Settings from `config.missing` and `config.model.modalities`; `mean` averages `train_source`.
+  """Settings from `config.missing` for the model's `modalities`; `mean` averages `train_source`.
 
-  `generative` calls `load_generator(generative_workdir, modalities, generative_temperature)` for
-  `impute`'s `generate` (`mmlearn.runs.imputation.load_generator`): the caller hands it in, because loading
-  a run needs the trainer, which imports this module.
+  `generative` needs `generate`, the trained generator's `impute` (`mmlearn.tasks.imputation`): this
+  module loads no runs.
   """
-  settings = config.missing
-  modalities = tuple(sorted(config.model.modalities))
+  modalities = tuple(sorted(modalities))
   check_imputable(modalities, settings.imputation)
   means = None
   if settings.imputation == "mean":
+    if train_source is None:
+      raise ValueError("missing.from_config: the mean imputation needs the training split")
 
     def gather(indices: np.ndarray) -> dict[str, np.ndarray]:
-      decode = pipeline.DecodeExample(config.dataset.max_tokens)
+      decode = pipeline.DecodeExample(max_tokens)
       return pipeline.normalise_batch(
         pipeline.stack_examples([decode.map(train_source[int(i)]) for i in indices])
       )
 
     means = input_means(gather, len(train_source), modalities, seed=settings.seed)
-  generate = None
-  if settings.imputation == "generative":
-    if load_generator is None:
-      raise ValueError(
-        "missing.from_config: generative imputation needs load_generator (the MVAE run's loader)"
-      )
-    generate = load_generator(settings.generative_workdir, modalities, settings.generative_temperature)
+  if settings.imputation == "generative" and generate is None:
+    raise ValueError("missing.from_config: generative imputation needs the generator's `generate`")
   return MissingModalities(
     modalities=modalities,
     train_rates=dict(settings.train_rates),
@@ -259,6 +255,20 @@ def from_config(
     dropout=settings.modality_dropout,
     imputation=settings.imputation,
     means=means,
-    generate=generate,
+    generate=generate if settings.imputation == "generative" else None,
     seed=settings.seed,
   )
+
+
+def check_config(settings: Any, modalities: Sequence[str]) -> None:
+  """`config.missing`: a known imputation, rates in [0, 1) for modalities the model has."""
+  if settings.imputation not in IMPUTATIONS:
+    raise ConfigError(f"unknown missing.imputation {settings.imputation!r}; known: {', '.join(IMPUTATIONS)}")
+  if not 0 <= settings.modality_dropout < 1:
+    raise ConfigError(f"missing.modality_dropout must be in [0, 1), got {settings.modality_dropout}")
+  for which in ("train_rates", "test_rates"):
+    for modality, rate in settings[which].items():
+      if not isinstance(rate, int | float) or not 0 <= rate < 1:
+        raise ConfigError(f"missing.{which}.{modality} must be a rate in [0, 1), got {rate!r}")
+      if rate > 0 and modality not in modalities:
+        raise ConfigError(f"missing.{which}.{modality}: the model has no modality {modality!r}")

@@ -11,15 +11,17 @@ from one permutation per epoch (`EpochShuffle`, grain's own shuffle, the same ba
 `shuffle(seed).repeat().batch()`), and a process's share of a split that is small enough is decoded
 once into memory (`DecodedArrays`) and gathered by index; a larger one is decoded batch by batch.
 
-Options for class imbalance and augmentation (see `imbalance` and `augment`), all off by default, in
-which case the batches are exactly those without them: a long-tailed subset of the training split,
-chosen before process sharding so the processes share out the same subset; class-balanced instead of
-shuffled batches; and augmentation of training batches, seeded by batch number like everything else.
+A task sets how its training split is read (`TrainingData`, the task contract's data hook); every
+option is off by default, and then the batches are exactly those without it: a long-tailed subset of
+the training split (`imbalance`), chosen before process sharding so the processes share out the same
+subset; class-balanced instead of shuffled batches; and changes to whole training batches
+(augmentation, missing modalities), seeded by batch number like everything else.
 """
 
+import dataclasses
 import math
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import grain
@@ -38,6 +40,19 @@ ARRAY_FEATURES = ("image", "audio")  # uint8 arrays, scaled to [-1, 1] floats.
 MEMORY_BYTES = 256 << 20
 
 
+# A change to evaluation batches given their examples' positions in the split (missing modalities, noise):
+# what it draws per example depends on the example, not on the batching.
+EvalTransform = Callable[[dict[str, np.ndarray], np.ndarray], dict[str, np.ndarray]]
+
+
+class Source(Protocol):
+  """A random-access split: `len` and `source[i]` -> the example's features (TFDS data sources, subsets)."""
+
+  def __len__(self) -> int: ...
+
+  def __getitem__(self, index: int) -> Mapping[str, Any]: ...
+
+
 class BatchTransform(Protocol):
   """A seeded change to whole training batches (augmentation, missing modalities).
 
@@ -49,6 +64,25 @@ class BatchTransform(Protocol):
   active: bool  # False: the pipeline skips it, so a transform that is off costs nothing and changes nothing.
 
   def __call__(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+  """How a task reads its training split (the task contract's data hook, `Task.training_data`).
+
+  A long-tailed subset (`imbalance_ratio` > 1, seeded by `imbalance_seed`; `mmlearn.data.imbalance`);
+  `sampler="class_balanced"` draws every class equally often instead of walking shuffled epochs;
+  `transforms` change whole training batches (missing modalities), after the run's augmentation.
+  """
+
+  imbalance_ratio: float = 1.0
+  imbalance_seed: int = 0
+  sampler: str = "uniform"
+  transforms: tuple[BatchTransform, ...] = ()
+
+  def indices(self, source: Source) -> np.ndarray:
+    """The examples of `source` an epoch walks: the long-tailed subset, or all of them."""
+    return imbalance.training_indices(source, self.imbalance_ratio, self.imbalance_seed)
 
 
 class DecodeExample(grain.transforms.Map):
@@ -147,34 +181,31 @@ def train_iterator(
   process_index: int | None = None,
   process_count: int | None = None,
   memory_bytes: int = MEMORY_BYTES,
-  imbalance_ratio: float = 1.0,
-  imbalance_seed: int = 0,
-  sampler: str = "uniform",
-  transforms: Sequence[BatchTransform] = (),
+  training: TrainingData = TrainingData(),
+  augment: BatchTransform | None = None,
 ) -> grain.DatasetIterator:
   """Endless shuffled batches of this process's share of the global batch (`batch_size` is global).
 
   The shard is decoded into memory first if it takes at most `memory_bytes` (0: always decode per batch).
-  `imbalance_ratio` > 1 trains on `imbalance.long_tail_indices` of the split (seeded by `imbalance_seed`);
-  `sampler="class_balanced"` draws every class equally often instead of walking shuffled epochs;
-  `transforms` change each batch, in order. Each is a function of the batch number, as the state is.
+  `training` says which examples, in which order, and how batches change (`TrainingData`); `augment`
+  changes each batch first. Each is a function of the batch number, as the iterator's state is.
   """
-  imbalance.check(imbalance_ratio, sampler)
+  imbalance.check(training.imbalance_ratio, training.sampler)
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
   if batch_size % count:
     raise ConfigError(f"batch size {batch_size} is not divisible by the {count} processes")
-  subset = imbalance.training_indices(source, imbalance_ratio, imbalance_seed)
+  subset = training.indices(source)
   # Subsetted before sharding, so the processes share out the same subset.
   train_set = source if len(subset) == len(source) else imbalance.Subset(source, subset)
   decoded = process_shard(train_set, index, count).map(DecodeExample(max_tokens))
-  if sampler == "class_balanced":
+  if training.sampler == "class_balanced":
     labels = imbalance.read_labels(source)[subset][index::count]  # The labels of `decoded`, in order.
     order = imbalance.ClassBalancedSampler(labels, batch_size // count, seed, stream=index)
   else:
     order = EpochShuffle(len(decoded), batch_size // count, seed)
   arrays = DecodedArrays(decoded) if decoded_bytes(decoded) <= memory_bytes else None
-  transforms = [t for t in transforms if t.active]
+  transforms = [t for t in (augment, *training.transforms) if t is not None and t.active]
 
   def batch(k: int) -> dict[str, np.ndarray]:
     indices = order(k)
@@ -206,7 +237,7 @@ def eval_batches(
   max_tokens: int,
   process_index: int | None = None,
   process_count: int | None = None,
-  transform: Callable[[dict[str, np.ndarray], np.ndarray], dict[str, np.ndarray]] | None = None,
+  transform: EvalTransform | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """One ordered pass over this process's share; `weight` is 1 for real examples, 0 for padding.
 

@@ -1,1 +1,10 @@
-"""Evaluators by name: the registry and one module per evaluator."""
+"""Evaluators by name (`registry`): one module per evaluator, each registering itself on import."""
+
+from mmlearn.evaluators import (  # noqa: F401  (register themselves)
+  classification,
+  coherence,
+  loss,
+  retrieval,
+  robustness,
+  samples,
+)

@@ -3,7 +3,7 @@
 For every condition c the generator draws images from (the MVAE: every other modality, and the image
 itself; the flow: its condition), each example of the split gets one image generated from its c alone
 (at `temperature`: a fresh draw per example); its coherence is the share the judge labels with the
-example's label (mmshapes: shape and colour separately too; `mmlearn.metrics.coherence`). For the MVAE,
+example's label (mmshapes: shape and colour separately too; `mmlearn.metrics.generation`). For the MVAE,
 `image_to_image` is each image's reconstruction from its own posterior, the reference for the others,
 and `judge/...` is the judge's accuracy on the real images, which bounds what coherence can show.
 
@@ -14,11 +14,11 @@ between the images generated from the even-indexed examples and the real odd-ind
 two compare), and `diversity/...` the mean within-class pairwise feature distance, generated and real.
 
 The judge is a separately trained image-only classification run of the same dataset, loaded once when
-the evaluator is built. `scripts/generate.py --judge` runs the same evaluator on a finished run.
+the evaluator is built (through the run's `load_run`). `scripts/generate.py --judge` runs the same
+evaluator on a finished run.
 """
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -26,13 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmlearn.data import pipeline
+from mmlearn.data.pipeline import Source
 from mmlearn.errors import ConfigError
-from mmlearn.metrics import coherence
+from mmlearn.evaluators.registry import EvalContext, evaluator
 from mmlearn.metrics import generation as generation_metrics
-from mmlearn.runs import restore
+from mmlearn.tasks.contract import Batch, Classifier, Generator, RunLoader, SampleOption, Variables
+
+JudgeFn = Callable[[np.ndarray], tuple[jax.Array, jax.Array]]
 
 
-def judge_outputs(task: Any, variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+def judge_outputs(judge: Classifier, variables: Variables, images: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(logits, penultimate features): the input of the judge classifier's `logits` layer, captured."""
   captured = {}
 
@@ -41,32 +44,25 @@ def judge_outputs(task: Any, variables: Any, images: jax.Array) -> tuple[jax.Arr
       captured["features"] = args[0]
     return next_fun(*args, **kwargs)
 
+  batch: Batch = {"image": images}
   with nn.intercept_methods(capture):
-    logits = task.logits(variables, {"image": images})
+    logits = judge.logits(variables, batch)
   if "features" not in captured:
     raise ConfigError("the judge has no 'logits' layer to read features from (a fusion that outputs logits?)")
   return logits, jnp.asarray(captured["features"], jnp.float32)
 
 
-def load_judge(judge_workdir: str, dataset: str) -> tuple[Callable, Any]:
-  """(judge_fn(images) -> (logits, features), the judge's config): an image-only classification run."""
-  config = restore.read_config(judge_workdir)
-  if config.task != "classification" or set(config.model.modalities) != {"image"}:
+def load_judge(load_run: RunLoader, judge_workdir: str, dataset: str) -> JudgeFn:
+  """`judge_fn(images) -> (logits, features)` of an image-only classification run of `dataset`."""
+  config, task, variables = load_run(judge_workdir)
+  if not isinstance(task, Classifier) or set(config.model.modalities) != {"image"}:
     raise ConfigError(f"the judge {judge_workdir} must be an image-only classification run")
   if config.dataset.name != dataset:
     raise ConfigError(f"the judge was trained on {config.dataset.name!r}, the generator on {dataset!r}")
-  _, _, task, variables = restore.load_run(config, judge_workdir, ())
-  return jax.jit(lambda images: judge_outputs(task, variables, images)), config
+  return jax.jit(lambda images: judge_outputs(task, variables, images))
 
 
-def image_conditions(task: Any) -> list[str]:
-  """What the task generates images from: its `sample_conditions`, else every modality (the MVAE's)."""
-  if hasattr(task, "sample_conditions"):
-    return list(task.sample_conditions("image"))
-  return [m for m in task.modalities if m != "image"] + ["image"]
-
-
-def judge(images: np.ndarray, judge_fn: Callable, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def judge(images: np.ndarray, judge_fn: JudgeFn, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
   """(labels [N], features [N, D]) of the judge on `images`, in batches."""
   labels, features = [], []
   for start in range(0, len(images), batch_size):
@@ -76,36 +72,43 @@ def judge(images: np.ndarray, judge_fn: Callable, batch_size: int = 512) -> tupl
   return np.concatenate(labels), np.concatenate(features)
 
 
+def sample_options(
+  *, guidance_scale: float | None = None, num_steps: int = 0, sampler: str | None = None
+) -> dict[str, SampleOption]:
+  """The sampling overrides that are set (None / 0: the run's own)."""
+  options = {"guidance_scale": guidance_scale, "num_steps": num_steps or None, "sampler": sampler}
+  return {k: v for k, v in options.items() if v is not None}
+
+
 class CoherenceEvaluator:
   def __init__(
     self,
-    task: Any,
-    source: Any,
+    generator: Generator,
+    source: Source,
     *,
     split: str,
-    judge_workdir: str,
+    judge_fn: JudgeFn,
     dataset: str,
     temperature: float,
     batch_size: int,
     max_tokens: int,
     seed: int,
     frechet: bool = True,
-    sample_options: Mapping[str, Any] | None = None,
+    sample_options: Mapping[str, SampleOption] | None = None,
   ):
-    if "image" not in task.array_modalities:
+    if "image" not in generator.array_modalities:
       raise ConfigError("coherence judges generated images; the run has no image decoder")
     sample_options = dict(sample_options or {})
-    unknown = sorted(set(sample_options) - set(getattr(task, "sample_options", ())))
+    unknown = sorted(set(sample_options) - set(generator.sample_options))
     if unknown:
       raise ConfigError(f"sampling option(s) {unknown} do not apply to this run's generator")
-    self.task, self.source, self.split, self.dataset = task, source, split, dataset
+    self.generator, self.source, self.split, self.dataset = generator, source, split, dataset
     self.temperature, self.batch_size, self.max_tokens, self.seed = temperature, batch_size, max_tokens, seed
-    self.frechet, self.sample_options = frechet, sample_options
-    self.judge_fn, self.judge_config = load_judge(judge_workdir, dataset)
+    self.frechet, self.sample_options, self.judge_fn = frechet, sample_options, judge_fn
 
-  def run(self, variables: dict[str, Any]) -> Iterator[tuple[str, float]]:
-    task, variables = self.task, jax.device_get(variables)
-    conditions = image_conditions(task)
+  def run(self, variables: Variables) -> Iterator[tuple[str, float]]:
+    generator, variables = self.generator, jax.device_get(variables)
+    conditions = list(generator.sample_conditions("image"))
     labels, real, real_features = [], [], []
     generated = {c: [] for c in conditions}
     features = {c: [] for c in conditions}
@@ -120,7 +123,7 @@ class CoherenceEvaluator:
       real_features.append(feats[keep])
       for c in conditions:
         rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), b)
-        images, _ = task.sample(
+        images, _ = generator.sample(
           variables,
           batch,
           rng,
@@ -134,10 +137,12 @@ class CoherenceEvaluator:
         generated[c].append(judged[keep])
         features[c].append(feats[keep])
     labels = np.concatenate(labels)
-    for name, value in coherence.agreement(np.concatenate(real), labels, self.dataset).items():
+    for name, value in generation_metrics.agreement(np.concatenate(real), labels, self.dataset).items():
       yield f"{self.split}/judge/{name}", value
     for c in conditions:
-      for name, value in coherence.agreement(np.concatenate(generated[c]), labels, self.dataset).items():
+      for name, value in generation_metrics.agreement(
+        np.concatenate(generated[c]), labels, self.dataset
+      ).items():
         yield f"{self.split}/coherence/{c}_to_image/{name}", value
     if self.frechet:
       yield from self.distribution_metrics(
@@ -159,3 +164,39 @@ class CoherenceEvaluator:
       yield f"{self.split}/frechet/{c}_to_image/ratio", distance / max(floor, 1e-12)
       yield f"{self.split}/diversity/{c}_to_image", diversity
       yield f"{self.split}/diversity/{c}_to_image/ratio", diversity / max(real_diversity, 1e-12)
+
+
+@evaluator("coherence", requires=Generator)
+def build(
+  task: Generator,
+  context: EvalContext,
+  source: Source,
+  *,
+  split: str,
+  judge_workdir: str = "",
+  temperature: float = 1.0,
+  frechet: bool = True,
+  guidance_scale: float | None = None,
+  num_steps: int = 0,
+  sampler: str | None = None,
+  seed: int = 0,
+) -> CoherenceEvaluator:
+  """What a trained judge classifier reads in images generated from each other modality; with `frechet`,
+  the Fréchet distance and within-class diversity of those images in the judge's feature space.
+  `guidance_scale`, `num_steps` and `sampler` (flow runs) override the run's sampling settings; `seed`
+  draws the samples."""
+  if not judge_workdir:
+    raise ConfigError("the coherence evaluator needs judge_workdir (an image-only classification run)")
+  return CoherenceEvaluator(
+    task,
+    source,
+    split=split,
+    judge_fn=load_judge(context.load_run, judge_workdir, context.dataset),
+    dataset=context.dataset,
+    temperature=temperature,
+    batch_size=context.batch_size,
+    max_tokens=context.max_tokens,
+    seed=seed,
+    frechet=frechet,
+    sample_options=sample_options(guidance_scale=guidance_scale, num_steps=num_steps, sampler=sampler),
+  )

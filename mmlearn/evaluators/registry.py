@@ -6,31 +6,77 @@ end of training; every evaluator also runs at the end), plus the type's own opti
   config.evals.val = {"type": "classification", "split": "validation", "every_steps": 200}
   config.evals.robust = {"type": "robustness", "split": "test", "noise": False}
 
-With no entries, every split of `dataset.eval_splits` gets the task's default evaluators
-(`task.default_evaluators`), every `eval_every_steps`. Evaluators are built once per run, so each
-compiles its per-device step once and reuses it. All of them follow `mmlearn.tasks.contract.Evaluator`:
-`run(variables)` yields `(name, value)` pairs, names prefixed with the split.
+Entries are added in a config file; the command line may change their keys
+(`--config.evals.val.every_steps=100`). With no entries, every split of `dataset.eval_splits` gets the
+task's default evaluators (`Task.default_evaluators`), every `eval_every_steps`. Evaluators are built
+once per run, so each compiles its per-device step once and reuses it.
 
-A type applies to the tasks that provide what it calls (`classification` needs `eval_sums`/`summarize`
-and class logits, `elbo`, `flow_loss` and `samples` a generator's `sample`); a mismatch is a
-`ConfigError` naming the entry before anything trains.
+An evaluator type is registered with the capability it needs of the task (`@evaluator(name,
+requires=Classifier)`; `mmlearn.tasks.contract`): it applies to the tasks that have it, checked as a
+protocol, and a mismatch is a `ConfigError` naming the entry before anything trains. Its builder takes
+the task (as that capability), the run's `EvalContext` and the split's source, and hands the evaluator
+only the functions it needs (`task.logits`, `task.embed`, `task.sample`).
 """
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
-from absl import logging
 
+from mmlearn import parallel as parallel_lib
+from mmlearn.data.pipeline import Source
 from mmlearn.errors import ConfigError
-from mmlearn.evaluators import robustness
-from mmlearn.evaluators.split_pass import SplitEvaluator
 from mmlearn.registry import Registry
+from mmlearn.tasks.contract import Evaluator, RunLoader, Task
 
-EVALUATORS = Registry("evaluator")
 SCHEDULE_KEYS = ("type", "split", "every_steps")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+  """What an evaluator may need from the run besides its task and split."""
+
+  par: parallel_lib.DataParallel
+  dataset: str  # The dataset's name (coherence reads mmshapes' labels as shape and colour).
+  batch_size: int
+  max_tokens: int
+  load_run: RunLoader  # Reads another trained run back (the coherence evaluator's judge).
+
+
+# build(task, context, source, *, split, **options) -> Evaluator; `task` has the type's capability.
+Builder = Callable[..., Evaluator]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluatorType:
+  requires: type  # The capability protocol a task needs (`mmlearn.tasks.contract`).
+  build: Builder
+
+  @property
+  def options(self) -> list[str]:
+    """The type's own options: its builder's keyword arguments besides the split."""
+    accepted = list(inspect.signature(self.build).parameters)[3:]
+    return sorted(set(accepted) - {"split"})
+
+
+EVALUATORS: Registry[EvaluatorType] = Registry("evaluator")
+
+
+def evaluator(name: str, *, requires: type) -> Callable[[Builder], Builder]:
+  """Registers `build` as evaluator type `name`, for the tasks that have the capability `requires`."""
+
+  def decorator(build: Builder) -> Builder:
+    EVALUATORS.add(name, EvaluatorType(requires, build))
+    return build
+
+  return decorator
+
+
+def applicable(task: Task) -> list[str]:
+  """The evaluator types whose capability the task has."""
+  return [name for name in EVALUATORS.names() if isinstance(task, EVALUATORS.get(name).requires)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,20 +91,7 @@ class EvalSpec:
     return self.every_steps > 0 and step % self.every_steps == 0
 
 
-@dataclasses.dataclass(frozen=True)
-class RunContext:
-  """What an evaluator may need from the run besides its split: passed whole so factories stay small."""
-
-  task: Any
-  par: Any
-  dataset: str
-  batch_size: int
-  max_tokens: int
-  absent: Any  # The run's `missing.MissingModalities` (its evaluation transform and imputation).
-  seed: int
-
-
-def specs(config: ml_collections.ConfigDict, task: Any) -> list[EvalSpec]:
+def specs(config: ml_collections.ConfigDict, task: Task) -> list[EvalSpec]:
   """The run's evaluators, checked: known types that apply to the task, known options, splits named."""
   if not config.evals:
     return [
@@ -73,18 +106,18 @@ def specs(config: ml_collections.ConfigDict, task: Any) -> list[EvalSpec]:
     if "type" not in entry or "split" not in entry:
       raise ConfigError(f"{where} needs a 'type' (known: {', '.join(EVALUATORS.names())}) and a 'split'")
     kind, every = entry["type"], entry.get("every_steps", 0)
-    factory = EVALUATORS.get(kind)
-    if kind not in task.evaluator_types:
+    evaluator_type = EVALUATORS.get(kind)
+    if not isinstance(task, evaluator_type.requires):
       raise ConfigError(
-        f"{where}: evaluator {kind!r} does not apply to this task; it has {', '.join(task.evaluator_types)}"
+        f"{where}: evaluator {kind!r} does not apply to this task (it needs a "
+        f"{evaluator_type.requires.__name__}); this task has {', '.join(applicable(task))}"
       )
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
       raise ConfigError(f"{where}.every_steps must be an integer >= 0, got {every!r}")
     options = {k: v for k, v in entry.items() if k not in SCHEDULE_KEYS}
-    accepted = set(inspect.signature(factory).parameters) - {"context", "source", "split"}
-    unknown = sorted(set(options) - accepted)
+    unknown = sorted(set(options) - set(evaluator_type.options))
     if unknown:
-      raise ConfigError(f"{where}: unknown option(s) {unknown} for {kind!r}; known: {sorted(accepted)}")
+      raise ConfigError(f"{where}: unknown option(s) {unknown} for {kind!r}; known: {evaluator_type.options}")
     out.append(EvalSpec(name, kind, entry["split"], every, options))
   return out
 
@@ -100,130 +133,5 @@ def splits(eval_specs: Sequence[EvalSpec]) -> tuple[str, ...]:
   return tuple(dict.fromkeys(spec.split for spec in eval_specs))
 
 
-def build(spec: EvalSpec, context: RunContext, source: Any) -> Any:
-  return EVALUATORS.get(spec.type)(context, source, split=spec.split, **spec.options)
-
-
-def _split_kwargs(context: RunContext, split: str, transform: Any = None) -> dict[str, Any]:
-  return {
-    "split": split,
-    "batch_size": context.batch_size,
-    "max_tokens": context.max_tokens,
-    "transform": transform,
-  }
-
-
-@EVALUATORS.register("classification")
-def _classification(context: RunContext, source: Any, *, split: str) -> SplitEvaluator:
-  """Loss, accuracy, balanced accuracy, macro-F1, per-class recall and the confusion matrix."""
-  return SplitEvaluator(
-    context.task, context.par, source, **_split_kwargs(context, split, context.absent.evaluate())
-  )
-
-
-@EVALUATORS.register("retrieval")
-def _retrieval(context: RunContext, source: Any, *, split: str) -> Any:
-  """Recall@K, median rank and mAP both ways (`mmlearn.tasks.retrieval`)."""
-  return context.task.evaluator(context.par, source, **_split_kwargs(context, split))
-
-
-@EVALUATORS.register("elbo")
-def _elbo(context: RunContext, source: Any, *, split: str) -> Any:
-  """The MVAE's ELBO and its parts at beta = 1 over the split."""
-  from mmlearn.evaluators.generation import GenerationEvaluator  # noqa: PLC0415 (the MVAE's module, on demand)
-
-  return GenerationEvaluator(context.task, context.par, source, grids=False, **_split_kwargs(context, split))
-
-
-@EVALUATORS.register("flow_loss")
-def _flow_loss(context: RunContext, source: Any, *, split: str) -> Any:
-  """The flow model's velocity loss over the split, every condition kept, fixed keys."""
-  from mmlearn.evaluators.generation import GenerationEvaluator  # noqa: PLC0415
-
-  return GenerationEvaluator(context.task, context.par, source, grids=False, **_split_kwargs(context, split))
-
-
-@EVALUATORS.register("samples")
-def _samples(context: RunContext, source: Any, *, split: str) -> Any:
-  """Sample grids of every array modality given each other one (images in TensorBoard)."""
-  from mmlearn.evaluators.generation import SampleGridEvaluator  # noqa: PLC0415
-
-  return SampleGridEvaluator(context.task, context.par, source, **_split_kwargs(context, split))
-
-
-@EVALUATORS.register("coherence")
-def _coherence(
-  context: RunContext,
-  source: Any,
-  *,
-  split: str,
-  judge_workdir: str = "",
-  temperature: float = 1.0,
-  frechet: bool = True,
-  guidance_scale: float | None = None,
-  num_steps: int = 0,
-  sampler: str | None = None,
-) -> Any:
-  """What a trained judge classifier reads in images generated from each other modality; with `frechet`,
-  the Fréchet distance and within-class diversity of those images in the judge's feature space.
-  `guidance_scale`, `num_steps` and `sampler` (flow runs) override the run's sampling settings."""
-  from mmlearn.evaluators.coherence import CoherenceEvaluator  # noqa: PLC0415 (loads a run: on demand)
-
-  if not judge_workdir:
-    raise ConfigError("the coherence evaluator needs judge_workdir (an image-only classification run)")
-  return CoherenceEvaluator(
-    context.task,
-    source,
-    split=split,
-    judge_workdir=judge_workdir,
-    dataset=context.dataset,
-    temperature=temperature,
-    batch_size=context.batch_size,
-    max_tokens=context.max_tokens,
-    seed=context.seed,
-    frechet=frechet,
-    sample_options=sample_options(guidance_scale=guidance_scale, num_steps=num_steps, sampler=sampler),
-  )
-
-
-def sample_options(
-  *, guidance_scale: float | None = None, num_steps: int = 0, sampler: str | None = None
-) -> dict[str, Any]:
-  """The sampling overrides that are set (None / 0: the run's own)."""
-  options = {"guidance_scale": guidance_scale, "num_steps": num_steps or None, "sampler": sampler}
-  return {k: v for k, v in options.items() if v is not None}
-
-
-class RobustnessEvaluator:
-  """Accuracy against test-time missing rate and input noise (`mmlearn.evaluators.robustness`): curves and areas.
-
-  One classification evaluator (one compiled step) serves every point; only its transform changes.
-  """
-
-  def __init__(self, context: RunContext, source: Any, *, split: str, noise: bool, num_examples: int):
-    self.split, self.noise, self.absent, self.seed = split, noise, context.absent, context.seed
-    source = robustness.subsample(source, num_examples, seed=context.seed)
-    self.evaluator = SplitEvaluator(context.task, context.par, source, **_split_kwargs(context, split))
-
-  def curves(self, variables: dict[str, Any]) -> list[robustness.Curve]:
-    def accuracy(transform: Callable | None) -> float:
-      self.evaluator.transform = transform
-      value = dict(self.evaluator.run(variables))[f"{self.split}/accuracy"]
-      logging.info("%s accuracy %.4f", self.split, value)
-      return value
-
-    return list(robustness.curves(accuracy, self.absent, noise=self.noise, seed=self.seed))
-
-  def run(self, variables: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    for curve in self.curves(variables):
-      yield f"{self.split}/robustness/{curve.name}/area", curve.area
-      for level, value in zip(curve.levels, curve.values, strict=True):
-        yield f"{self.split}/robustness/{curve.name}/{level:g}", value
-
-
-@EVALUATORS.register("robustness")
-def _robustness(
-  context: RunContext, source: Any, *, split: str, noise: bool = True, num_examples: int = 0
-) -> RobustnessEvaluator:
-  """Robustness curves of a classifier; `num_examples` > 0 evaluates a seeded subset (10-30 passes)."""
-  return RobustnessEvaluator(context, source, split=split, noise=noise, num_examples=num_examples)
+def build(spec: EvalSpec, task: Task, context: EvalContext, source: Source) -> Evaluator:
+  return EVALUATORS.get(spec.type).build(task, context, source, split=spec.split, **spec.options)

@@ -16,9 +16,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from mmlearn.data import imbalance, missing, pipeline
+from mmlearn.data.pipeline import EvalTransform, Source
 from mmlearn.errors import ConfigError
+from mmlearn.evaluators import classification
+from mmlearn.evaluators.registry import EvalContext, evaluator
+from mmlearn.tasks.contract import Classifier, Metric, Variables
 
 LEVELS = tuple(round(0.1 * i, 1) for i in range(10))
 _NOISE_STREAM = 0x6E6F
@@ -49,7 +54,7 @@ def area(levels: Sequence[float], values: Sequence[float]) -> float:
   return float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(levels)) / (levels[-1] - levels[0]))
 
 
-def subsample(source: Any, num_examples: int, seed: int) -> Any:
+def subsample(source: Source, num_examples: int, seed: int) -> Source:
   """A seeded random `num_examples` of `source` in their split order (all of it for 0 or more than it has).
 
   A robustness curve evaluates the split 10 times (30 for the missing-rate curves of two modalities), so
@@ -63,7 +68,7 @@ def subsample(source: Any, num_examples: int, seed: int) -> Any:
   return imbalance.Subset(source, indices)
 
 
-def noise_transform(modality: str, std: float, seed: int) -> Callable:
+def noise_transform(modality: str, std: float, seed: int) -> EvalTransform:
   """`eval_batches`' transform adding N(0, std^2) to `modality` (clipped to [-1, 1]), seeded per example."""
 
   def transform(batch: dict[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:
@@ -81,45 +86,40 @@ def noise_transform(modality: str, std: float, seed: int) -> Callable:
   return transform
 
 
-def chain(*transforms: Callable | None) -> Callable | None:
-  """One `eval_batches` transform applying the given ones (None entries skipped) in order."""
-  transforms = tuple(t for t in transforms if t is not None)
-  if not transforms:
-    return None
-
-  def transform(batch: dict[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:
-    for t in transforms:
-      batch = t(batch, indices)
-    return batch
-
-  return transform
-
-
 def curves(
-  accuracy: Callable[[Callable | None], float],
+  accuracy: Callable[[EvalTransform | None, str], float],
   absent: missing.MissingModalities,
   *,
   levels: Sequence[float] = LEVELS,
   noise: bool = True,
   seed: int = 0,
 ) -> Iterator[Curve]:
-  """Every curve, as `accuracy(transform)` (one whole-split evaluation per point) measures them.
+  """Every curve, as `accuracy(transform, point)` (one whole-split evaluation per point, `point` naming
+  it: `missing/audio rate 0.3`) measures them.
 
   Missing curves use the run's imputation; noise curves have every modality present. The clean point
   (level 0) is evaluated once and shared by all curves.
   """
-  clean = accuracy(None)
+  clean = accuracy(None, "clean")
   targets = [*absent.modalities, "all"] if len(absent.modalities) > 1 else list(absent.modalities)
   for target in targets:
     chosen = absent.modalities if target == "all" else (target,)
     values = [
-      clean if rate == 0 else accuracy(absent.evaluate(dict.fromkeys(chosen, rate))) for rate in levels
+      clean
+      if rate == 0
+      else accuracy(absent.evaluate(dict.fromkeys(chosen, rate)), f"missing/{target} rate {rate:g}")
+      for rate in levels
     ]
     yield Curve("missing", target, tuple(levels), tuple(values))
   if noise:
     for modality in absent.modalities:
       if modality in pipeline.ARRAY_FEATURES:
-        values = [clean if std == 0 else accuracy(noise_transform(modality, std, seed)) for std in levels]
+        values = [
+          clean
+          if std == 0
+          else accuracy(noise_transform(modality, std, seed), f"noise/{modality} std {std:g}")
+          for std in levels
+        ]
         yield Curve("noise", modality, tuple(levels), tuple(values))
 
 
@@ -133,3 +133,54 @@ def rows(curves: Sequence[Curve]) -> list[dict[str, Any]]:
     }
     for c in curves
   ]
+
+
+class RobustnessEvaluator:
+  """Accuracy against test-time missing rate and input noise: curves and their areas.
+
+  One classification evaluator (one compiled step) serves every point; only its transform changes.
+  """
+
+  def __init__(
+    self,
+    task: Classifier,
+    context: EvalContext,
+    source: Source,
+    *,
+    split: str,
+    noise: bool,
+    num_examples: int,
+    log: Callable[[str], None] = logging.info,
+  ):
+    self.split, self.noise, self.absent, self.log = split, noise, task.missing, log
+    source = subsample(source, num_examples, seed=self.absent.seed)
+    self.evaluator = classification.for_task(task, context, source, split, None)
+
+  def curves(self, variables: Variables) -> list[Curve]:
+    def accuracy(transform: EvalTransform | None, point: str) -> float:
+      self.evaluator.transform = transform
+      value = dict(self.evaluator.run(variables))[f"{self.split}/accuracy"]
+      self.log(f"{self.split} {point}: accuracy {value:.4f}")
+      return float(value)
+
+    return list(curves(accuracy, self.absent, noise=self.noise, seed=self.absent.seed))
+
+  def run(self, variables: Variables) -> Iterator[tuple[str, Metric]]:
+    for curve in self.curves(variables):
+      yield f"{self.split}/robustness/{curve.name}/area", curve.area
+      for level, value in zip(curve.levels, curve.values, strict=True):
+        yield f"{self.split}/robustness/{curve.name}/{level:g}", value
+
+
+@evaluator("robustness", requires=Classifier)
+def build(
+  task: Classifier,
+  context: EvalContext,
+  source: Source,
+  *,
+  split: str,
+  noise: bool = True,
+  num_examples: int = 0,
+) -> RobustnessEvaluator:
+  """Robustness curves of a classifier; `num_examples` > 0 evaluates a seeded subset (10-30 passes)."""
+  return RobustnessEvaluator(task, context, source, split=split, noise=noise, num_examples=num_examples)

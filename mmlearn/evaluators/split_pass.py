@@ -1,54 +1,54 @@
-"""Evaluators: one small contract, `Evaluator.run(variables)` yields `(metric_name, value)` pairs.
+"""What evaluators share: one ordered pass over a split, and a per-device step mapped once over the devices.
 
-The trainer only logs what evaluators yield, so a task brings its metrics without touching the loop.
+Every evaluator follows one small contract, `run(variables)` yields `(metric_name, value)` pairs
+(`mmlearn.tasks.contract.Evaluator`); the trainer only logs what they yield, so a task brings its
+metrics without touching the loop. An evaluator that computes on the devices builds a `SplitPass` with
+its per-device step (which sees full parameters whatever their layout: `par.gather_params`) and walks
+the split's padded batches with it.
 """
 
-import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import jax
-from jax import lax
+import numpy as np
 
 from mmlearn import parallel as parallel_lib
 from mmlearn.data import pipeline, progress
-
-
-def eval_step(variables: dict[str, Any], batch: dict[str, Any], *, task: Any) -> dict[str, jax.Array]:
-  """Per-device: the task's weighted sums on this device's examples, summed over all devices."""
-  return lax.psum(task.eval_sums(variables, batch), parallel_lib.AXIS)
+from mmlearn.data.pipeline import EvalTransform, Source
+from mmlearn.tasks.contract import PyTree, Variables
 
 
 class SplitPass:
-  """What every evaluator shares: one ordered pass over a split, and its per-device step mapped once.
+  """The batches of one split, in order, every example once, and `step(variables, batch, *args)` mapped.
 
-  Subclasses set `per_device_step(variables, batch, ..., *, task)` and write `run(variables)`. The step
-  sees full parameters whatever their layout on the devices (`par.gather_params`).
+  `per_device_step(variables, batch, *args)` is per-device code (it sees its device's slice of the
+  batch, and reduces over devices itself); `step` maps it with `par` and returns its replicated output.
   """
-
-  per_device_step: Callable
 
   def __init__(
     self,
-    task: Any,
+    per_device_step: Callable[..., PyTree],
     par: parallel_lib.DataParallel,
-    source: Any,
+    source: Source,
     *,
     split: str,
     batch_size: int,
     max_tokens: int,
-    transform: Any = None,
+    transform: EvalTransform | None = None,
   ):
-    self.task, self.par, self.source, self.split = task, par, source, split
+    self.par, self.source, self.split = par, source, split
     self.batch_size, self.max_tokens, self.transform = batch_size, max_tokens, transform
-    step = functools.partial(type(self).per_device_step, task=task)
 
-    def per_device(variables: dict[str, Any], *args: Any) -> Any:
-      return step({**variables, "params": par.gather_params(variables["params"])}, *args)
+    def per_device(variables: Variables, *args: Any) -> PyTree:
+      return per_device_step({**variables, "params": par.gather_params(variables["params"])}, *args)
 
-    self._step = par.map(per_device, sharded_args=(1,))
+    self._mapped = par.map(per_device, sharded_args=(1,))
 
-  def batches(self) -> Iterator[dict[str, Any]]:
+  def step(self, variables: Variables, batch: dict[str, np.ndarray], *args: Any) -> PyTree:
+    """The mapped step on one host batch (this process's share, laid out over its devices)."""
+    return self._mapped(variables, self.par.shard(batch), *args)
+
+  def batches(self) -> Iterator[dict[str, np.ndarray]]:
     """This process's share of the split, padded batches with `weight` (see `pipeline.eval_batches`).
 
     A pass longer than `progress.QUIET_S` logs progress lines with an ETA (every evaluator walks its
@@ -59,17 +59,3 @@ class SplitPass:
     )
     total = pipeline.num_eval_batches(len(self.source), self.batch_size)
     return progress.track(batches, f"evaluating {self.split}", total, unit="batches")
-
-
-class SplitEvaluator(SplitPass):
-  """Evaluates a task on a whole split, every example exactly once, from the task's summed statistics."""
-
-  per_device_step = staticmethod(eval_step)
-
-  def run(self, variables: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    totals = None
-    for batch in self.batches():
-      sums = self._step(variables, self.par.shard(batch))
-      totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    for name, value in self.task.summarize(jax.device_get(totals)).items():
-      yield f"{self.split}/{name}", value

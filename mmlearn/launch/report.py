@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
-import numpy as np
+
+from mmlearn.runs.selection import minimised
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -54,51 +55,6 @@ def bar_chart(
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
-
-
-def confusion_chart(path: str, counts: np.ndarray, class_names: Sequence[str], *, title: str) -> np.ndarray:
-  """A confusion matrix (rows: true class) as a PNG; returns the picture as an RGB uint8 [H, W, 3] array.
-
-  Each cell shows its count and is coloured by its share of the row (the true class's recall on the
-  diagonal), so rare classes are as readable as frequent ones. Cell counts are written up to 30 classes
-  and axis names up to 60; beyond that they would overlap.
-  """
-  counts = np.asarray(counts, np.float64)
-  num = len(counts)
-  rows = counts.sum(1, keepdims=True)
-  shares = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-  side = min(4 + 0.45 * num, 24)
-  fig, ax = plt.subplots(figsize=(side + 1, side))
-  image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-  if num <= 60:
-    ax.set_xticks(range(num), class_names)
-    ax.set_yticks(range(num), class_names)
-    plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
-  if num <= 30:
-    for (i, j), count in np.ndenumerate(counts):
-      text = f"{count:.0f}" if count == round(count) else f"{count:.3g}"
-      ax.text(
-        j, i, text, ha="center", va="center", fontsize=8, color="white" if shares[i, j] > 0.5 else "black"
-      )
-  ax.set_xlabel("predicted class")
-  ax.set_ylabel("true class")
-  ax.set_title(title)
-  fig.tight_layout()
-  fig.canvas.draw()
-  picture = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-  fig.savefig(path, dpi=fig.dpi)
-  plt.close(fig)
-  return picture
-
-
-MINIMISED = ("loss", "error", "distance", "fid", "median_rank", "nll", "bpd")
-
-
-def minimised(metric: str) -> bool:
-  """Whether a smaller value of `metric` is better (judged by the last part of its name)."""
-  last = metric.rsplit("/", 1)[-1].lower()
-  return any(word in last for word in MINIMISED)
 
 
 def select(values: list[float], metric: str) -> int | None:

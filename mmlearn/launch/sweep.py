@@ -16,7 +16,7 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
-from mmlearn.config import files as config_files
+from mmlearn.config import files
 from mmlearn.errors import ConfigError
 
 Sweep = list[dict[str, Any]]
@@ -86,7 +86,14 @@ def expand(module: types.ModuleType) -> dict[str, dict[str, Any]]:
   """The variants of a config module's `get_sweep`, by directory name, in the order it lists them."""
   if not callable(getattr(module, "get_sweep", None)):
     raise ConfigError(f"{module.__file__} defines no get_sweep(h) returning a list of override dicts")
-  variants = module.get_sweep(HELPERS)
+  try:
+    variants = module.get_sweep(HELPERS)
+  except ConfigError:
+    raise  # The helpers' own one-line errors (`h.zip` of unequal sweeps).
+  except Exception as e:  # The sweep file's own mistake: one line naming its file and line, as get_config's.
+    if module.__file__ is None or (in_file := files.error_in_file(module.__file__, e)) is None:
+      raise
+    raise in_file from e
   if not isinstance(variants, list | tuple) or not variants:
     raise ConfigError(f"get_sweep(h) returned {variants!r}, not a non-empty list of override dicts")
   named = {}
@@ -110,9 +117,9 @@ def load(spec: str, fixed: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
   An unknown key fails here, before anything trains; a bad value fails only its own variant.
   """
-  module = config_files.load_module(config_files.split_spec(spec)[0])
+  module = files.load_module(files.split_spec(spec)[0])
   variants = expand(module)
-  config = config_files.get_config(spec, module)
+  config = files.get_config(spec, module)
   _check_keys(config, fixed, "")
   for name, overrides in variants.items():
     if clash := fixed.keys() & overrides.keys():
@@ -122,8 +129,8 @@ def load(spec: str, fixed: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _check_keys(config: Any, keys: Any, where: str) -> None:
-  """`config_files.check_keys`, its unknown key (a `KeyError`, as `--config.KEY`'s) as a `ConfigError`."""
+  """`files.check_keys`, its unknown key (a `KeyError`, as `--config.KEY`'s) as a `ConfigError`."""
   try:
-    config_files.check_keys(config, keys)
+    files.check_keys(config, keys)
   except (KeyError, ConfigError) as e:
     raise ConfigError(f"{e.args[0]}{where}") from None

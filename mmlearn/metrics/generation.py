@@ -1,4 +1,11 @@
-"""Distribution metrics of generated images in a judge classifier's feature space (FID-style).
+"""Metrics of generated images read by a judge classifier: coherence, and FID-style distribution metrics.
+
+Coherence, as the MMVAE papers report it: a judge is a separately trained classifier (a run of the
+project's classification task). A generated image is coherent when the judge's label for it is the
+label of the example it was conditioned on, so coherence is the judge's accuracy on generated images,
+and is only as good as the judge: report the judge's accuracy on real images beside it. mmshapes' label
+is `shape * 4 + colour`, so label agreement is shape + colour coherence; `ATTRIBUTES` also splits it
+into shape and colour agreement (`agreement`).
 
 The Fréchet distance between two sets of features fits a Gaussian to each and measures
 |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) (Heusel et al. 2017, with the judge's penultimate
@@ -11,9 +18,29 @@ that draws one image per class (mode collapse, or strong guidance) scores near 0
 """
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from scipy import linalg
+
+from mmlearn.data import mmshapes
+
+# Dataset -> attribute -> label -> that attribute's value; every dataset also has "label" itself.
+ATTRIBUTES: dict[str, dict[str, Callable[[np.ndarray], np.ndarray]]] = {
+  "mmshapes": {
+    "shape": lambda label: label // len(mmshapes.COLOURS),
+    "colour": lambda label: label % len(mmshapes.COLOURS),
+  },
+}
+
+
+def agreement(predicted: np.ndarray, target: np.ndarray, dataset: str) -> dict[str, float]:
+  """`{"label": ..., <attribute>: ...}`: the fraction of predictions agreeing with the targets on each."""
+  predicted, target = np.asarray(predicted), np.asarray(target)
+  out = {"label": float(np.mean(predicted == target))}
+  for name, value in ATTRIBUTES.get(dataset, {}).items():
+    out[name] = float(np.mean(value(predicted) == value(target)))
+  return out
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -139,10 +139,10 @@ class Classifier(nn.Module):
 
 def check_head_dropout(rate: float, fusion_class: type[nn.Module], head_hidden: Sequence[int]) -> None:
   """A `ConfigError` for a rate outside [0, 1), or a rate > 0 that no hidden layer of the head would use."""
-  check_rate(rate, "head_dropout", "model")
+  check_rate(rate, "head_dropout", "classification")
   if rate > 0 and (outputs_logits(fusion_class) or not head_hidden):
     raise ConfigError(
-      f"model.head_dropout={rate} acts after the classifier head's hidden layers, and this model has none "
+      f"classification.head_dropout={rate} acts after the classifier head's hidden layers, and this model has none "
       "(head_hidden is empty or the fusion outputs logits); set it to 0.0"
     )
 
@@ -155,11 +155,13 @@ def build_classifier(
   learned_missing: bool = False,
   dtype: Any = jnp.float32,
 ) -> Classifier:
-  """Builds a `Classifier` from `config.model` (a ConfigDict or dict) and the dataset's sizes.
+  """Builds a `Classifier` from a model description (a ConfigDict or dict: `modalities`, and `fusion`,
+  `fusion_kwargs`, `head_hidden`, `head_dropout` where they differ from the `Classifier` defaults) and
+  the dataset's sizes.
 
+  The classification task describes its model from `config.model.modalities` and its own section.
   Text encoders get the dataset's vocab_size (`resolve_modalities`). `dtype` is the computation dtype
-  (`compute_dtype(config.precision)`); `model.head_dropout` is optional (0.0 when absent, as in configs
-  written before it existed). Config mistakes raise here.
+  (`compute_dtype(config.precision)`). Config mistakes raise here.
   """
   config = freeze_config(model_config)
   modalities = resolve_modalities(config.get("modalities"), vocab_size)

@@ -91,9 +91,8 @@ class DeconvDecoder(nn.Module):
       al. 2019), so the content must come from the shared z. The decoded mean is moved by
       `max_shift * tanh(w * scale / max_shift)` pixels, with a learned scale per axis
       (`shift_log_scale`, initially 2 pixels per unit): bounded, so that the shared z must still give
-      the rough position and the prior's draws reach every shift the posteriors use. (Measured on
-      mmshapes: unbounded, the decoder drew off-centre and w moved shapes 22 pixels on average, far
-      beyond the prior's draws; a dense layer reading a coarse position from z beside w drew worse.)
+      the rough position and the prior's draws reach every shift the posteriors use (unbounded, w moved
+      shapes far beyond the prior's draws: docs/generation.md, the MVAE's design choices).
     max_shift: the bound of the translation, in pixels, on each axis.
     dtype: computation dtype of the dense and transposed-conv layers; the mean is returned as float32.
   """

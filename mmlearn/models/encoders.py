@@ -93,8 +93,8 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
 
   Same values and same gradients as `nn.max_pool(x, (2, 2), (2, 2))`, ties included (the gradient goes to
   the first maximum in row-major window order), but built from strided slices and `where`, whose
-  gradient is elementwise. `nn.max_pool`'s gradient is XLA's select-and-scatter, which on CPU took 10-30x
-  longer than this for 32x32 feature maps, more than the convolutions around it.
+  gradient is elementwise. `nn.max_pool`'s gradient is XLA's select-and-scatter, slow on CPU (timings in
+  docs/benchmark.md).
   """
   b, h, w, c = x.shape
   x = x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
@@ -111,7 +111,7 @@ class PatchConv(nn.Module):
   The `kh * kw` shifted slices of the (padded) input are concatenated into patches [B, H', W', kh*kw*Cin]
   and contracted with the kernel reshaped to [kh*kw*Cin, features]. Forward and gradients are then
   slices, pads and plain matrix products instead of XLA's convolution and its kernel gradient, which
-  is slow on CPU for some shapes (3 -> 32 channels on 32x32 images). Building the patches costs memory
+  is slow on CPU for some shapes (docs/benchmark.md). Building the patches costs memory
   traffic, so whether it pays depends on the shapes: measure (`scripts/benchmark.py`). Parameters are
   `kernel` [kh, kw, Cin, features] and `bias` [features], named and initialised as `nn.Conv`'s, so the
   two are interchangeable on one checkpoint.
@@ -197,14 +197,13 @@ class ImageCNN(nn.Module):
   """A small LeNet-style CNN: (3x3 conv -> relu -> 2x2 max-pool) per width, then flatten -> dense -> relu.
 
   Kept shallow on purpose: models here train on CPUs. The pooling is `max_pool_2x2` (same values and
-  gradients as `nn.max_pool`, several times faster to differentiate on CPU).
+  gradients as `nn.max_pool`, faster to differentiate on CPU).
 
   Attributes:
     widths: output channels of each conv block; each block halves the spatial resolution.
     dense: number of output features.
-    conv: "xla" (`nn.Conv`) or "patches" (`PatchConv`: gradients are matrix products); the same
-      parameters and function. Measured on a 2-core CPU, "patches" was about 10% faster for one unpooled
-      3 -> 32 conv at batch 256 and 40% slower for the pooled default (16, 32), so "xla" is the default.
+    conv: "xla" (`nn.Conv`, the default) or "patches" (`PatchConv`: gradients are matrix products); the
+      same parameters and function. Which is faster depends on the shapes (docs/benchmark.md).
     padding: "SAME" or "VALID" convolutions.
     pool: max-pool after each conv; False keeps the full resolution (a Keras-style conv -> flatten).
     batch_norm: conv (no bias) -> BatchNorm -> relu in each block (see the module docstring).
@@ -345,19 +344,18 @@ class LeNet(nn.Module):
 
   `batch_norm=True` is exactly the reference's block: conv without bias -> BatchNorm -> relu -> max-pool
   (statistics averaged over the devices, PyTorch's momentum and epsilon; see the module docstring).
-  Without it (the default, kept for the runs measured before BatchNorm existed) convs have biases. Then
-  nothing restores the activation scale, so the kernels start with He (fan-in, relu) initialisation:
-  with Flax's default LeCun init each relu layer halves the signal variance, and the six-block audio LeNet
-  then sits on the ln(10) loss plateau for most of an epoch. He init is kept with BatchNorm, where the
-  scale no longer matters.
+  `batch_norm=False` is the plain block, with conv biases. Then nothing restores the activation scale,
+  so the kernels start with He (fan-in, relu) initialisation: with Flax's default LeCun init each relu
+  layer shrinks the signal, and the six-block audio LeNet then stays on the ln(10) loss plateau
+  (docs/datasets.md, "AV-MNIST noise calibration"). He init is kept with BatchNorm, where the scale no
+  longer matters.
 
   `center_input` subtracts each example's mean before the first conv. The noisy AV-MNIST spectrogram is
-  mostly a constant offset (mean 0.51, std 0.26 in the pipeline's [-1, 1] units); uncentred, that offset
-  dominates every first-layer response, all examples start with nearly parallel features, and SGD sits on
-  the ln(10) plateau for a seed-dependent part of the epoch (audio-only, -7 dB, seed 0: still at training
-  loss 2.30 after 413 steps; centred, it leaves the plateau by step 300). Centring, not standardising:
-  dividing by each example's std as well quadruples the input scale, and at the reference's SGD lr 0.1 one
-  seed diverged within 6 steps. BatchNorm after the first conv removes the offset, so the reference
+  mostly a constant offset; uncentred, that offset dominates every first-layer response, all examples
+  start with nearly parallel features, and SGD sits on the ln(10) plateau for a seed-dependent part of
+  the epoch. Centring, not standardising: dividing by each example's std as well inflates the input
+  scale, and at the reference's SGD lr 0.1 that diverged (measurements: docs/datasets.md, "AV-MNIST
+  noise calibration"). BatchNorm after the first conv removes the offset, so the reference
   (`batch_norm=True`, configs/avmnist/base.py) does not centre.
 
   Attributes:
@@ -370,10 +368,10 @@ class LeNet(nn.Module):
     dtype: computation dtype; parameters and the output features are float32.
   """
 
+  batch_norm: bool  # Required: MultiBench's block, or the plain one (no default to fall back to silently).
   channels: int = 6
   num_layers: int = 3
   center_input: bool = False
-  batch_norm: bool = False
   batch_norm_axis: str | None = AXIS
   dropout: float = 0.0
   dtype: Any = jnp.float32

@@ -14,7 +14,6 @@ character with an "illegal summary name" warning per tag and write. So TensorBoa
 (`test/image_to_text/R@1` -> `test/image_to_text/R_at_1`), and `metrics.jsonl` keeps the names as given.
 """
 
-import dataclasses
 import json
 import os
 import re
@@ -29,30 +28,12 @@ from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.proto.summary_pb2 import Summary
 
 from mmlearn.metrics.classification import ConfusionMatrix
+from mmlearn.metrics.images import Image, confusion_chart
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
   """The scalar metrics as floats: what JSON records (metrics.jsonl, result.json) hold."""
   return {k: float(np.asarray(v)) for k, v in metrics.items() if np.ndim(v) == 0}
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Image:
-  """An RGB picture reported as a metric: `pixels` uint8 [H, W, 3].
-
-  numpy sees the pixels, so `np.ndim(value) == 0` keeps it out of scalar records, as `ConfusionMatrix`.
-  """
-
-  pixels: np.ndarray
-
-  def __post_init__(self):
-    pixels = np.asarray(self.pixels)
-    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[-1] != 3:
-      raise ValueError(f"an Image holds uint8 [H, W, 3] pixels, got {pixels.dtype} {pixels.shape}")
-
-  def __array__(self, dtype=None, copy=None):
-    del copy
-    return np.asarray(self.pixels, dtype=dtype)
 
 
 _ILLEGAL_TAG_CHARACTERS = re.compile(r"[^-/\w.]")
@@ -109,13 +90,24 @@ class EventFile:
     self._writer.close()
 
 
-def drop_records_after(path: str, step: int) -> int:
-  """Rewrites the JSON-lines file at `path` (atomically) without records past `step`; returns how many."""
+def is_evaluation(record: dict[str, Any]) -> bool:
+  """An evaluation record: metrics other than the training intervals' `train/...` means."""
+  return any(k != "step" and k != "resumed_from" and not k.startswith("train/") for k in record)
+
+
+def drop_records_after(path: str, step: int, *, evaluations_at_step: bool = False) -> int:
+  """Rewrites the JSON-lines file at `path` (atomically) without records past `step` (with
+  `evaluations_at_step`, without the evaluation records at `step` either); returns how many it dropped."""
   if not os.path.exists(path):
     return 0
   with open(path) as f:
     lines = f.read().splitlines()
-  kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+
+  def kept_record(record: dict[str, Any]) -> bool:
+    at = record.get("step", 0)
+    return at < step or (at == step and not (evaluations_at_step and is_evaluation(record)))
+
+  kept = [line for line in lines if line.strip() and kept_record(json.loads(line))]
   if len(kept) < len(lines):
     temporary = f"{path}.tmp{os.getpid()}"
     with open(temporary, "w") as f:
@@ -130,10 +122,11 @@ class MetricWriter:
   A run that restarts from its step-s checkpoint (s = 0: none) replays steps s+1.. exactly, so the
   records an interrupted attempt wrote past s are dropped from `metrics.jsonl` (their replay follows)
   and TensorBoard purges its events from step s+1; a resumed run (`resumed`) also gets a
-  `{"step": s, "resumed_from": s}` record marking the restart.
+  `{"step": s, "resumed_from": s}` record marking the restart. A finished run started again
+  (`reevaluate`: s is its last step) only evaluates again, so its evaluation records at s are replaced.
   """
 
-  def __init__(self, workdir: str, *, start_step: int = 0, resumed: bool = False):
+  def __init__(self, workdir: str, *, start_step: int = 0, resumed: bool = False, reevaluate: bool = False):
     self.workdir = workdir
     self.enabled = jax.process_index() == 0
     self._jsonl = None
@@ -141,7 +134,7 @@ class MetricWriter:
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       path = os.path.join(workdir, "metrics.jsonl")
-      drop_records_after(path, start_step)
+      drop_records_after(path, start_step, evaluations_at_step=reevaluate)
       self._jsonl = open(path, "a")  # noqa: SIM115 (closed in close())
       logdir = os.path.join(workdir, "tensorboard")
       restarted = os.path.isdir(logdir) and bool(os.listdir(logdir))
@@ -179,10 +172,8 @@ class MetricWriter:
       self._tb.flush()
 
   def _write_confusion(self, step: int, name: str, matrix: ConfusionMatrix) -> None:
-    from mmlearn.launch import report  # Imports matplotlib: only runs that draw a matrix pay for it.
-
     path = os.path.join(self.workdir, confusion_png_name(name))
-    picture = report.confusion_chart(path, matrix.counts, matrix.class_names, title=f"{name}, step {step}")
+    picture = confusion_chart(path, matrix.counts, matrix.class_names, title=f"{name}, step {step}")
     self._tb.add(step, summary.image(tensorboard_tag(name), picture, dataformats="HWC"))
 
   def _write_image(self, step: int, name: str, image: Image) -> None:

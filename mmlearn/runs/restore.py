@@ -1,59 +1,73 @@
-"""A finished run read back for tools that evaluate it (`scripts/retrieve.py`, `scripts/robustness.py`).
+"""A trained run read back from its workdir, for tools (`scripts/retrieve.py`, `robustness.py`,
+`generate.py`) and for runs that use another run (`init_from`, generative imputation, a judge).
 
 The run's own `config.json` rebuilds the dataset, the task and the parameter template, so a tool needs
-only `--workdir` and gets exactly the model that was trained.
+only `--workdir` and gets exactly the model that was trained. A config written by an earlier version is
+read in today's layout (`mmlearn.config.migrate`), never misread.
 """
 
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
 
-from mmlearn import data, optim, registry
+from mmlearn import data, optim, registry, tasks
+from mmlearn.config import migrate
 from mmlearn.data import pipeline
+from mmlearn.data.pipeline import Source
 from mmlearn.errors import ConfigError, DataError, WorkdirError
 from mmlearn.runs import selection
 from mmlearn.runs import workdir as workdir_lib
 from mmlearn.runs.checkpoint import Checkpointer
-from mmlearn.train import state as run_setup
+from mmlearn.tasks.contract import LoadedRun, Task, Variables
+from mmlearn.train import state as train_state
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's config, with the modules it names in `imports` imported (they register its components)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise WorkdirError(f"{path} is missing; is {workdir} a training run?")
-  config = ml_collections.ConfigDict(workdir_lib.read_config(workdir))
-  registry.import_modules(config.get("imports", ()))
+  """The run's config in today's layout, with the modules it names in `imports` imported (they register
+  its components)."""
+  saved = workdir_lib.read_config(workdir)
+  if saved is None:
+    raise WorkdirError(
+      f"{os.path.join(workdir, workdir_lib.CONFIG)} is missing; is {workdir} a training run?"
+    )
+  config = ml_collections.ConfigDict(migrate.upgrade(saved, where=os.path.join(workdir, workdir_lib.CONFIG)))
+  registry.import_modules(config.imports)
   return config
+
+
+def load_sources(
+  config: ml_collections.ConfigDict, splits: Sequence[str]
+) -> tuple[dict[str, Source], tfds.core.DatasetInfo]:
+  """The splits of the run's dataset (prepared on first use), as `config.dataset` names them."""
+  return data.load_sources(
+    config.dataset.name,
+    config=config.dataset.config,
+    data_dir=config.dataset.data_dir,
+    manual_dir=config.dataset.manual_dir,
+    options=config.dataset.options,
+    splits=splits,
+  )
 
 
 def reported_checkpoints(config: ml_collections.ConfigDict, workdir: str) -> str:
   """The checkpoint directory of the state a run reports: its best-validation one when it selects one."""
-  selected = config.get("select_metric") and os.path.isfile(os.path.join(workdir, selection.RECORD))
+  selected = config.select_metric and os.path.isfile(os.path.join(workdir, selection.RECORD))
   return selection.SUBDIR if selected else "checkpoints"
 
 
 def load_run(
   config: ml_collections.ConfigDict, workdir: str, splits: Sequence[str]
-) -> tuple[dict[str, Any], Any, Any, Any]:
+) -> tuple[dict[str, Source], tfds.core.DatasetInfo, Task, Variables]:
   """(sources of `splits` and "train", dataset info, task, the variables of the state the run reports).
 
   That is the best-validation state when the run selects one (`config.select_metric`), else the latest.
-
   The variables are what the run evaluates with: its parameters' moving average when it kept one.
   """
-  sources, info = data.load_sources(
-    config.dataset.name,
-    config=config.dataset.config,
-    data_dir=config.dataset.data_dir,
-    manual_dir=config.dataset.manual_dir,
-    options=config.dataset.get("options"),
-    splits=("train", *splits),
-  )
-  task, num_examples = run_setup.build_task(config, sources["train"], info)
+  sources, info = load_sources(config, ("train", *splits))
+  task = tasks.build(config, info=info, train_source=sources["train"], load_run=load_run_variables)
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise WorkdirError(f"{workdir} holds no checkpoint")
   checkpointer = Checkpointer(
@@ -63,12 +77,20 @@ def load_run(
     step = checkpointer.latest_step()
     if step is None:
       raise WorkdirError(f"{workdir} holds no checkpoint")
-    tx = optim.make_optimizer(config.optimizer, run_setup.total_train_steps(config, num_examples))
-    template = run_setup.initial_state(config, task, tx, sources["train"], 1)
+    # The template's optimizer state has the same structure whatever the schedule's length.
+    tx = optim.make_optimizer(config.optimizer, total_steps=1)
+    template = train_state.initial_state(config, task, tx, sources["train"], 1)
     state = checkpointer.restore(step, template)  # Parameters only: no training pipeline to build.
   finally:
     checkpointer.close()
-  return sources, info, task, state.variables(ema=config.get("ema_decay", 0.0) > 0)
+  return sources, info, task, state.variables(ema=config.ema_decay > 0)
+
+
+def load_run_variables(workdir: str) -> LoadedRun:
+  """(config, task, variables) of the run in `workdir`: the `RunLoader` handed to tasks and evaluators."""
+  config = read_config(workdir)
+  _, _, task, variables = load_run(config, workdir, ())
+  return LoadedRun(config, task, variables)
 
 
 def require_task(config: ml_collections.ConfigDict, task: str, workdir: str, purpose: str) -> None:
@@ -90,7 +112,7 @@ def text_batch(config: ml_collections.ConfigDict, text: str, *, what: str) -> di
   ids = tokenizer.encode(text)
   max_tokens = config.dataset.max_tokens
   if not 0 < len(ids) <= max_tokens:
-    raise DataError(f"the {what} has {len(ids)} words; the model reads 1 to {max_tokens}")
+    raise DataError(f"the {what} has {len(ids)} tokens; the model reads 1 to {max_tokens}")
   tokens = np.zeros((1, max_tokens), np.int32)
   tokens[0, : len(ids)] = ids
   return {modality: tokens, f"{modality}_mask": tokens != 0}

@@ -14,10 +14,17 @@ import os
 from typing import Any
 
 from mmlearn.errors import ConfigError
-from mmlearn.launch.report import minimised
 from mmlearn.runs.checkpoint import Checkpointer
 
 RECORD, SUBDIR = "best.json", "best"  # The record and the checkpoint directory, under the workdir.
+
+MINIMISED = ("loss", "error", "distance", "fid", "median_rank", "nll", "bpd")
+
+
+def minimised(metric: str) -> bool:
+  """Whether a smaller value of `metric` is better (judged by the last part of its name)."""
+  last = metric.rsplit("/", 1)[-1].lower()
+  return any(word in last for word in MINIMISED)
 
 
 class BestCheckpoint:

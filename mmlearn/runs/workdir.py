@@ -17,12 +17,13 @@ import contextlib
 import fcntl
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import ml_collections
 
-from mmlearn.config import schema as defaults
+from mmlearn.config import migrate
 from mmlearn.errors import WorkdirError
 
 CONFIG = "config.json"
@@ -37,23 +38,66 @@ RESUMABLE_KEYS = (
   "dataset.data_dir",
   "dataset.manual_dir",
   "dataset.eval_splits",
-  "parallel.mode",  # shard_map and pmap train the same parameters (tested).
+  "parallel.mode",  # shard_map and pmap compute the same step, equal within float rounding (tested).
   "retrieval.query_chunk",
   "retrieval.random_baseline",
   "mvae.grid_conditions",
   "mvae.grid_samples",
+  "flow.grid_conditions",
+  "flow.grid_samples",
 )
 EXTENDABLE_KEYS = ("num_train_steps", "num_epochs")
 
 
-def prepare(workdir: str) -> str:
-  """Creates `workdir` if needed; a path that is empty or names a file is an error, before any write."""
+# The checkout mmlearn runs from, if it is one: runs must not write among its tracked files.
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def prepare(workdir: str) -> bool:
+  """Creates `workdir` if needed and says whether it did; a path that is empty, names a file or lies in
+  the repository's tracked tree is an error, before any write."""
   if not workdir:
     raise WorkdirError("--workdir is empty: name a directory for the run")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"workdir {workdir!r} is a file, not a directory")
+  if tracked := tracked_files_under(workdir):
+    raise WorkdirError(
+      f"workdir {workdir!r} holds files of the repository ({tracked}): checkpoints would be written among "
+      "them; use a directory of its own, e.g. --workdir=runs/NAME"
+    )
+  created = not os.path.isdir(workdir)
   os.makedirs(workdir, exist_ok=True)
-  return workdir
+  return created
+
+
+def tracked_files_under(workdir: str) -> str:
+  """A file git tracks in the part of the repository `workdir` would live in (the root itself, or the
+  top-level directory holding it: `configs/`, `docs/`), or "" (outside a repository, or a directory of
+  its own such as `runs/`)."""
+  path = os.path.abspath(workdir)
+  if (
+    not os.path.isdir(os.path.join(REPOSITORY, ".git"))
+    or os.path.commonpath([path, REPOSITORY]) != REPOSITORY
+  ):
+    return ""
+  relative = os.path.relpath(path, REPOSITORY)
+  top = "." if relative == "." else relative.split(os.sep)[0]
+  try:
+    listed = subprocess.run(
+      ["git", "-C", REPOSITORY, "ls-files", "--", top], capture_output=True, text=True, timeout=30
+    ).stdout.split()
+  except (OSError, subprocess.SubprocessError):
+    return ""  # No git to ask: nothing is refused.
+  return listed[0] if listed else ""
+
+
+def remove_if_unused(workdir: str) -> None:
+  """Removes a workdir this run created when it holds nothing but the lock (a refused run leaves nothing)."""
+  with contextlib.suppress(OSError):
+    if set(os.listdir(workdir)) <= {LOCK}:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(workdir, LOCK))
+      os.rmdir(workdir)
 
 
 @contextlib.contextmanager
@@ -76,8 +120,11 @@ def exclusive(workdir: str, enabled: bool = True) -> Iterator[None]:
       raise WorkdirError(
         f"workdir {workdir!r} is in use by process {holder} ({path}); wait for it or use another --workdir"
       ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as e:  # A full disk: name the file, as every other failed write does.
+      raise OSError(e.errno, e.strerror, path) from None
     yield
   finally:
     os.close(fd)  # Releases the lock; the file stays (removing it would race with a waiting trainer).
@@ -124,14 +171,12 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict, *, allow_chang
   saved = read_config(workdir)
   if saved is None:
     return []
+  where = os.path.join(workdir, CONFIG)
+  # In today's layout: a key added since the run was saved has its default, which it trained with.
+  saved = migrate.upgrade(saved, where=where)
   new = as_json(config)
   flat_saved, flat_new = _flatten(saved), _flatten(new)
-  # A key added to mmlearn after the run was saved, left at its default, is what the run trained with.
-  added = set(flat_new) - set(flat_saved)
-  reference = _flatten(as_json(defaults.get_config()))
-  changed = [
-    k for k in changed_keys(saved, new) if not (k in added and reference.get(k, "<absent>") == flat_new[k])
-  ]
+  changed = changed_keys(saved, new)
   if not changed:
     return []
 
@@ -140,7 +185,6 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict, *, allow_chang
       f"{k} ({flat_saved.get(k, '<absent>')!r} -> {flat_new.get(k, '<absent>')!r})" for k in keys
     )
 
-  where = os.path.join(workdir, CONFIG)
   if not allow_changes:
     raise WorkdirError(
       f"{where} holds a run with another config: {show(changed)}; use another --workdir "

@@ -1,11 +1,19 @@
 """The task contract: what the trainer, the evaluators and the scripts may rely on, in one place.
 
-A task bundles a model, its loss and its evaluation, so one training loop serves classification,
-retrieval and generation alike (scenic's model objects, big_vision's evaluators). Tasks are registered
-by name in `mmlearn.tasks.TASKS` and built as `Task(config, *, info, vocab_size, class_counts)`: `info`
-is the dataset's `tfds.core.DatasetInfo` (features, class names), `vocab_size` its tokenizer's size
-(None without text), `class_counts` a function returning the training split's count of each class (call
-it only if the task needs it: it reads every training label).
+A task bundles a model with its loss (scenic's model objects), so one training loop serves
+classification, retrieval and generation alike. `Task` is what the trainer calls. What an evaluator or
+a script needs beyond it is a capability of its own, declared by the tasks that have it and checked as
+a protocol (`isinstance(task, Generator)`), never by looking for attribute names:
+
+  Classifier     logits of the classes            classification and robustness evaluators, coherence judge
+  Embedder       unit-norm embeddings per modality retrieval evaluator, scripts/retrieve.py
+  ExampleLosses  per-example loss terms           the `loss` evaluator (the MVAE's ELBO, the flow's loss)
+  Generator      conditional samples, imputation  samples and coherence evaluators, scripts/generate.py,
+                                                  generative imputation of missing modalities
+
+Task classes are registered by name (`mmlearn.tasks.registry.TASKS`) as `TaskFactory`s: the class
+builds a task from the run's config, and owns its config sections (`config_sections`: defaults) and
+their checks (`check_config`), so a run's config holds only the sections of its own task.
 
 Models are handled through Flax's variables, `{"params": ..., **collections}`: `init` returns them and
 every other method takes them, so a model with BatchNorm (`batch_stats`) needs nothing special. `loss`
@@ -20,48 +28,198 @@ the same result on any number of devices. Dropout takes `dropout_rng`, one key p
 no dropout, e.g. in tests).
 """
 
-from collections.abc import Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias, runtime_checkable
 
 import flax.linen as nn
 import jax
+import ml_collections
+import numpy as np
+
+from mmlearn.data.pipeline import Source, TrainingData
+
+if TYPE_CHECKING:  # Only for annotations: the pipeline's missing-modality masks need no task.
+  import tensorflow_datasets as tfds
+
+  from mmlearn.data.missing import MissingModalities
+
+# Any nesting of dicts and arrays (parameters, optimizer states): pytrees have no narrower static type.
+PyTree: TypeAlias = Any
+# Flax variables: {"params": ..., **mutable collections}.
+Variables: TypeAlias = Mapping[str, PyTree]
+# A batch by feature name: numpy arrays from the pipeline, jax arrays (or tracers) inside a step.
+Batch: TypeAlias = Mapping[str, np.ndarray | jax.Array]
+Metric: TypeAlias = (
+  object  # A scalar, an array, or what a metric writer draws (a confusion matrix, an image).
+)
+ConfigDict: TypeAlias = ml_collections.ConfigDict
 
 
-class Evaluator(Protocol):
-  def run(self, variables: dict[str, Any]) -> Iterable[tuple[str, Any]]:
-    """`(metric_name, value)` pairs for one split, names prefixed with the split (`test/accuracy`)."""
+class LoadedRun(NamedTuple):
+  """A trained run read back from its workdir: its config, its task and the variables it evaluates with."""
+
+  config: ConfigDict
+  task: "Task"
+  variables: Variables
+
+
+# Reads a trained run back by workdir (`mmlearn.runs.restore.load_run_variables`). Handed to tasks and
+# evaluators that use another run (a generator for imputation, a judge), so they need not import the
+# code that restores runs, which builds tasks.
+RunLoader: TypeAlias = Callable[[str], LoadedRun]
 
 
 class Task(Protocol):
+  """What the trainer calls. Tasks subclass it, and inherit the default `training_data`."""
+
   # The metric a run's final summary line leads with, without its split prefix (e.g. "accuracy").
   summary_metric: str
   # True when the loss is a mean of per-example terms, so a batch's gradient is the mean of its equal
   # chunks' gradients (`config.microbatch_size`); False for losses that couple examples (in-batch negatives).
   separable_loss: bool
+  # The evaluators a run gets on every `dataset.eval_splits` split when `config.evals` names none.
+  default_evaluators: tuple[str, ...]
 
-  def init(self, rng: jax.Array, batch: dict[str, Any]) -> dict[str, Any]:
+  def init(self, rng: jax.Array, batch: Batch) -> Variables:
     """The initial variables (`{"params": ..., **collections}`), given one batch in the pipeline's format."""
+    ...
 
   def loss(
     self,
-    variables: dict[str, Any],
-    batch: dict[str, Any],
+    variables: Variables,
+    batch: Batch,
     rng: jax.Array,
     *,
-    step: jax.Array,
+    step: jax.Array | int | None = None,
     dropout_rng: jax.Array | None = None,
-  ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
+  ) -> tuple[jax.Array, dict[str, jax.Array], Variables]:
     """(scalar loss, metrics, updated collections) of this device's examples; `rng`: one key per example."""
+    ...
 
-  def evaluator(
-    self, par: Any, source: Any, *, split: str, batch_size: int, max_tokens: int, transform: Any = None
-  ) -> Evaluator:
-    """An evaluator of `split` (`source`); `transform` is `eval_batches`' (e.g. missing modalities)."""
+  def training_data(self) -> TrainingData:
+    """How the training split is read (a data hook): the whole split, shuffled, unchanged by default."""
+    return TrainingData()
+
+
+class TaskFactory(Protocol):
+  """A registered task class: its config sections with their checks, and its constructor."""
+
+  def __call__(
+    self,
+    config: ConfigDict,
+    *,
+    info: "tfds.core.DatasetInfo | None" = None,
+    vocab_size: int | None = None,
+    train_source: Source | None = None,
+    load_run: RunLoader | None = None,
+  ) -> Task:
+    """The task of `config`; `train_source` (the training split) and `load_run` where the task uses them."""
+    ...
+
+  def config_sections(self) -> dict[str, ConfigDict]:
+    """The task's own top-level config sections and their defaults (`mmlearn.config.schema`)."""
+    ...
+
+  def check_config(self, config: ConfigDict) -> None:
+    """Raises a one-line `ConfigError` for a value of the task's sections that cannot run."""
+    ...
+
+
+@runtime_checkable
+class Classifier(Protocol):
+  """A task that predicts classes (classification, robustness, and the coherence evaluator's judge)."""
+
+  class_names: Sequence[str]
+
+  def logits(self, variables: Variables, batch: Batch) -> jax.Array:
+    """Evaluation-mode float32 logits [B, num_classes] (running BatchNorm statistics, no dropout)."""
+    ...
+
+  @property
+  def missing(self) -> "MissingModalities":
+    """The run's missing-modality settings: evaluation batches miss modalities at its test rates."""
+    ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+  """A dual encoder: the retrieval evaluator ranks one modality's embeddings against the other's."""
+
+  modalities: tuple[str, ...]  # The two modalities, sorted.
+  relevance: tuple[str, ...]  # Features that make two items relevant to each other; () = the pair only.
+  query_chunk: int
+  random_baseline: bool
+
+  def embed(self, variables: Variables, batch: Batch) -> dict[str, jax.Array]:
+    """Unit-norm evaluation-mode embeddings [B, D] of the modalities present in `batch`."""
+    ...
+
+
+@runtime_checkable
+class ExampleLosses(Protocol):
+  """A task whose evaluation is the mean over a split of per-example terms (the `loss` evaluator)."""
+
+  def example_losses(self, variables: Variables, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
+    """{name: [B]} evaluation terms of each example (`rng`: one key per example, as `loss`'s)."""
+    ...
+
+
+SampleOption: TypeAlias = float | int | str | None
+
+
+@runtime_checkable
+class Generator(Protocol):
+  """A task that draws one modality given others (the MVAE, the flow)."""
+
+  modalities: tuple[str, ...]
+  array_modalities: tuple[str, ...]  # The modalities it decodes to arrays (images, spectrograms).
+  temperature: float  # Sampling's default temperature (the run's).
+  grid_conditions: int  # Sample grids: rows (the split's first examples) ...
+  grid_samples: int  # ... and samples per row; 0 disables the grids.
+  sample_options: tuple[str, ...]  # The keyword options `sample` takes beyond the contract's.
+
+  def sample(
+    self,
+    variables: Variables,
+    batch: Batch,
+    rng: jax.Array,
+    temperature: float | None = None,
+    *,
+    condition: tuple[str, ...],
+    target: str,
+    num_samples: int = 1,
+    **options: SampleOption,
+  ) -> tuple[jax.Array, jax.Array | None]:
+    """`num_samples` draws of `target` from the `condition` modalities alone: (x [B, num_samples, ...],
+    token mask or None). Deterministic in `rng` (one key, or one per example)."""
+    ...
+
+  def impute(
+    self,
+    variables: Variables,
+    batch: Batch,
+    present: Mapping[str, jax.Array | np.ndarray],
+    rng: jax.Array,
+    temperature: float = 1.0,
+    targets: Sequence[str] | None = None,
+  ) -> dict[str, jax.Array]:
+    """`batch` with the inputs absent by `present` (bool [B] per modality) drawn from the present ones."""
+    ...
+
+  def sample_conditions(self, target: str) -> tuple[str, ...]:
+    """The modalities `target` can be drawn from, one at a time (the coherence evaluator's conditions)."""
+    ...
+
+
+class Evaluator(Protocol):
+  def run(self, variables: Variables) -> Iterable[tuple[str, Metric]]:
+    """`(metric_name, value)` pairs for one split, names prefixed with the split (`test/accuracy`)."""
+    ...
 
 
 def apply_for_training(
-  model: nn.Module, variables: dict[str, Any], *args: Any, dropout_rng: jax.Array | None, **kwargs: Any
-) -> tuple[Any, dict[str, Any]]:
+  model: nn.Module, variables: Variables, *args: object, dropout_rng: jax.Array | None, **kwargs: object
+) -> tuple[PyTree, Variables]:
   """`model.apply(..., train=True)` with every non-parameter collection mutable: (output, updated ones)."""
   mutable = [name for name in variables if name != "params"]
   rngs = {} if dropout_rng is None else {"dropout": dropout_rng}

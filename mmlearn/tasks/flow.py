@@ -1,8 +1,9 @@
 """The flow task: conditional flow matching (rectified flow) with classifier-free guidance.
 
-Task `"flow"` follows the task contract (`mmlearn.tasks.contract.Task`). It generates one array modality
-(`flow.target`: the image, or a spectrogram) given the one modality of `config.model.modalities` (the
-condition, read by its registered encoder), with the U-Net of `mmlearn.models.unet.FlowNet`.
+Task `"flow"` is a `Task`, a `Generator` and an `ExampleLosses` (`mmlearn.tasks.contract`) and owns the
+`flow` config section. It generates one array modality (`flow.target`: the image, or a spectrogram)
+given the one modality of `config.model.modalities` (the condition, read by its registered encoder),
+with the U-Net of `mmlearn.models.unet.FlowNet`.
 
 The path from noise x0 ~ N(0, I) to data x1 is the straight line x_t = (1 - t) x0 + t x1 (rectified
 flow, the optimal-transport path of Lipman et al. 2023 with sigma_min = 0), whose velocity is x1 - x0;
@@ -21,21 +22,29 @@ always kept and fixed keys).
 """
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import tensorflow_datasets as tfds
 from jax import lax
 
-from mmlearn import parallel as parallel_lib
 from mmlearn import rngs
+from mmlearn.data.pipeline import Source, TrainingData
 from mmlearn.errors import ConfigError
-from mmlearn.evaluators.generation import GenerationEvaluator, weighted_means
 from mmlearn.models.config import compute_dtype, resolve_modalities
 from mmlearn.models.unet import FlowNet
-from mmlearn.tasks.contract import apply_for_training
-from mmlearn.tasks.registry import TASKS
+from mmlearn.tasks.contract import (
+  Batch,
+  ExampleLosses,
+  Generator,
+  RunLoader,
+  SampleOption,
+  Variables,
+  apply_for_training,
+)
+from mmlearn.tasks.registry import register
 
 SAMPLERS = ("euler", "heun")
 TIME_SAMPLINGS = ("uniform", "logit_normal")
@@ -91,59 +100,78 @@ def _is_number(value: Any) -> bool:
   return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def check_settings(settings: ml_collections.ConfigDict) -> None:
-  """A ConfigError naming the first `config.flow` key out of range."""
-  if not 0 <= settings.cond_dropout < 1:
-    raise ConfigError(f"flow.cond_dropout must be in [0, 1), got {settings.cond_dropout}")
-  if settings.sampler not in SAMPLERS:
-    raise ConfigError(f"unknown flow.sampler {settings.sampler!r}; known: {', '.join(SAMPLERS)}")
-  if settings.time_sampling not in TIME_SAMPLINGS:
-    raise ConfigError(
-      f"unknown flow.time_sampling {settings.time_sampling!r}; known: {', '.join(TIME_SAMPLINGS)}"
-    )
-  widths = tuple(settings.widths)
-  if not widths or any(not isinstance(w, int) or w <= 0 for w in widths):
-    raise ConfigError(f"flow.widths must be positive integers, got {widths}")
-  for key in ("num_steps", "blocks", "groups", "embed_dim"):
-    if settings[key] <= 0:
-      raise ConfigError(f"flow.{key} must be positive, got {settings[key]}")
-  if settings.embed_dim % 2:
-    raise ConfigError(f"flow.embed_dim must be even (sine and cosine halves), got {settings.embed_dim}")
-  for key in ("temperature", "grid_conditions", "grid_samples"):
-    if settings[key] < 0:
-      raise ConfigError(f"flow.{key} must be >= 0, got {settings[key]}")
-
-
-@TASKS.register("flow")
+@register("flow")
 class FlowTask:
-  """The flow model as a task. Beyond the task contract (`init`, `loss`, `evaluator`), what the
-  generation evaluators, `scripts/generate.py` and generative imputation use, as the MVAE's:
+  """The flow model as a task: the contract's `Task`, `Generator` and `ExampleLosses`.
 
-  - `sample(variables, batch, rng, temperature, *, condition, target, num_samples, guidance_scale,
-    num_steps, sampler, unconditional) -> (x [B, num_samples, ...], None)`, jitted; the three before the
-    last default to the config's, `temperature` scales the starting noise, `unconditional` ([B] bool)
-    draws those examples without their condition. Deterministic in `rng` (one key, or [B] keys).
-  - `impute(variables, batch, present, rng, temperature=1.0, targets=None) -> batch`.
-  - `sample_conditions(target)`: the conditions it generates `target` from; `array_modalities`.
+  `sample` takes the options `guidance_scale`, `num_steps` and `sampler` (default: the config's);
+  `temperature` scales the starting noise. Deterministic in `rng` (one key, or [B] keys).
+  `sample_conditions(target)` is the condition alone; `array_modalities` the target.
   """
 
   summary_metric = "flow_loss"
   separable_loss = True
-  evaluator_types = ("flow_loss", "samples", "coherence")  # Registered evaluators that apply.
-  default_evaluators = ("flow_loss", "samples")
-  sample_options = ("guidance_scale", "num_steps", "sampler")  # `sample`'s keywords beyond the MVAE's.
+  default_evaluators = ("loss", "samples")
+  sample_options: tuple[str, ...] = ("guidance_scale", "num_steps", "sampler")
+
+  @staticmethod
+  def config_sections() -> dict[str, ml_collections.ConfigDict]:
+    """`flow`, with its defaults. The condition is the one modality of config.model.modalities (its
+    encoder); the target is generated."""
+    settings = ml_collections.ConfigDict()
+    settings.target = "image"  # The generated array modality (image or audio).
+    settings.widths = (32, 64)  # U-Net channels per resolution; H and W divisible by 2 ** (levels - 1).
+    settings.blocks = 1  # Residual blocks per resolution (each way).
+    settings.groups = 8  # GroupNorm groups.
+    settings.embed_dim = 128  # Time and condition embedding width (FiLM input).
+    # Training times t: "uniform" on [0, 1], or "logit_normal" (sigmoid of N(0, 1): Esser et al. 2024),
+    # which spends more of the training on the middle of the path, where the velocity is hardest to predict.
+    settings.time_sampling = "uniform"
+    settings.cond_dropout = 0.1  # P(the condition is replaced by the learned null one): enables guidance.
+    settings.guidance_scale = 1.0  # Classifier-free guidance at sampling: 0 unconditional, 1 conditional.
+    settings.num_steps = 20  # ODE steps from noise to data.
+    settings.sampler = "euler"  # euler | heun
+    settings.temperature = 1.0  # Scale of the starting noise (generate.py's default).
+    settings.grid_conditions = 8  # Sample grids: rows (the split's first examples) ...
+    settings.grid_samples = 4  # ... and samples per row; 0 disables the grids.
+    return {"flow": settings}
+
+  @staticmethod
+  def check_config(config: ml_collections.ConfigDict) -> None:
+    """A ConfigError naming the first `config.flow` key out of range."""
+    settings = config.flow
+    if not 0 <= settings.cond_dropout < 1:
+      raise ConfigError(f"flow.cond_dropout must be in [0, 1), got {settings.cond_dropout}")
+    if settings.sampler not in SAMPLERS:
+      raise ConfigError(f"unknown flow.sampler {settings.sampler!r}; known: {', '.join(SAMPLERS)}")
+    if settings.time_sampling not in TIME_SAMPLINGS:
+      raise ConfigError(
+        f"unknown flow.time_sampling {settings.time_sampling!r}; known: {', '.join(TIME_SAMPLINGS)}"
+      )
+    widths = tuple(settings.widths)
+    if not widths or any(not isinstance(w, int) or w <= 0 for w in widths):
+      raise ConfigError(f"flow.widths must be positive integers, got {widths}")
+    for key in ("num_steps", "blocks", "groups", "embed_dim"):
+      if settings[key] <= 0:
+        raise ConfigError(f"flow.{key} must be positive, got {settings[key]}")
+    if settings.embed_dim % 2:
+      raise ConfigError(f"flow.embed_dim must be even (sine and cosine halves), got {settings.embed_dim}")
+    for key in ("temperature", "grid_conditions", "grid_samples"):
+      if settings[key] < 0:
+        raise ConfigError(f"flow.{key} must be >= 0, got {settings[key]}")
 
   def __init__(
     self,
     config: ml_collections.ConfigDict,
     *,
-    info: Any = None,
+    info: tfds.core.DatasetInfo | None = None,
     vocab_size: int | None = None,
-    class_counts: Any = None,
+    train_source: Source | None = None,
+    load_run: RunLoader | None = None,
   ):
-    del class_counts  # Generation weights no classes.
+    del train_source, load_run  # Generation weights no classes and reads no other run.
     settings = config.flow
-    check_settings(settings)
+    self.check_config(config)
     encoders = resolve_modalities(config.model.modalities, vocab_size)
     self.target = settings.target
     if self.target in encoders or len(encoders) != 1:
@@ -153,7 +181,7 @@ class FlowTask:
       )
     ((self.condition, encoder),) = encoders.items()
     # The target's shape, for sampling from a batch without it (a caption); else read from the batch.
-    features = getattr(info, "features", None) or {}
+    features = info.features if info is not None else {}
     self.shape = None
     if self.target in features:
       if not getattr(features[self.target], "shape", None):
@@ -173,15 +201,47 @@ class FlowTask:
       blocks=int(settings.blocks),
       groups=int(settings.groups),
       embed_dim=int(settings.embed_dim),
-      dtype=compute_dtype(config.get("precision", "float32")),
+      dtype=compute_dtype(config.precision),
     )
-    self.sample = jax.jit(
+    self._jitted_sample = jax.jit(
       self._sample,
       static_argnames=("condition", "target", "num_samples", "guidance_scale", "num_steps", "sampler"),
     )
 
+  def training_data(self) -> TrainingData:
+    return TrainingData()
+
   def sample_conditions(self, target: str) -> tuple[str, ...]:
     return (self.condition,) if target == self.target else ()
+
+  def sample(
+    self,
+    variables: Variables,
+    batch: Batch,
+    rng: jax.Array,
+    temperature: float | None = None,
+    *,
+    condition: tuple[str, ...],
+    target: str,
+    num_samples: int = 1,
+    **options: SampleOption,
+  ) -> tuple[jax.Array, jax.Array | None]:
+    """Jitted `num_samples` draws [B, num_samples, ...] of the target given the condition (mask: None)."""
+    unknown = sorted(set(options) - set(self.sample_options))
+    if unknown:
+      raise ConfigError(
+        f"sampling option(s) {unknown} do not apply to a flow run; it takes {self.sample_options}"
+      )
+    return self._jitted_sample(
+      variables,
+      batch,
+      rng,
+      temperature,
+      condition=tuple(condition),
+      target=target,
+      num_samples=num_samples,
+      **options,
+    )
 
   # ---- Model pieces ----
 
@@ -229,16 +289,10 @@ class FlowTask:
 
   # ---- Evaluation ----
 
-  def eval_sums(self, variables: Any, batch: dict[str, Any], rng: jax.Array) -> dict[str, jax.Array]:
-    """Weighted sums of the velocity loss with every condition kept (`rng`: one key per example)."""
+  def example_losses(self, variables: Variables, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
+    """The velocity loss of each example with every condition kept (`rng`: one key per example)."""
     per_example, _ = self.losses(variables, batch, rng, drop_rate=0.0)
-    weight = batch["weight"].astype(jnp.float32)
-    return {"count": weight.sum(), "flow_loss": (per_example * weight).sum()}
-
-  summarize = staticmethod(weighted_means)
-
-  def evaluator(self, par: parallel_lib.DataParallel, source: Any, **kwargs: Any) -> GenerationEvaluator:
-    return GenerationEvaluator(self, par, source, **kwargs)
+    return {"flow_loss": per_example}
 
   # ---- Sampling and imputation ----
 
@@ -345,3 +399,7 @@ class FlowTask:
           keep = flags[self.condition].reshape(-1, *([1] * (jnp.ndim(batch[key]) - 1)))
           out[key] = jnp.where(keep, batch[key], jnp.zeros_like(batch[key]))
     return out
+
+
+if TYPE_CHECKING:  # The capabilities this task claims, checked by the type checker (not at run time).
+  _CLAIMS: tuple[type[Generator], type[ExampleLosses]] = (FlowTask, FlowTask)

@@ -1,8 +1,9 @@
 """The MVAE task: the multimodal VAE trained on the sub-sampled ELBO, conditional sampling and imputation.
 
-Task `"mvae"` follows the task contract (`mmlearn.tasks.contract.Task`). Its model is
-`mmlearn.models.mvae.MVAE` on `config.model.modalities` (encoders) and `config.mvae.decoders`. Its
-evaluator (test ELBO and sample grids) is `mmlearn.evaluators.generation`.
+Task `"mvae"` is a `Task`, a `Generator` and an `ExampleLosses` (`mmlearn.tasks.contract`): its
+evaluators are `loss` (the test ELBO and its parts), `samples` (grids) and `coherence`. Its model is
+`mmlearn.models.mvae.MVAE` on `config.model.modalities` (encoders) and `config.mvae.decoders`; it owns
+the `mvae` config section.
 
 The objective (Wu & Goodman 2018) sums ELBOs over subsets of the modalities: the joint ELBO, with the
 posterior of every modality, and one per modality, with that modality's posterior alone, so every
@@ -41,20 +42,22 @@ imputation in the data pipeline), drawn as `jax.random` would.
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
 
-from mmlearn import parallel as parallel_lib
 from mmlearn import rngs
+from mmlearn.data.pipeline import Source, TrainingData
 from mmlearn.errors import ConfigError
-from mmlearn.evaluators.generation import GenerationEvaluator, weighted_means
 from mmlearn.models import mvae
 from mmlearn.models.config import compute_dtype, resolve_modalities
-from mmlearn.tasks.registry import TASKS
+from mmlearn.models.decoders import DECODERS
+from mmlearn.tasks.contract import Batch, ExampleLosses, Generator, RunLoader, SampleOption, Variables
+from mmlearn.tasks.registry import register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,61 +86,111 @@ def kl_weight(step: Any, beta: float, anneal_steps: int) -> Any:
   return beta * jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / anneal_steps)
 
 
-@TASKS.register("mvae")
+@register("mvae")
 class MVAETask:
-  """The MVAE as a task. Beyond the task contract (`init`, `loss`, `evaluator`):
+  """The MVAE as a task. Beyond the contract's `Task`, `Generator` and `ExampleLosses`:
 
   - `posterior(variables, batch, present=None) -> (mu, logvar)`: q(z | the modalities present).
-  - `sample(variables, batch, rng, temperature, *, condition, target, num_samples) -> (x, mask)`, jitted:
-    `num_samples` samples of `target` given only the `condition` modalities (a tuple) of each example,
-    [B, num_samples, ...], with a token mask for a sequence target (else None). Deterministic in `rng`
-    (one key, or [B] keys: one per example, split into its samples' keys);
-    `temperature` scales the posterior's spread and the token softmax (0: the mean, greedy tokens).
-  - `impute(variables, batch, present, rng, temperature=1.0) -> batch`: generative imputation.
-  - `array_modalities`: the modalities decoded to arrays (decoders with a `shape`), e.g. for grids.
+  - `sample` draws `target` given only the `condition` modalities (a tuple) of each example, with a
+    token mask for a sequence target (else None); `temperature` (default `mvae.temperature`) scales the
+    posterior's spread and the token softmax (0: the mean, greedy tokens). It takes no other options.
+  - `array_modalities`: the modalities decoded to arrays (decoders with a `shape`), e.g. for grids;
+    `sample_conditions(t)`: every other modality, then t itself (its reconstruction, the reference).
   """
 
   summary_metric = "elbo"
   separable_loss = True
-  evaluator_types = (
-    "elbo",
-    "samples",
-    "coherence",
-  )  # Registered evaluators (mmlearn.evaluators.registry) that apply.
-  default_evaluators = ("elbo", "samples")
+  default_evaluators = ("loss", "samples")
+  sample_options: tuple[str, ...] = ()
+
+  @staticmethod
+  def config_sections() -> dict[str, ml_collections.ConfigDict]:
+    """`mvae`, with its defaults. Encoders are config.model.modalities; decoders and likelihood weights
+    are keyed by modality, like them."""
+    settings = ml_collections.ConfigDict()
+    settings.latent_dim = 32
+    settings.decoders = ml_collections.ConfigDict(
+      {
+        # deconv: discretized-Gaussian levels of `shape` (H, W divisible by 2 ** len(widths)), std fixed
+        # or learned ("learn_std": True); "translate": True reads a 2-wide private latent as a shift.
+        # See mmlearn/models/decoders.py.
+        "image": {"decoder": "deconv", "shape": (32, 32, 3), "widths": (64, 32), "std": 0.1},
+        "text": {"decoder": "lstm", "embed_dim": 32, "hidden": 128},  # vocab_size, max_tokens: the dataset's.
+        "audio": {"decoder": "deconv", "shape": (112, 112, 1), "widths": (64, 32, 16, 8), "std": 0.1},
+      }
+    )
+    settings.likelihood_weights = ml_collections.ConfigDict({"image": 1.0, "text": 1.0, "audio": 1.0})
+    # Width of each modality's private latent, read by its decoder only (0: none; see mmlearn/models/mvae.py).
+    settings.private_dims = ml_collections.ConfigDict({"image": 0, "text": 0, "audio": 0})
+    settings.beta = 1.0  # Final KL weight (1: the ELBO).
+    settings.kl_anneal_steps = 0  # Linear KL warm-up from 0 to beta over this many steps; 0: off.
+    settings.joint_elbo = True  # Train on the joint ELBO (always reported as `elbo`).
+    settings.unimodal_elbos = True  # Also on each single modality's ELBO (MVAE's sub-sampling).
+    settings.cross_reconstruction = False  # Single-modality posteriors also reconstruct the others.
+    settings.temperature = 1.0  # Sample grids' (and generate.py's default) posterior temperature.
+    settings.grid_conditions = 8  # Sample grids: rows (the split's first examples) ...
+    settings.grid_samples = 4  # ... and samples per row; 0 disables the grids.
+    return {"mvae": settings}
+
+  @staticmethod
+  def check_config(config: ml_collections.ConfigDict) -> None:
+    """Sizes and weights in range; a decoder and a likelihood weight for every modality."""
+    settings = config.mvae
+    if settings.latent_dim <= 0:
+      raise ConfigError(f"mvae.latent_dim must be positive, got {settings.latent_dim}")
+    for key in ("kl_anneal_steps", "beta", "temperature", "grid_conditions", "grid_samples"):
+      if settings[key] < 0:
+        raise ConfigError(f"mvae.{key} must be >= 0, got {settings[key]}")
+    for modality, weight in settings.likelihood_weights.items():
+      if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+        raise ConfigError(f"mvae.likelihood_weights.{modality} must be a number >= 0, got {weight!r}")
+    for modality, width in settings.private_dims.items():
+      if isinstance(width, bool) or not isinstance(width, int) or width < 0:
+        raise ConfigError(f"mvae.private_dims.{modality} must be an integer >= 0, got {width!r}")
+    if not (settings.joint_elbo or settings.unimodal_elbos):
+      raise ConfigError("mvae.joint_elbo and mvae.unimodal_elbos are both off: the MVAE has nothing to train")
+    for modality in config.model.modalities:
+      decoder = settings.decoders.get(modality)
+      if decoder is None or "decoder" not in decoder:
+        raise ConfigError(
+          f"config.mvae.decoders.{modality} names no 'decoder' (known: {', '.join(DECODERS.names())})"
+        )
+      DECODERS.get(decoder["decoder"])
+      if modality not in settings.likelihood_weights:
+        raise ConfigError(f"config.mvae.likelihood_weights has no weight for modality {modality!r}")
 
   def __init__(
     self,
     config: ml_collections.ConfigDict,
     *,
-    info: Any = None,
+    info: tfds.core.DatasetInfo | None = None,
     vocab_size: int | None = None,
-    class_counts: np.ndarray | None = None,
+    train_source: Source | None = None,
+    load_run: RunLoader | None = None,
   ):
-    del class_counts  # Generation weights no classes.
+    del train_source, load_run  # Generation weights no classes and reads no other run.
     settings = config.mvae
     encoders = resolve_modalities(config.model.modalities, vocab_size)
     self.modalities = tuple(sorted(encoders))
     self.decoders = mvae.resolve_decoders(
       settings.decoders, self.modalities, vocab_size=vocab_size, max_tokens=config.dataset.max_tokens
     )
-    features = getattr(info, "features", {})
+    features = info.features if info is not None else {}
     for m, decoder in self.decoders.items():
       stored = getattr(features[m], "shape", None) if m in features else None
       if "shape" in decoder and stored is not None and tuple(decoder["shape"]) != tuple(stored):
         raise ConfigError(
           f"config.mvae.decoders.{m}.shape is {tuple(decoder['shape'])}, the dataset's {m} is {tuple(stored)}"
         )
-    private = dict(settings.get("private_dims", {}))  # Runs saved before private latents have none.
     self.latent_dim = int(settings.latent_dim)
-    self.private_dims = {m: int(private.get(m, 0)) for m in self.modalities}
+    self.private_dims = {m: int(settings.private_dims.get(m, 0)) for m in self.modalities}
     for m, decoder in self.decoders.items():
       if decoder.get("translate") and self.private_dims[m] != 2:
         raise ConfigError(
           f"config.mvae.decoders.{m}.translate reads a 2-wide private latent (dx, dy); "
           f"config.mvae.private_dims.{m} is {self.private_dims[m]}"
         )
-    dtype = compute_dtype(config.get("precision", "float32"))
+    dtype = compute_dtype(config.precision)
     self.model = mvae.MVAE(encoders, self.decoders, self.latent_dim, self.private_dims, dtype=dtype)
     weights = dict(settings.likelihood_weights)
     missing = [m for m in self.modalities if m not in weights]
@@ -154,7 +207,35 @@ class MVAETask:
     self.temperature = float(settings.temperature)
     self.grid_conditions, self.grid_samples = int(settings.grid_conditions), int(settings.grid_samples)
     self.array_modalities = tuple(m for m in self.modalities if "shape" in self.decoders[m])
-    self.sample = jax.jit(self._sample, static_argnames=("condition", "target", "num_samples"))
+    self._jitted_sample = jax.jit(self._sample, static_argnames=("condition", "target", "num_samples"))
+
+  def training_data(self) -> TrainingData:
+    return TrainingData()
+
+  def sample_conditions(self, target: str) -> tuple[str, ...]:
+    if target not in self.modalities:
+      return ()
+    return (*(m for m in self.modalities if m != target), target)
+
+  def sample(
+    self,
+    variables: Variables,
+    batch: Batch,
+    rng: jax.Array,
+    temperature: float | None = None,
+    *,
+    condition: tuple[str, ...],
+    target: str,
+    num_samples: int = 1,
+    **options: SampleOption,
+  ) -> tuple[jax.Array, jax.Array | None]:
+    """Jitted `num_samples` draws of `target` [B, num_samples, ...] from the `condition` modalities alone."""
+    if options:
+      raise ConfigError(f"sampling option(s) {sorted(options)} do not apply to an MVAE run")
+    temperature = self.temperature if temperature is None else temperature
+    return self._jitted_sample(
+      variables, batch, rng, temperature, condition=tuple(condition), target=target, num_samples=num_samples
+    )
 
   # ---- Model pieces ----
 
@@ -304,16 +385,10 @@ class MVAETask:
 
   # ---- Evaluation ----
 
-  def eval_sums(self, variables: Any, batch: dict[str, Any], rng: jax.Array) -> dict[str, jax.Array]:
-    """Weighted sums of every per-example metric at beta = 1, and the example count (`rng` as `loss`'s)."""
+  def example_losses(self, variables: Variables, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
+    """Every per-example metric at beta = 1 (the ELBO and its parts; `rng` as `loss`'s)."""
     _, metrics = self.elbo_terms(variables, batch, rng, 1.0)
-    weight = batch["weight"].astype(jnp.float32)
-    return {"count": weight.sum(), **{k: (v * weight).sum() for k, v in metrics.items()}}
-
-  summarize = staticmethod(weighted_means)
-
-  def evaluator(self, par: parallel_lib.DataParallel, source: Any, **kwargs: Any) -> GenerationEvaluator:
-    return GenerationEvaluator(self, par, source, **kwargs)
+    return metrics
 
   # ---- Generation and imputation ----
 
@@ -379,3 +454,7 @@ class MVAETask:
       if mask is not None:
         out[f"{m}_mask"] = jnp.where(flags[m][:, None], batch[f"{m}_mask"], mask) if m in batch else mask
     return out
+
+
+if TYPE_CHECKING:  # The capabilities this task claims, checked by the type checker (not at run time).
+  _CLAIMS: tuple[type[Generator], type[ExampleLosses]] = (MVAETask, MVAETask)

@@ -1,27 +1,21 @@
-"""What a run is built from, shared by the trainer and the tools that read runs back (`mmlearn.runs.restore`).
+"""The train state, the run's length and the step-0 state (the template a checkpoint restores into).
 
-The train state, the task, the run's length and the step-0 state (the template a checkpoint restores
-into) are built the same way when training and when evaluating a finished run, so they live here rather
-than in `mmlearn.train.loop`: tools and the generative imputer load runs without importing the trainer.
+Built the same way when training and when reading a finished run back (`mmlearn.runs.restore`), so they
+live apart from the loop: tools load runs without importing the trainer.
 """
 
-import functools
 import math
-from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
-from absl import logging
 
-from mmlearn import data
-from mmlearn.data import imbalance, pipeline
+from mmlearn.data import pipeline
+from mmlearn.data.pipeline import Source
 from mmlearn.errors import ConfigError
-from mmlearn.tasks import TASKS
-from mmlearn.tasks.contract import Task
+from mmlearn.tasks.contract import PyTree, Task, Variables
 
 
 @flax.struct.dataclass
@@ -35,15 +29,15 @@ class TrainState:
   """
 
   step: jax.Array
-  params: Any
-  model_state: dict[str, Any]
-  opt_state: Any
-  ema_params: Any
+  params: PyTree
+  model_state: dict[str, PyTree]
+  opt_state: optax.OptState
+  ema_params: PyTree | None
   rng: jax.Array
 
   @classmethod
   def create(
-    cls, variables: dict[str, Any], tx: optax.GradientTransformation, rng: jax.Array, *, ema: bool = False
+    cls, variables: Variables, tx: optax.GradientTransformation, rng: jax.Array, *, ema: bool = False
   ) -> "TrainState":
     """The step-0 state from a model's variables (`{"params": ..., **collections}`, as `Task.init` gives)."""
     params = variables["params"]
@@ -57,7 +51,7 @@ class TrainState:
       rng=rng,
     )
 
-  def variables(self, *, ema: bool = False) -> dict[str, Any]:
+  def variables(self, *, ema: bool = False) -> dict[str, PyTree]:
     """The model's variables for evaluation: the EMA of the parameters when asked for and kept."""
     params = self.ema_params if ema and self.ema_params is not None else self.params
     return {"params": params, **self.model_state}
@@ -71,9 +65,9 @@ def total_train_steps(config: ml_collections.ConfigDict, num_train_examples: int
 
 def initial_state(
   config: ml_collections.ConfigDict,
-  task: Any,
+  task: Task,
   tx: optax.GradientTransformation,
-  train_source: Any,
+  train_source: Source,
   batch: int,
 ) -> TrainState:
   """The step-0 state (also the template a checkpoint is restored into): variables from `config.seed`."""
@@ -81,30 +75,6 @@ def initial_state(
   example = next(pipeline.eval_batches(train_source, batch_size=batch, max_tokens=config.dataset.max_tokens))
   variables = dict(jax.jit(task.init)(init_rng, example))
   return TrainState.create(variables, tx, state_rng, ema=config.ema_decay > 0)
-
-
-def build_task(config: ml_collections.ConfigDict, train_source: Any, info: Any) -> tuple[Task, int]:
-  """(the configured task, the number of training examples: an epoch of the possibly long-tailed subset).
-
-  The training labels are read only where needed: to draw a long-tailed subset, or to count classes
-  for a loss that weights them (the task calls `class_counts`), so a task that needs no labels can
-  train on a dataset without them.
-  """
-  ratio, seed = config.dataset.imbalance_ratio, config.dataset.imbalance_seed
-  num_examples = len(imbalance.training_indices(train_source, ratio, seed))
-
-  @functools.cache
-  def class_counts() -> np.ndarray:
-    counts = data.class_counts(
-      train_source, data.num_classes(info), imbalance_ratio=ratio, imbalance_seed=seed
-    )
-    logging.info("training examples per class: %s", counts.tolist())
-    return counts
-
-  tokenizer = data.dataset_tokenizer(config.dataset)
-  vocab_size = None if tokenizer is None else tokenizer.vocab_size
-  task = TASKS.get(config.task)(config, info=info, vocab_size=vocab_size, class_counts=class_counts)
-  return task, num_examples
 
 
 def check_batch_size(config: ml_collections.ConfigDict, num_train_examples: int) -> None:

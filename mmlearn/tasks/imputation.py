@@ -2,23 +2,24 @@
 
 An MVAE run draws any absent modality from the product of the present ones' experts; a flow run draws
 its target (the image) from its condition (the other modality), and leaves an absent condition at 0.
-Both tasks have the same `impute(variables, batch, present, rng, temperature, targets)`.
+Both are `Generator`s (`mmlearn.tasks.contract`): `impute(variables, batch, present, rng, temperature,
+targets)`.
 
-`mmlearn.data.missing` fills absent inputs in the numpy data pipeline and must not load runs: that needs
-JAX, the run's checkpoint and the trainer's builders (`mmlearn.runs.restore`), and the trainer imports the
-pipeline. So whoever builds the pipeline (the trainer, `scripts/robustness.py`) hands `load_generator`
-to `missing.from_config`, which calls it only for `missing.imputation = "generative"`.
+`mmlearn.data.missing` fills absent inputs in the numpy data pipeline and loads no runs. The
+classification task does, with the run loader it is given (`RunLoader`): reading a run back builds its
+task, so the code that restores runs imports the tasks, not the other way round.
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
 from mmlearn.errors import ConfigError
-from mmlearn.runs import restore
+from mmlearn.tasks.contract import Generator, RunLoader, Variables
+
+Generate = Callable[[dict[str, np.ndarray], dict[str, np.ndarray], int], dict[str, np.ndarray]]
 
 
 def modelled(config: ml_collections.ConfigDict) -> set[str]:
@@ -41,7 +42,9 @@ def check_run(config: ml_collections.ConfigDict, workdir: str, modalities: Seque
 ROWS = 64  # Rows sampled at once are padded to a multiple of this (or to the whole batch).
 
 
-def generator(task: Any, variables: Any, modalities: Sequence[str], temperature: float) -> Callable:
+def generator(
+  task: Generator, variables: Variables, modalities: Sequence[str], temperature: float
+) -> Callable[[dict[str, np.ndarray], dict[str, np.ndarray], int], dict[str, np.ndarray]]:
   """`impute`'s `generate(batch, present, seed) -> batch` from an MVAE or flow task and its variables.
 
   Only the rows that lack a modality are sampled (a flow pays 20 network passes per row), padded to a
@@ -54,7 +57,9 @@ def generator(task: Any, variables: Any, modalities: Sequence[str], temperature:
     static_argnums=3,
   )
 
-  def generate(batch: dict[str, np.ndarray], present: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+  def generate(
+    batch: dict[str, np.ndarray], present: dict[str, np.ndarray], seed: int
+  ) -> dict[str, np.ndarray]:
     """Decodes only the modalities some example lacks (a batch that lacks none is returned as it is)."""
     targets = tuple(m for m in modalities if not np.all(present[m]))
     if not targets:
@@ -76,13 +81,16 @@ def generator(task: Any, variables: Any, modalities: Sequence[str], temperature:
   return generate
 
 
-def load_generator(workdir: str | None, modalities: Sequence[str], temperature: float) -> Callable:
+def load_generator(
+  load_run: RunLoader, workdir: str | None, modalities: Sequence[str], temperature: float
+) -> Generate:
   """`impute`'s `generate` from a trained MVAE or flow run that models every modality of the classifier."""
   if not workdir:
     raise ConfigError(
       "missing.imputation='generative' needs missing.generative_workdir (a trained mvae or flow run)"
     )
-  config = restore.read_config(workdir)
+  config, task, variables = load_run(workdir)
   check_run(config, workdir, modalities)
-  _, _, task, variables = restore.load_run(config, workdir, ())
+  if not isinstance(task, Generator):
+    raise ConfigError(f"missing.generative_workdir {workdir}: its {config.task!r} task generates nothing")
   return generator(task, variables, modalities, temperature)
