@@ -15,7 +15,9 @@ from absl import flags, logging
 from mmlearn.config import checks, files
 from mmlearn.errors import ConfigError, fail
 
-NOISY_LIBRARIES = ("orbax", "tensorflow_datasets", "jax")
+NOISY_LIBRARIES = ("orbax", "tensorflow_datasets", "jax", "optax")
+# orbax warns of what a tool asked for when it opens a run's checkpoints to read them: not news to a user.
+EXPECTED_WARNINGS = ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
 
 
 def config_path(argv: list[str]) -> str | None:
@@ -94,10 +96,10 @@ def unwrap(error: BaseException) -> str:
 def quiet_library_info(record: std_logging.LogRecord) -> bool:
   """Drops the INFO lines of `NOISY_LIBRARIES`, keeping their warnings and errors, and mmlearn's own.
 
-  Also drops orbax's tracebacks of a failed save or restore thread: the exception reaches the command,
-  which reports it in its one `error:` line.
+  Also drops orbax's tracebacks of a failed save or restore thread (the exception reaches the command,
+  which reports it in its one `error:` line) and its warnings that a checkpoint was opened read-only.
   """
-  if "/orbax/" in record.pathname and record.exc_info:
+  if "/orbax/" in record.pathname and (record.exc_info or record.getMessage().startswith(EXPECTED_WARNINGS)):
     return False
   noisy = any(f"/{library}/" in record.pathname for library in NOISY_LIBRARIES)
   return record.levelno > std_logging.INFO or not noisy

@@ -48,7 +48,13 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.quiet_library_logs()
   try:  # Before anything touches a device: JAX fixes the device list on first use.
-    settings = parallel.distributed_settings({name: FLAGS[name].value for name in parallel.ENV_VARS})
+    settings = parallel.distributed_settings(
+      {
+        "coordinator_address": FLAGS.coordinator_address,
+        "num_processes": FLAGS.num_processes,
+        "process_id": FLAGS.process_id,
+      }
+    )
     parallel.initialize_distributed(**settings, auto=FLAGS.distributed)
     logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
     loop.train_and_evaluate(

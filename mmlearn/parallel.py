@@ -46,7 +46,7 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypedDict, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +59,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mmlearn.errors import ConfigError
+
+Tree = TypeVar("Tree")  # A pytree, returned with the same structure.
 
 AXIS = "batch"
 MODES = ("shard_map", "pmap")
@@ -81,7 +83,11 @@ def shard_dim(shape: Sequence[int], num_devices: int, min_size: int) -> int | No
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises a one-line `ConfigError` for a `config.parallel` that cannot run (called by config checks)."""
-  mode, min_size = config.parallel.mode, config.parallel.shard_min_size
+  check_layout(config.parallel.mode, config.parallel.shard_min_size)
+
+
+def check_layout(mode: str, min_size: int) -> None:
+  """A known mode, and sharding (`shard_min_size` > 0) only where `shard_map` runs the step."""
   if mode not in MODES:
     raise ConfigError(f"unknown parallel.mode {mode!r}; known: {', '.join(MODES)}")
   if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
@@ -103,16 +109,12 @@ class DataParallel:
   """
 
   def __init__(
-    self, mode: str = "shard_map", devices: Sequence[jax.Device] | None = None, shard_min_size: int = 0
+    self,
+    mode: str = "shard_map",
+    devices: Sequence[jax.Device] | None = None,  # pyright: ignore[reportInvalidTypeForm] (jaxlib has no stubs)
+    shard_min_size: int = 0,
   ):
-    if mode not in MODES:
-      raise ConfigError(f"unknown parallel.mode {mode!r}; known: {', '.join(MODES)}")
-    if shard_min_size < 0:
-      raise ConfigError(f"parallel.shard_min_size must be >= 0, got {shard_min_size}")
-    if shard_min_size > 0 and mode != "shard_map":
-      raise ConfigError(
-        f"parallel.shard_min_size={shard_min_size} needs parallel.mode='shard_map', got {mode!r}"
-      )
+    check_layout(mode, shard_min_size)
     self.mode = mode
     self.shard_min_size = shard_min_size
     self.devices = list(jax.devices() if devices is None else devices)
@@ -149,7 +151,7 @@ class DataParallel:
 
     return jax.tree_util.tree_map_with_path(sharding, state)
 
-  def place_state(self, state: Any) -> Any:
+  def place_state(self, state: Tree) -> Tree:
     """Puts the train state on the devices in its layout (replicated, or large leaves split).
 
     Each device receives only its slice (`make_array_from_callback` reads it from the host copy), so
@@ -189,7 +191,7 @@ class DataParallel:
     return leaves, treedef, layout
 
   # Per-device hooks the train and eval steps call, so a step does not know how parameters are laid out.
-  def gather_params(self, params: Any) -> Any:
+  def gather_params(self, params: Tree) -> Tree:
     """Inside a step: the full parameters from this device's shards (all_gather of the split leaves).
 
     Also for trees structured like the parameters (the EMA). A leaf that already has its full shape
@@ -202,7 +204,7 @@ class DataParallel:
     ]
     return jax.tree.unflatten(treedef, gathered)
 
-  def reduce_gradients(self, grads: Any) -> Any:
+  def reduce_gradients(self, grads: Tree) -> Tree:
     """Inside a step: the gradient of the full parameters averaged over devices, laid out as the
     parameters are: a reduce-scatter (`psum_scatter` / N) for split leaves, a `pmean` for the others."""
     leaves, treedef, layout = self._layout(grads)
@@ -230,7 +232,7 @@ class DataParallel:
       return optax.global_norm(tree)
     return jnp.sqrt(lax.psum(sum(split), AXIS) + sum(whole, jnp.zeros((), jnp.float32)))
 
-  def shard(self, local_batch: dict[str, np.ndarray]) -> Any:
+  def shard(self, local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray | jax.Array]:
     """Places this process's part of the global batch on its devices, split along the example axis."""
     if self.mode == "pmap":
       n = len(self.local_devices)
@@ -266,21 +268,21 @@ class DataParallel:
     `(state, metrics)` with `out_layouts=(0, None)`. pmap mode replicates everything.
     """
     if self.mode == "pmap":
-      compiled: dict[int, Callable] = {}
+      pmapped: dict[int, Callable] = {}
 
       def wrapper(*args):
-        if len(args) not in compiled:
+        if len(args) not in pmapped:
           in_axes = tuple(0 if i in sharded_args else None for i in range(len(args)))
-          compiled[len(args)] = jax.pmap(
+          pmapped[len(args)] = jax.pmap(
             step, AXIS, in_axes=in_axes, out_axes=None, donate_argnums=donate_argnums, devices=self.devices
           )
-        return compiled[len(args)](*args)
+        return pmapped[len(args)](*args)
 
       return wrapper
 
-    cache: dict[Any, Callable] = {}
+    cache: dict[object, jax.stages.Wrapped] = {}
 
-    def compiled(args: tuple[Any, ...]) -> Any:
+    def compiled(args: tuple[Any, ...]) -> jax.stages.Wrapped:
       in_specs = tuple(P(AXIS) if i in sharded_args else self.specs(arg) for i, arg in enumerate(args))
       flat, treedef = jax.tree.flatten(in_specs, is_leaf=lambda x: isinstance(x, P))
       key = (treedef, tuple(flat))
@@ -294,11 +296,21 @@ class DataParallel:
         )
       return cache[key]
 
-    def mapped(*args):
-      return compiled(args)(*args)
+    return _Mapped(compiled)
 
-    mapped.lower = lambda *args: compiled(args).lower(*args)  # Ahead-of-time compilation (benchmarks).
-    return mapped
+
+class _Mapped:
+  """A shard_map step, compiled for each layout of its arguments (`DataParallel.map`)."""
+
+  def __init__(self, compiled: Callable[[tuple[Any, ...]], jax.stages.Wrapped]):
+    self._compiled = compiled
+
+  def __call__(self, *args: Any) -> Any:
+    return self._compiled(args)(*args)
+
+  def lower(self, *args: Any) -> jax.stages.Lowered:
+    """Ahead-of-time compilation (benchmarks)."""
+    return self._compiled(args).lower(*args)
 
 
 # Each of `initialize_distributed`'s arguments can come from a flag of the same name or this variable.
@@ -309,20 +321,38 @@ ENV_VARS = {
 }
 
 
-def distributed_settings(flag_values: dict[str, str | int | None]) -> dict[str, str | int | None]:
+class DistributedSettings(TypedDict):
+  """`initialize_distributed`'s arguments, None where unset."""
+
+  coordinator_address: str | None
+  num_processes: int | None
+  process_id: int | None
+
+
+def distributed_settings(flag_values: DistributedSettings) -> DistributedSettings:
   """The multi-process settings from their flags, each unset one from its `$MMLEARN_*` variable."""
-  settings = {}
-  for name, env in ENV_VARS.items():
-    value = flag_values.get(name)
-    if value is None and os.environ.get(env):
-      value = os.environ[env]
-      if name != "coordinator_address":
-        try:
-          value = int(value)
-        except ValueError:
-          raise ConfigError(f"${env} must be an integer, got {value!r}") from None
-    settings[name] = value
-  return settings
+  address = flag_values["coordinator_address"]
+  num_processes, process_id = flag_values["num_processes"], flag_values["process_id"]
+  return {
+    "coordinator_address": _env_text("coordinator_address") if address is None else address,
+    "num_processes": _env_integer("num_processes") if num_processes is None else num_processes,
+    "process_id": _env_integer("process_id") if process_id is None else process_id,
+  }
+
+
+def _env_text(name: str) -> str | None:
+  """The `$MMLEARN_*` variable of setting `name`; None where it is unset or empty."""
+  return os.environ.get(ENV_VARS[name]) or None
+
+
+def _env_integer(name: str) -> int | None:
+  value = _env_text(name)
+  if value is None:
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ConfigError(f"${ENV_VARS[name]} must be an integer, got {value!r}") from None
 
 
 def initialize_distributed(

@@ -39,7 +39,7 @@ def device_key(key: jax.Array, axis: str = AXIS) -> jax.Array:
 
 def is_batched(keys: jax.Array) -> bool:
   """Whether `keys` is one key per row (raw uint32 [B, 2] or typed [B]) rather than a single key."""
-  single_ndim = 0 if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key) else 1
+  single_ndim = 0 if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else 1
   return keys.ndim > single_ndim
 
 

@@ -4,8 +4,8 @@
     --keras_python=/tmp/kvenv/bin/python
 
 For each batch size (`--batch_sizes`, default 32 and 256) it measures
-  - step: the real `train_step` (`mmlearn.train.step`), mapped by `parallel.DataParallel` and compiled ahead of time, run
-    on one fixed device-resident batch (the ceiling the input pipeline can at best reach);
+  - step: the real `train_step` (`mmlearn.train.step`), mapped by `parallel.DataParallel` and compiled ahead
+    of time, run on one fixed device-resident batch (the ceiling the input pipeline can at best reach);
   - loop: the same compiled step fed by the real `pipeline.train_iterator` over the config's dataset,
     sharded onto the devices each step, with the trainer's one host sync per chunk of steps;
   - compile time, FLOPs per example from XLA's cost analysis of the compiled step, and the achieved
@@ -132,7 +132,8 @@ class Bench:
       source, batch_size=batch_size, seed=config.seed, max_tokens=config.dataset.max_tokens
     )
     self.input_setup_s = time.perf_counter() - start
-    self.state = self.par.place_state(train_state.initial_state(config, task, tx, source, self.par.num_devices))
+    state = train_state.initial_state(config, task, tx, source, self.par.num_devices)
+    self.state = self.par.place_state(state)
     self.fixed_batch = self.par.shard(next(self.iterator))
     mapped = self.mapped_step(task, tx, config.microbatch_size)
     if not hasattr(mapped, "lower"):

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mmlearn import cli, data  # noqa: E402
 from mmlearn import parallel as parallel_lib  # noqa: E402
-from mmlearn.data import pipeline  # noqa: E402
+from mmlearn.data import pipeline, tokenizers  # noqa: E402
 from mmlearn.errors import USER_ERRORS, fail  # noqa: E402
 from mmlearn.evaluators import retrieval  # noqa: E402
 from mmlearn.runs import restore  # noqa: E402
@@ -101,7 +101,9 @@ def search(workdir: str, query: str, top_k: int, split: str, output: str) -> Non
   scores = items @ np.asarray(query_embedding)
   best = np.argsort(-scores, kind="stable")[:top_k]
   print(f'query: "{query}" -> top {len(best)} of {len(scores):,} {split} {target}s')
-  unknown = getattr(data.dataset_tokenizer(config.dataset), "unknown_words", lambda _: [])(query)
+  tokenizer = data.dataset_tokenizer(config.dataset)
+  # An open vocabulary reads a word it never saw as <unk>; a closed one has already refused it.
+  unknown = tokenizer.unknown_words(query) if isinstance(tokenizer, tokenizers.OpenWordTokenizer) else []
   if unknown:
     print(f"note: not in the training captions' vocabulary, read as <unk>: {', '.join(unknown)}")
   examples = [source[int(i)] for i in best]

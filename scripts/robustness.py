@@ -6,9 +6,9 @@ Restores the state the run reports (its best-validation one where it selects one
 evaluates `--split` with each modality, and all of them, missing at rates 0, 0.1, ..., 0.9 (filled by the
 run's own `missing.imputation`), and with Gaussian noise of std 0, 0.1, ..., 0.9 added to each array
 modality (see `mmlearn.evaluators.robustness`), printing each point as it is measured. Writes into
-`--output` (default WORKDIR/robustness): `robustness.csv` (one row per curve: area, then each level), `robustness.md`, and `robustness.png` (accuracy against level,
-one panel per kind). A missing run, a run of another task or a bad flag ends with one `error:` line and
-exit status 1.
+`--output` (default WORKDIR/robustness): `robustness.csv` (one row per curve: area, then each level),
+`robustness.md`, and `robustness.png` (accuracy against level, one panel per kind). A missing run, a run
+of another task or a bad flag ends with one `error:` line and exit status 1.
 """
 
 import os

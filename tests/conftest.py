@@ -166,7 +166,8 @@ def with_task(config, task: str):
 
 def run_python(args: list[str], *, env: dict[str, str] | None = None, timeout: int = 300):
   """Runs `python ARGS` from the repo root in a fresh process (for flags and fake device counts)."""
-  full_env = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
+  # The repository (mmlearn, configs) and tests/ (conftest's helpers, for the check scripts run by path).
+  full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.path.join(REPO, "tests")]), **(env or {})}
   if env and "XLA_FLAGS" in env:  # Added to the suite's compile options, not replacing them.
     full_env["XLA_FLAGS"] = f"{os.environ['XLA_FLAGS']} {env['XLA_FLAGS']}"
   return subprocess.run(
@@ -195,8 +196,9 @@ def own_flags():
     sys.unraisablehook = unraisablehook
 
 
-def main_in_process(argv: list[str], capsys, *, script: str | None = None) -> tuple[int, str]:
-  """(exit status, stderr) of `python -m mmlearn.main ARGV` (or `python SCRIPT ARGV`), run in this process.
+def main_in_process(argv: list[str], capsys, *, script: str | None = None, stdout: bool = False):
+  """(exit status, stderr) of `python -m mmlearn.main ARGV` (or `python SCRIPT ARGV`), run in this process;
+  with `stdout`, (exit status, stderr, stdout).
 
   The command line's own work (absl's flag parsing, the config file, the exit status and its one
   `error:` line) without a fresh interpreter importing JAX again. The entry point is loaded afresh and
@@ -225,7 +227,8 @@ def main_in_process(argv: list[str], capsys, *, script: str | None = None) -> tu
   finally:
     sys.argv = saved_argv
     sys.modules.pop("mmlearn.main", None)
-  return status, capsys.readouterr().err
+  captured = capsys.readouterr()
+  return (status, captured.err, captured.out) if stdout else (status, captured.err)
 
 
 def run_steps(par, task, tx, variables, batches, *, ema_decay=0.0, microbatch_size=0):

@@ -13,15 +13,30 @@ def run_main(tmp_path, data_dir, *flags):
   return run_python([*common, f"--config.dataset.data_dir={data_dir}", *flags])
 
 
-def test_main_runs_end_to_end(data_dir, tmp_path):
-  result = run_main(tmp_path, data_dir, "--config.optimizer.learning_rate=0.05")
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "examples/s" in result.stderr and "ETA" in result.stderr
+def test_main_trains_with_the_overrides_and_prints_the_metrics_it_wrote(capsys, data_dir, tmp_path):
+  argv = ["--config=configs/tiny.py", f"--workdir={tmp_path}", f"--config.dataset.data_dir={data_dir}"]
+  status, stderr, stdout = main_in_process(
+    [*argv, "--config.optimizer.learning_rate=0.05"], capsys, stdout=True
+  )
+  assert status == 0, stderr[-3000:]
   config = json.loads((tmp_path / "config.json").read_text())
   assert config["optimizer"]["learning_rate"] == 0.05
   last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
-  assert last["step"] == 6 and 0.0 <= last["test/accuracy"] <= 1.0
+  summary = (
+    f"test accuracy {100 * last['test/accuracy']:.2f}% (validation {100 * last['validation/accuracy']:.2f}%)"
+  )
+  assert stdout.strip() == f"{summary} at step 6"  # The headline is the evaluation it wrote.
   assert os.path.isdir(tmp_path / "checkpoints" / "6")
+
+
+@pytest.mark.e2e
+def test_main_runs_in_a_fresh_interpreter(data_dir, tmp_path):
+  result = run_main(tmp_path, data_dir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().endswith("at step 6")
+  # Progress lines with the rate, the ETA and the input pipeline's share; no library INFO lines.
+  assert "examples/s" in result.stderr and "ETA" in result.stderr
+  assert "of the time in the input pipeline" in result.stderr and "/orbax/" not in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,7 @@ def error_in_file(path: str, error: BaseException) -> ConfigError | None:
 def load_module(path: str) -> types.ModuleType:
   check_exists(path)
   spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  assert spec is not None and spec.loader is not None  # A `.py` file: the source loader's spec.
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)

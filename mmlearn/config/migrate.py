@@ -77,9 +77,10 @@ _ABSENT = object()
 def _pop(tree: JSON, dotted: str) -> object:
   *parents, leaf = dotted.split(".")
   for part in parents:
-    tree = tree.get(part)
-    if not isinstance(tree, dict):
+    child = tree.get(part)
+    if not isinstance(child, dict):
       return _ABSENT
+    tree = child
   return tree.pop(leaf, _ABSENT)
 
 

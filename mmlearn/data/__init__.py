@@ -146,18 +146,18 @@ def _prepared_dir(builder_cls: type, config: str | tfds.core.BuilderConfig | Non
   Constructing it already parses `dataset_info.json`, whose failure would not say which file is bad.
   """
   version = str(builder_cls.VERSION)
-  if isinstance(config, tfds.core.BuilderConfig):  # Made from options: its own name.
+  if config is not None and not isinstance(config, str):  # A `BuilderConfig` made from options: its own name.
     return os.path.join(data_dir, builder_cls.name, config.name, version)
   if config is None and not builder_cls.BUILDER_CONFIGS:
     return os.path.join(data_dir, builder_cls.name, version)
   configs = {c.name: c for c in builder_cls.BUILDER_CONFIGS}
   if config is None:
-    config = builder_cls.DEFAULT_BUILDER_CONFIG_NAME or builder_cls.BUILDER_CONFIGS[0].name
-  if config not in configs:
-    raise ConfigError(
-      f"unknown config {config!r} of dataset {builder_cls.name!r}; known: {', '.join(configs)}"
-    )
-  return os.path.join(data_dir, builder_cls.name, config, version)
+    name: str = builder_cls.DEFAULT_BUILDER_CONFIG_NAME or builder_cls.BUILDER_CONFIGS[0].name
+  else:
+    name = config
+  if name not in configs:
+    raise ConfigError(f"unknown config {name!r} of dataset {builder_cls.name!r}; known: {', '.join(configs)}")
+  return os.path.join(data_dir, builder_cls.name, name, version)
 
 
 def _damaged(path: str, problem: str) -> DataError:

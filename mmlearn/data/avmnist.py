@@ -48,250 +48,48 @@ bump `VERSION` or delete the prepared `avmnist/` directory, or the old files are
 """
 
 import dataclasses
-import gzip
 import os
-import re
-import wave
-import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mmlearn.data.avmnist_raw import (
+  FSDD_URL,
+  IMAGE_SIZE,
+  MANUAL_DIR_ENV,
+  MNIST_FILES,
+  MNIST_URL,
+  NUM_CLASSES,
+  RawData,
+  example_rng,
+  manual_paths,
+  pair_recordings,
+  read_raw,
+  recording_pools,
+  split_images,
+)
 from mmlearn.data.info import local_dataset_info
 from mmlearn.data.registry import DATASETS
+from mmlearn.data.spectrogram import (
+  NUM_SAMPLES,
+  SPEC_SIZE,
+  SpectrogramScale,
+  fit_spectrogram_scale,
+  log_power_spectrogram,
+  signal_power,
+)
 from mmlearn.errors import ConfigError, DataError
 
 # ---- Noise: the one number to calibrate (audio-only accuracy) ----
 DEFAULT_SNR_DB = -8.0  # Signal-to-noise ratio of the `noisy` configs, in dB.
 
-# ---- Raw files ----
-MANUAL_DIR_ENV = "MMLEARN_AVMNIST_DIR"
-MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
-FSDD_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/heads/master.zip"
-MNIST_FILES = {
-  "train_images": "train-images-idx3-ubyte.gz",
-  "train_labels": "train-labels-idx1-ubyte.gz",
-  "test_images": "t10k-images-idx3-ubyte.gz",
-  "test_labels": "t10k-labels-idx1-ubyte.gz",
-}
-RECORDING_PATTERN = re.compile(r"(\d)_([a-z]+)_(\d+)\.wav$")
-
-# ---- Splits ----
-SPLITS = ("train", "validation", "test")
-NUM_TRAIN = 55_000  # MNIST train images [0, NUM_TRAIN) are `train`, the rest `validation`.
-# FSDD recordings by take (0-49 in every speaker and digit); every take not listed here is a train take.
-TEST_TAKES = range(0, 5)
-VALIDATION_TAKES = range(5, 10)
-assert not set(TEST_TAKES) & set(VALIDATION_TAKES)
-NUM_CLASSES = 10
-
 # ---- Image ----
-IMAGE_SIZE = 28
 VARIANCE_KEPT = 0.25  # CentralNet's "75% of the energy removed".
 
-# ---- Audio ----
-SAMPLE_RATE = 8000
-NUM_SAMPLES = SAMPLE_RATE  # 1 s: FSDD recordings are 0.14-2.28 s, 99.3% at most 1 s.
-# 222-sample (27.75 ms) periodic Hann frames every 70 samples (8.75 ms), no padding: rfft gives 112 bins
-# (0-4 kHz, 36 Hz apart) and (8000 - 222) // 70 + 1 = 112 frames, covering samples 0-7991.
-N_FFT = 222
-HOP = 70
-SPEC_SIZE = N_FFT // 2 + 1
-assert (NUM_SAMPLES - N_FFT) // HOP + 1 == SPEC_SIZE == 112
-WINDOW = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)  # float64
-POWER_FLOOR_DB = -100.0  # log10 of zero power (silence padding) is clamped here.
-# The uint8 scale maps [top - DYNAMIC_RANGE_DB, top] dB to [0, 255], `top` being the SCALE_PERCENTILE-th
-# percentile of the clean training recordings' log-power (a max that one clipped recording cannot move).
-SCALE_PERCENTILE = 99.9
-DYNAMIC_RANGE_DB = 80.0
-
-_CHUNK = 1024  # Examples processed at once: bounds the float64 temporaries to ~450 MB.
 _PCA_CHUNK = 4096  # Images per float64 Gram product: ~25 MB.
-
-
-# ---- Reading raw files ----
-
-
-def read_idx(path: str, expected_ndim: int) -> np.ndarray:
-  """A gzipped idx file (uint8 data) as an array; errors name the file instead of failing on a reshape."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: AV-MNIST raw file is missing")
-  try:
-    with gzip.open(path, "rb") as f:
-      data = f.read()
-  except (OSError, EOFError, zlib.error) as e:
-    raise DataError(f"{path}: not a valid idx file (cannot decompress: {e})") from None
-  if len(data) < 4 or data[:3] != b"\x00\x00\x08" or data[3] != expected_ndim:
-    raise DataError(f"{path}: not a valid idx file (bad magic number {data[:4].hex()})")
-  header = 4 + 4 * expected_ndim
-  dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(expected_ndim)]
-  if len(data) != header + int(np.prod(dims)):
-    raise DataError(f"{path}: not a valid idx file ({len(data) - header} data bytes for shape {dims})")
-  return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
-
-
-def read_wav(path: str) -> np.ndarray:
-  """An 8 kHz mono 16-bit PCM wav as float32 in [-1, 1); anything else is an error naming the file.
-
-  `wave` silently returns fewer frames than the header promises when the file is cut short, so a
-  truncated download would otherwise become a shorter recording.
-  """
-  try:
-    with wave.open(path, "rb") as w:
-      params = (w.getframerate(), w.getnchannels(), w.getsampwidth())
-      num_frames = w.getnframes()
-      frames = w.readframes(num_frames)
-  except (wave.Error, EOFError) as e:
-    raise DataError(f"{path}: not a valid wav file ({e})") from None
-  if params != (SAMPLE_RATE, 1, 2):
-    raise DataError(
-      f"{path}: expected {SAMPLE_RATE} Hz mono 16-bit PCM, got (rate, channels, bytes) {params}"
-    )
-  if len(frames) != 2 * num_frames:
-    raise DataError(f"{path}: truncated wav file (header says {num_frames} frames, found {len(frames) // 2})")
-  return np.frombuffer(frames, "<i2").astype(np.float32) / 32768.0
-
-
-def parse_recording(name: str) -> tuple[int, str, int]:
-  """(digit, speaker, take) of an FSDD file name such as `7_theo_12.wav`."""
-  match = RECORDING_PATTERN.fullmatch(name)
-  if not match:
-    raise DataError(f"{name}: not an FSDD recording name ({{digit}}_{{speaker}}_{{take}}.wav)")
-  return int(match[1]), match[2], int(match[3])
-
-
-@dataclasses.dataclass
-class RawData:
-  """Everything read from the raw files; `waves` are the recordings, fitted to 1 s, in `recordings` order."""
-
-  train_images: np.ndarray  # uint8 [60000, 28, 28]: train then validation.
-  train_labels: np.ndarray
-  test_images: np.ndarray  # uint8 [10000, 28, 28]
-  test_labels: np.ndarray
-  recordings: list[str]  # Sorted file names.
-  waves: np.ndarray  # float32 [R, NUM_SAMPLES], zero-padded / cropped.
-  lengths: np.ndarray  # int [R]: samples of each recording inside the 1 s window.
-
-
-def fit_to_window(samples: np.ndarray) -> tuple[np.ndarray, int]:
-  """The first `NUM_SAMPLES` samples, zero-padded at the end; and how many of them are the recording's."""
-  out = np.zeros(NUM_SAMPLES, np.float32)
-  length = min(len(samples), NUM_SAMPLES)
-  out[:length] = samples[:length]
-  return out, length
-
-
-def manual_paths(root: str) -> tuple[dict[str, str], str]:
-  """(MNIST file paths by `MNIST_FILES` key, FSDD recordings directory) of a manual directory."""
-  mnist = {key: os.path.join(root, "mnist", name) for key, name in MNIST_FILES.items()}
-  return mnist, os.path.join(root, "fsdd", "recordings")
-
-
-def read_raw(mnist_paths: dict[str, str], recordings_dir: str) -> RawData:
-  """Reads the four MNIST idx files (paths by `MNIST_FILES` key) and every FSDD wav; checks they fit."""
-  arrays = {key: read_idx(path, 3 if key.endswith("images") else 1) for key, path in mnist_paths.items()}
-  for split in ("train", "test"):
-    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or len(images) != len(labels) or labels.max() >= 10:
-      raise DataError(
-        f"{mnist_paths[f'{split}_images']} {images.shape} and {mnist_paths[f'{split}_labels']} "
-        f"{labels.shape} are not matching MNIST images and labels"
-      )
-  if len(arrays["train_images"]) <= NUM_TRAIN:
-    raise DataError(
-      f"{mnist_paths['train_images']}: {len(arrays['train_images'])} images, need more than {NUM_TRAIN}"
-    )
-  if not os.path.isdir(recordings_dir):
-    raise FileNotFoundError(f"{recordings_dir}: FSDD recordings directory is missing")
-  recordings = sorted(n for n in os.listdir(recordings_dir) if n.endswith(".wav"))
-  waves, lengths = [], []
-  for name in recordings:
-    parse_recording(name)
-    wave_, length = fit_to_window(read_wav(os.path.join(recordings_dir, name)))
-    waves.append(wave_)
-    lengths.append(length)
-  raw = RawData(
-    train_images=arrays["train_images"],
-    train_labels=arrays["train_labels"].astype(np.int64),
-    test_images=arrays["test_images"],
-    test_labels=arrays["test_labels"].astype(np.int64),
-    recordings=recordings,
-    waves=np.stack(waves) if waves else np.zeros((0, NUM_SAMPLES), np.float32),
-    lengths=np.asarray(lengths, np.int64),
-  )
-  for split in SPLITS:
-    missing = [d for d, pool in enumerate(recording_pools(raw, split)) if not len(pool)]
-    if missing:
-      raise DataError(
-        f"{recordings_dir}: no {split} recordings ({split_takes_text(split)}) of digit(s) {missing}"
-      )
-  return raw
-
-
-# ---- Splits and pairing ----
-
-
-def split_images(raw: RawData, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """The whole pool of (images, labels) of `split`."""
-  if split == "train":
-    return raw.train_images[:NUM_TRAIN], raw.train_labels[:NUM_TRAIN]
-  if split == "validation":
-    return raw.train_images[NUM_TRAIN:], raw.train_labels[NUM_TRAIN:]
-  if split == "test":
-    return raw.test_images, raw.test_labels
-  raise DataError(f"unknown avmnist split {split!r}; known: {', '.join(SPLITS)}")
-
-
-def take_split(take: int) -> str:
-  """The split an FSDD take is heard in: `TEST_TAKES` test, `VALIDATION_TAKES` validation, any other train."""
-  if take in TEST_TAKES:
-    return "test"
-  if take in VALIDATION_TAKES:
-    return "validation"
-  return "train"
-
-
-def split_takes_text(split: str) -> str:
-  """The takes of `split` in words, for error messages."""
-  test, validation = (f"{r.start}-{r.stop - 1}" for r in (TEST_TAKES, VALIDATION_TAKES))
-  return {"test": f"takes {test}", "validation": f"takes {validation}"}.get(
-    split, f"takes other than {test} and {validation}"
-  )
-
-
-def recording_pools(raw: RawData, split: str) -> list[np.ndarray]:
-  """Per digit, the indices (into `raw.recordings`, sorted) of the recordings `split` may use.
-
-  The three splits' pools are disjoint and together hold every recording (see `take_split`).
-  """
-  if split not in SPLITS:
-    raise DataError(f"unknown avmnist split {split!r}; known: {', '.join(SPLITS)}")
-  parsed = [parse_recording(n) for n in raw.recordings]
-  return [
-    np.array([i for i, (d, _, take) in enumerate(parsed) if d == digit and take_split(take) == split], int)
-    for digit in range(NUM_CLASSES)
-  ]
-
-
-def _rng(seed: int, split: str, stream: int, index: int) -> np.random.Generator:
-  """Independent generators per (seed, split, stream, index): stream 0 pairs recordings, 1 draws noise."""
-  return np.random.default_rng([seed, SPLITS.index(split), stream, index])
-
-
-def pair_recordings(labels: np.ndarray, pools: list[np.ndarray], seed: int, split: str) -> np.ndarray:
-  """Recording index per example: the k-th example of digit d gets `pool_d[perm_d[k mod len(pool_d)]]`.
-
-  Depends only on each example's rank among earlier examples of its digit, so a prefix of `labels` gets
-  a prefix of the assignment (the tiny configs are prefixes of the full ones).
-  """
-  assigned = np.empty(len(labels), int)
-  for digit, pool in enumerate(pools):
-    rows = np.flatnonzero(labels == digit)
-    perm = _rng(seed, split, 0, digit).permutation(len(pool))
-    assigned[rows] = pool[perm[np.arange(len(rows)) % len(pool)]]
-  return assigned
+_CHUNK = 1024  # Examples processed at once: bounds the float64 temporaries to ~450 MB.
 
 
 # ---- Image: PCA keeping 25% of the variance ----
@@ -352,56 +150,6 @@ def fit_image_pca(train_images: np.ndarray, variance_kept: float = VARIANCE_KEPT
 # ---- Audio: noise and spectrogram ----
 
 
-def log_power_spectrogram(waves: np.ndarray) -> np.ndarray:
-  """[B, NUM_SAMPLES] -> log-power in dB, float64 [B, 112 freq bins, 112 frames].
-
-  float64 throughout, so that rounding differences between FFT or BLAS kernels (see the module docstring)
-  stay far from the uint8 rounding boundaries. pocketfft transforms every frame alone, so a frame's
-  result does not depend on the batch; it is as fast as a float64 DFT matrix product on two cores.
-  """
-  frames = np.lib.stride_tricks.sliding_window_view(np.asarray(waves, np.float64), N_FFT, axis=-1)[:, ::HOP]
-  spectrum = np.fft.rfft(frames * WINDOW, axis=-1)  # [B, 112 frames, 112 bins]
-  power = np.square(spectrum.real)
-  power += np.square(spectrum.imag)
-  del spectrum
-  db = np.log10(np.maximum(power, 10.0 ** (POWER_FLOOR_DB / 10.0), out=power), out=power)
-  db *= 10.0
-  return db.transpose(0, 2, 1)
-
-
-@dataclasses.dataclass
-class SpectrogramScale:
-  """Maps dB to uint8 linearly: `low` -> 0, `high` -> 255, clipped outside."""
-
-  low: float
-  high: float
-
-  def levels(self, db: np.ndarray) -> np.ndarray:
-    """float64 levels before rounding: `low` -> 0.0, `high` -> 255.0."""
-    levels = np.asarray(db, np.float64) - self.low
-    levels *= 255.0 / (self.high - self.low)
-    return levels
-
-  def quantise(self, db: np.ndarray) -> np.ndarray:
-    levels = self.levels(db)
-    return np.clip(np.rint(levels, out=levels), 0, 255, out=levels).astype(np.uint8)[..., None]
-
-
-def fit_spectrogram_scale(train_waves: np.ndarray) -> SpectrogramScale:
-  """The scale from clean training recordings (pass train takes only), shared by clean and noisy configs."""
-  db = np.empty((len(train_waves), SPEC_SIZE, SPEC_SIZE))
-  for start in range(0, len(train_waves), _CHUNK):
-    db[start : start + _CHUNK] = log_power_spectrogram(train_waves[start : start + _CHUNK])
-  high = float(np.percentile(db, SCALE_PERCENTILE, overwrite_input=True))  # No second 270 MB copy.
-  return SpectrogramScale(low=high - DYNAMIC_RANGE_DB, high=high)
-
-
-def signal_power(waves: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-  """Mean square over each recording's own samples, so SNR does not depend on the silence padding."""
-  waves = np.asarray(waves, np.float64)
-  return (waves * waves).sum(-1) / np.maximum(lengths, 1)
-
-
 def add_noise(
   waves: np.ndarray, power: np.ndarray, snr_db: float, seed: int, split: str, indices: np.ndarray
 ) -> np.ndarray:
@@ -411,7 +159,8 @@ def add_noise(
   that depends on the CPU, only the sum does.
   """
   std = np.sqrt(np.maximum(power, 1e-12) / 10.0 ** (snr_db / 10.0))
-  noise = np.stack([_rng(seed, split, 1, int(i)).standard_normal(NUM_SAMPLES, np.float32) for i in indices])
+  draws = [example_rng(seed, split, 1, int(i)).standard_normal(NUM_SAMPLES, np.float32) for i in indices]
+  noise = np.stack(draws)
   return np.asarray(waves, np.float64) + std[:, None] * noise
 
 

@@ -8,7 +8,7 @@
 The manifest is a CSV file with a header row, or a JSON-lines file (`.jsonl`) of objects, with the
 columns `image` (a path) and `caption`, and optionally `label` (any string; class ids follow the sorted
 class names), `audio` (a path to an 8 kHz mono 16-bit wav, turned into AV-MNIST's 112 x 112 log-power
-spectrogram: see `avmnist.log_power_spectrogram`) and `split` (train / validation / test). Images are
+spectrogram: see `spectrogram.log_power_spectrogram`) and `split` (train / validation / test). Images are
 decoded with Pillow, converted to RGB (or gray for 1 channel) and resized (bilinear) to `image_shape`.
 
 Splits: the `split` column when there is one; otherwise the seeded rule below, so the same manifest and
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmlearn.data import avmnist, tokenizers
+from mmlearn.data import spectrogram, tokenizers
 from mmlearn.data.builder import DEFAULT_CONFIG, LocalBuilder
 from mmlearn.data.progress import Progress
 from mmlearn.data.registry import DATASETS
@@ -208,7 +208,9 @@ def read_image(path: str, shape: tuple[int, int, int], where: str) -> np.ndarray
 
   try:
     with Image.open(path) as image:
-      image = image.convert("RGB" if shape[2] == 3 else "L").resize((shape[1], shape[0]), Image.BILINEAR)
+      image = image.convert("RGB" if shape[2] == 3 else "L").resize(
+        (shape[1], shape[0]), Image.Resampling.BILINEAR
+      )
   except FileNotFoundError:
     raise DataError(f"{where}: image {path} is missing") from None
   except (UnidentifiedImageError, OSError, ValueError) as e:
@@ -221,7 +223,7 @@ def read_audio(path: str, where: str) -> np.ndarray:
   if not os.path.isfile(path):
     raise DataError(f"{where}: audio {path} is missing")
   try:
-    return avmnist.fit_to_window(avmnist.read_wav(path))[0]
+    return spectrogram.fit_to_window(spectrogram.read_wav(path))[0]
   except DataError as e:
     raise DataError(f"{where}: {e}") from None
 
@@ -259,7 +261,7 @@ class Captioned(LocalBuilder):
       )
     else:
       rows = read_manifest(manifest)
-      labels = sorted({r.label for r in rows}) if rows[0].label is not None else None
+      labels = sorted({r.label for r in rows if r.label is not None}) if rows[0].label is not None else None
       layout = {"class_names": labels, "has_audio": rows[0].audio is not None}
       layout["manifest_digest"] = file_digest(manifest)
     class_names = layout["class_names"]
@@ -289,7 +291,7 @@ class Captioned(LocalBuilder):
     if config.class_names is not None:
       features["label"] = tfds.features.ClassLabel(names=config.class_names)
     if config.has_audio:
-      size = avmnist.SPEC_SIZE
+      size = spectrogram.SPEC_SIZE
       features["audio"] = tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8, encoding="bytes")
       features["audio_file"] = tfds.features.Text()
     return tfds.features.FeaturesDict(features)
@@ -317,9 +319,13 @@ class Captioned(LocalBuilder):
   def _path(self, relative: str) -> str:
     return os.path.join(self.manual_dir, os.path.expanduser(relative))
 
-  def _audio_scale(self, rows: list[Row]) -> avmnist.SpectrogramScale:
-    waves = np.stack([read_audio(self._path(r.audio), r.where) for r in rows])
-    return avmnist.fit_spectrogram_scale(waves)
+  def _audio_path(self, row: Row) -> str:
+    assert row.audio is not None  # The dataset has audio, so every row names a file (`read_manifest`).
+    return self._path(row.audio)
+
+  def _audio_scale(self, rows: list[Row]) -> spectrogram.SpectrogramScale:
+    waves = np.stack([read_audio(self._audio_path(r), r.where) for r in rows])
+    return spectrogram.fit_spectrogram_scale(waves)
 
   def _generate_examples(self, split: str, rows: list[Row], tokenizer: Any, scale: Any):
     config = self.builder_config
@@ -337,8 +343,8 @@ class Captioned(LocalBuilder):
       if config.class_names is not None:
         example["label"] = row.label
       if scale is not None:
-        wave = read_audio(self._path(row.audio), row.where)
-        example["audio"] = scale.quantise(avmnist.log_power_spectrogram(wave[None]))[0]
+        wave = read_audio(self._audio_path(row), row.where)
+        example["audio"] = scale.quantise(spectrogram.log_power_spectrogram(wave[None]))[0]
         example["audio_file"] = row.audio
       yield i, example
       progress.update()

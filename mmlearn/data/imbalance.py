@@ -17,11 +17,15 @@ are cached per source object, so the trainer's `class_counts` and the pipeline's
 
 import contextlib
 import weakref
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmlearn.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # The pipeline imports this module.
+  from mmlearn.data.pipeline import Source
 
 SAMPLERS = ("uniform", "class_balanced")
 _SAMPLER_STREAM = 0x5A3  # Separates the sampler's random stream from others drawn from the same seed.
@@ -69,7 +73,7 @@ def long_tail_indices(
   return np.sort(np.concatenate(chosen))
 
 
-def read_labels(source: Any) -> np.ndarray:
+def read_labels(source: "Source") -> np.ndarray:
   """The `label` of every record of a random-access source, as int64 (cached per source object).
 
   A TFDS source is read as raw records and only the label is taken out of each `tf.train.Example`;
@@ -118,7 +122,7 @@ def num_classes_of(source: Any, labels: np.ndarray) -> int:
     return int(labels.max()) + 1 if len(labels) else 0
 
 
-def training_indices(source: Any, ratio: float, seed: int) -> np.ndarray:
+def training_indices(source: "Source", ratio: float, seed: int) -> np.ndarray:
   """The indices of `source` that training uses: the long-tailed subset, or all of them if `ratio` is 1."""
   if ratio == 1:
     return np.arange(len(source))
@@ -127,7 +131,7 @@ def training_indices(source: Any, ratio: float, seed: int) -> np.ndarray:
 
 
 def class_counts(
-  source: Any, num_classes: int, *, imbalance_ratio: float = 1.0, imbalance_seed: int = 0
+  source: "Source", num_classes: int, *, imbalance_ratio: float = 1.0, imbalance_seed: int = 0
 ) -> np.ndarray:
   """Examples per class, int64 [num_classes], of the training set the pipeline draws from.
 
@@ -142,13 +146,13 @@ def class_counts(
 class Subset:
   """The records `indices` of a random-access source, as a random-access source."""
 
-  def __init__(self, source: Any, indices: np.ndarray):
+  def __init__(self, source: "Source", indices: np.ndarray):
     self.source, self.indices = source, np.asarray(indices)
 
   def __len__(self) -> int:
     return len(self.indices)
 
-  def __getitem__(self, i: int) -> Any:
+  def __getitem__(self, i: int) -> Mapping[str, Any]:
     return self.source[int(self.indices[i])]
 
 

@@ -18,7 +18,7 @@ class _LocalDatasetInfo(tfds.core.DatasetInfo):
 def local_dataset_info(
   builder: tfds.core.DatasetBuilder,
   *,
-  doc: str,
+  doc: str | None,
   features: tfds.features.FeaturesDict,
   homepage: str | None = None,
 ) -> tfds.core.DatasetInfo:
@@ -26,10 +26,11 @@ def local_dataset_info(
 
   Not `builder.dataset_info_from_configs`: it reads package metadata files this package does not ship.
   `disable_shuffling` keeps generator order, so element i of the files is the generator's example i.
+  The description is the first paragraph of `doc` (the builder module's docstring: None under `python -OO`).
   """
   return _LocalDatasetInfo(
     builder=builder,
-    description=doc.split("\n\n")[0],
+    description=None if doc is None else doc.split("\n\n")[0],
     features=features,
     supervised_keys=None,
     homepage=homepage,

@@ -37,8 +37,9 @@ probability p an example loses one of its present modalities, chosen uniformly, 
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
+import ml_collections
 import numpy as np
 
 from mmlearn.data import pipeline
@@ -220,11 +221,11 @@ class MissingModalities:
 
 
 def from_config(
-  settings: Any,
+  settings: ml_collections.ConfigDict,
   modalities: Sequence[str],
   *,
   max_tokens: int,
-  train_source: Any = None,
+  train_source: pipeline.Source | None = None,
   generate: Callable | None = None,
 ) -> MissingModalities:
   """Settings from `config.missing` for the model's `modalities`; `mean` averages `train_source`.
@@ -260,7 +261,7 @@ def from_config(
   )
 
 
-def check_config(settings: Any, modalities: Sequence[str]) -> None:
+def check_config(settings: ml_collections.ConfigDict, modalities: Sequence[str]) -> None:
   """`config.missing`: a known imputation, rates in [0, 1) for modalities the model has."""
   if settings.imputation not in IMPUTATIONS:
     raise ConfigError(f"unknown missing.imputation {settings.imputation!r}; known: {', '.join(IMPUTATIONS)}")

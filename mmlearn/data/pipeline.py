@@ -21,8 +21,8 @@ subset; class-balanced instead of shuffled batches; and changes to whole trainin
 import dataclasses
 import math
 import sys
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Protocol
 
 import grain
 import jax
@@ -50,7 +50,7 @@ class Source(Protocol):
 
   def __len__(self) -> int: ...
 
-  def __getitem__(self, index: int) -> Mapping[str, Any]: ...
+  def __getitem__(self, index: int, /) -> Mapping[str, Any]: ...
 
 
 class BatchTransform(Protocol):
@@ -60,8 +60,12 @@ class BatchTransform(Protocol):
   stream it draws is a function of the batch number, which is all the iterator's state holds.
   """
 
-  stream: int  # Keeps transforms' random streams apart (and apart from the sampler's).
-  active: bool  # False: the pipeline skips it, so a transform that is off costs nothing and changes nothing.
+  stream: ClassVar[int]  # Keeps transforms' random streams apart (and apart from the sampler's).
+
+  @property
+  def active(self) -> bool:
+    """False: the pipeline skips it, so a transform that is off costs nothing and changes nothing."""
+    ...
 
   def __call__(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]: ...
 
@@ -92,8 +96,10 @@ class DecodeExample(grain.transforms.Map):
   def __init__(self, max_tokens: int):
     self.max_tokens = max_tokens
 
-  def map(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    out = {"label": np.int32(example["label"])} if "label" in example else {}
+  def map(self, example: Mapping[str, Any]) -> dict[str, np.ndarray | np.generic]:
+    out: dict[str, np.ndarray | np.generic] = (
+      {"label": np.int32(example["label"])} if "label" in example else {}
+    )
     for name in ARRAY_FEATURES:
       if name in example:
         out[name] = np.asarray(example[name])
@@ -139,7 +145,7 @@ class EpochShuffle:
     return np.concatenate([self.permutation(e)[positions[epochs == e]] for e in np.unique(epochs)])
 
 
-def stack_examples(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def stack_examples(examples: Sequence[Mapping[str, np.ndarray | np.generic]]) -> dict[str, np.ndarray]:
   return {k: np.stack([ex[k] for ex in examples]) for k in examples[0]}
 
 
@@ -165,7 +171,7 @@ def decoded_bytes(dataset: grain.MapDataset) -> int:
   return len(dataset) * sum(np.asarray(v).nbytes for v in dataset[0].values()) if len(dataset) else 0
 
 
-def process_shard(source: Any, process_index: int | None = None, process_count: int | None = None):
+def process_shard(source: Source, process_index: int | None = None, process_count: int | None = None):
   """This process's disjoint, interleaved share of a source (all of it on a single host)."""
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
@@ -173,7 +179,7 @@ def process_shard(source: Any, process_index: int | None = None, process_count: 
 
 
 def train_iterator(
-  source: Any,
+  source: Source,
   *,
   batch_size: int,
   seed: int,
@@ -231,7 +237,7 @@ def num_eval_batches(num_examples: int, batch_size: int, process_count: int | No
 
 
 def eval_batches(
-  source: Any,
+  source: Source,
   *,
   batch_size: int,
   max_tokens: int,

@@ -1,4 +1,5 @@
-"""The `retrieval` evaluator: embeds a whole split once, then ranks it both ways (`mmlearn.metrics.retrieval`).
+"""The `retrieval` evaluator: embeds a whole split once, then ranks it both ways
+(`mmlearn.metrics.retrieval`).
 
 Every split is ranked with the paired item as the only right answer (rule "pair", the headline and the
 task's summary metric). The task's `relevance` adds a lenient rule beside it: feature names such as

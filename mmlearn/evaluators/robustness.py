@@ -48,10 +48,10 @@ class Curve:
 
 def area(levels: Sequence[float], values: Sequence[float]) -> float:
   """Trapezoidal area under `values` over `levels`, divided by the span: the curve's mean value."""
-  levels, values = np.asarray(levels, float), np.asarray(values, float)
-  if len(levels) < 2:
-    return float(values[0])
-  return float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(levels)) / (levels[-1] - levels[0]))
+  x, y = np.asarray(levels, float), np.asarray(values, float)
+  if len(x) < 2:
+    return float(y[0])
+  return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
 
 
 def subsample(source: Source, num_examples: int, seed: int) -> Source:
@@ -161,7 +161,7 @@ class RobustnessEvaluator:
       self.evaluator.transform = transform
       value = dict(self.evaluator.run(variables))[f"{self.split}/accuracy"]
       self.log(f"{self.split} {point}: accuracy {value:.4f}")
-      return float(value)
+      return float(np.asarray(value))
 
     return list(curves(accuracy, self.absent, noise=self.noise, seed=self.absent.seed))
 

@@ -169,6 +169,7 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
 def submit(name: str, args: list[str], workdir: str, s: Settings, log: Callable[[str], None]):
   """Submits one variant (or finds its job still queued or running) and returns the submitit job."""
   import submitit
+  from submitit.core.utils import FailedJobError
 
   folder = os.path.join(workdir, "slurm")
   job_file = os.path.join(workdir, JOB_FILE)
@@ -184,7 +185,7 @@ def submit(name: str, args: list[str], workdir: str, s: Settings, log: Callable[
   executor.update_parameters(**s.sbatch(name), setup=[f"export PYTHONPATH={pythonpath}"])
   try:
     job = executor.submit(Variant(name, args, workdir, trainer(s)))
-  except submitit.core.utils.FailedJobError as e:
+  except FailedJobError as e:
     lines = [line for line in str(e).splitlines() if "error" in line.lower()] or str(e).splitlines()
     raise ConfigError(f"Slurm refused the job of {name}: {lines[-1].strip()}") from None
   with open(job_file, "w") as f:

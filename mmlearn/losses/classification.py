@@ -25,39 +25,43 @@ only enters the normalisations and, for `logit_adjusted`, makes that class's pri
                      the plain argmax of the unadjusted logits.
 """
 
-from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from numpy.typing import ArrayLike
 
 from mmlearn.errors import ConfigError
 from mmlearn.registry import Registry
 
 CLASS_LOSSES = Registry("classification loss")
 
+# A built loss: (logits [B, C], labels [B]) -> per-example loss [B].
+ClassLoss = Callable[[jax.Array, jax.Array | np.ndarray], jax.Array]
 
-def clamped_counts(class_counts: Any) -> np.ndarray:
+
+def clamped_counts(class_counts: ArrayLike) -> np.ndarray:
   """The counts as float64, each at least 1 (see the module docstring)."""
   return np.maximum(np.asarray(class_counts, np.float64), 1.0)
 
 
-def inverse_frequency_weights(class_counts: Any) -> np.ndarray:
+def inverse_frequency_weights(class_counts: ArrayLike) -> np.ndarray:
   """w_c = N / (C n_c): sum_c w_c n_c / N = 1."""
   n = clamped_counts(class_counts)
   return n.sum() / (len(n) * n)
 
 
-def class_balanced_weights(class_counts: Any, beta: float) -> np.ndarray:
+def class_balanced_weights(class_counts: ArrayLike, beta: float) -> np.ndarray:
   """w_c proportional to (1 - beta) / (1 - beta^n_c), normalised so sum_c w_c = C."""
   n = clamped_counts(class_counts)
   w = (1.0 - beta) / (1.0 - beta**n)
   return w * len(n) / w.sum()
 
 
-def log_prior(class_counts: Any) -> np.ndarray:
+def log_prior(class_counts: ArrayLike) -> np.ndarray:
   n = clamped_counts(class_counts)
   return np.log(n / n.sum())
 
@@ -75,7 +79,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"classification.focal_alpha must be positive or None, got {config.focal_alpha}")
 
 
-def build(config: ml_collections.ConfigDict, class_counts: Any = None) -> Any:
+def build(
+  config: ml_collections.ConfigDict, class_counts: ArrayLike | Callable[[], ArrayLike | None] | None = None
+) -> ClassLoss:
   """The loss `config.loss`; `class_counts` ([C], training split) may be None only for losses without
   class weights or priors. A zero-argument callable is called only by a loss that needs the counts, so
   that a plain cross-entropy run never reads the training labels to count them."""
@@ -96,10 +102,10 @@ def build(config: ml_collections.ConfigDict, class_counts: Any = None) -> Any:
 class CrossEntropy:
   needs_counts = False
 
-  def __init__(self, class_counts: Any, config: ml_collections.ConfigDict):
+  def __init__(self, class_counts: ArrayLike | None, config: ml_collections.ConfigDict):
     del class_counts, config
 
-  def __call__(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
+  def __call__(self, logits: jax.Array, labels: jax.Array | np.ndarray) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
@@ -109,21 +115,21 @@ class WeightedCrossEntropy:
   needs_counts = True
   weights: np.ndarray
 
-  def __call__(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
+  def __call__(self, logits: jax.Array, labels: jax.Array | np.ndarray) -> jax.Array:
     weights = jnp.asarray(self.weights, jnp.float32)[labels]
     return weights * optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
 @CLASS_LOSSES.register("inverse_frequency")
 class InverseFrequency(WeightedCrossEntropy):
-  def __init__(self, class_counts: Any, config: ml_collections.ConfigDict):
+  def __init__(self, class_counts: ArrayLike, config: ml_collections.ConfigDict):
     del config
     self.weights = inverse_frequency_weights(class_counts)
 
 
 @CLASS_LOSSES.register("class_balanced")
 class ClassBalanced(WeightedCrossEntropy):
-  def __init__(self, class_counts: Any, config: ml_collections.ConfigDict):
+  def __init__(self, class_counts: ArrayLike, config: ml_collections.ConfigDict):
     self.weights = class_balanced_weights(class_counts, config.class_balanced_beta)
 
 
@@ -133,12 +139,12 @@ class Focal:
   # Floor of 1 - p_t: at p_t = 1 the gradient of (1 - p_t)^gamma is 0 * inf (NaN) for gamma < 1.
   tiny = 1e-30
 
-  def __init__(self, class_counts: Any, config: ml_collections.ConfigDict):
+  def __init__(self, class_counts: ArrayLike | None, config: ml_collections.ConfigDict):
     del class_counts
     self.gamma = float(config.focal_gamma)
     self.alpha = 1.0 if config.focal_alpha is None else float(config.focal_alpha)
 
-  def __call__(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
+  def __call__(self, logits: jax.Array, labels: jax.Array | np.ndarray) -> jax.Array:
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
     log_pt = jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
     if self.gamma == 0:
@@ -151,9 +157,9 @@ class Focal:
 class LogitAdjusted:
   needs_counts = True
 
-  def __init__(self, class_counts: Any, config: ml_collections.ConfigDict):
+  def __init__(self, class_counts: ArrayLike, config: ml_collections.ConfigDict):
     self.offsets = config.logit_adjust_tau * log_prior(class_counts)
 
-  def __call__(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
+  def __call__(self, logits: jax.Array, labels: jax.Array | np.ndarray) -> jax.Array:
     adjusted = logits + jnp.asarray(self.offsets, jnp.float32)
     return optax.softmax_cross_entropy_with_integer_labels(adjusted, labels)

@@ -7,8 +7,12 @@ The `samples` evaluator logs grids as `Image`s (the metric writer saves them as 
 
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -92,7 +96,8 @@ def confusion_chart(path: str, counts: np.ndarray, class_names: Sequence[str], *
   ax.set_title(title)
   fig.tight_layout()
   fig.canvas.draw()
-  picture = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+  # pyplot types the canvas as its backends' base class; the Agg backend's (chosen above) has the pixels.
+  picture = np.asarray(cast("FigureCanvasAgg", fig.canvas).buffer_rgba())[..., :3].copy()
   fig.savefig(path, dpi=fig.dpi)
   plt.close(fig)
   return picture

@@ -26,6 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 from flax.core import FrozenDict
+from jax.typing import DTypeLike
 
 from mmlearn.errors import ConfigError
 from mmlearn.models.config import (
@@ -45,7 +46,7 @@ def resolve_fusion(
   *,
   num_classes: int,
   head_hidden: Sequence[int],
-  dtype: Any = jnp.float32,
+  dtype: DTypeLike = jnp.float32,
 ) -> tuple[type[nn.Module], dict[str, Any]]:
   """The registered fusion class and its checked kwargs, completed from the classifier if it outputs logits.
 
@@ -94,7 +95,7 @@ class Classifier(nn.Module):
   head_hidden: Sequence[int] = ()
   learned_missing: bool = False
   head_dropout: float = 0.0
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   def __post_init__(self):
     # Freeze plain dicts/lists given by callers: jit and Linen hash modules, and a dict is unhashable.
@@ -142,7 +143,8 @@ def check_head_dropout(rate: float, fusion_class: type[nn.Module], head_hidden: 
   check_rate(rate, "head_dropout", "classification")
   if rate > 0 and (outputs_logits(fusion_class) or not head_hidden):
     raise ConfigError(
-      f"classification.head_dropout={rate} acts after the classifier head's hidden layers, and this model has none "
+      f"classification.head_dropout={rate} acts after the classifier head's hidden layers, "
+      "and this model has none "
       "(head_hidden is empty or the fusion outputs logits); set it to 0.0"
     )
 
@@ -153,7 +155,7 @@ def build_classifier(
   num_classes: int,
   vocab_size: int | None,
   learned_missing: bool = False,
-  dtype: Any = jnp.float32,
+  dtype: DTypeLike = jnp.float32,
 ) -> Classifier:
   """Builds a `Classifier` from a model description (a ConfigDict or dict: `modalities`, and `fusion`,
   `fusion_kwargs`, `head_hidden`, `head_dropout` where they differ from the `Classifier` defaults) and

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 from flax.core import FrozenDict
+from jax.typing import DTypeLike
 
 from mmlearn.errors import ConfigError
 from mmlearn.models.encoders import ENCODERS
@@ -76,7 +77,7 @@ def split_encoder_config(modality: str, config: Mapping[str, Any]) -> tuple[type
 
 
 def with_dtype(
-  module_class: type[nn.Module], kwargs: Mapping[str, Any], dtype: Any, what: str
+  module_class: type[nn.Module], kwargs: Mapping[str, Any], dtype: DTypeLike, what: str
 ) -> dict[str, Any]:
   """`kwargs` plus `dtype=dtype`, unless they set their own; a `ConfigError` if the module takes no dtype.
 
@@ -92,7 +93,7 @@ def with_dtype(
   return kwargs
 
 
-def build_encoder(modality: str, config: Mapping[str, Any], *, dtype: Any, name: str) -> nn.Module:
+def build_encoder(modality: str, config: Mapping[str, Any], *, dtype: DTypeLike, name: str) -> nn.Module:
   """The registered encoder of `config` (`{"encoder": name, **kwargs}`), computing in `dtype`."""
   encoder_class, kwargs = split_encoder_config(modality, config)
   kwargs = with_dtype(encoder_class, kwargs, dtype, f"encoder {config['encoder']!r} of modality {modality!r}")

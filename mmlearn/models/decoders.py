@@ -23,13 +23,13 @@ the ELBO and samples are computed in float32. The LSTM's carry stays float32, as
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from jax.scipy.special import log_ndtr
+from jax.typing import DTypeLike
 
 from mmlearn import rngs
 from mmlearn.errors import ConfigError
@@ -103,7 +103,7 @@ class DeconvDecoder(nn.Module):
   learn_std: bool = False
   translate: bool = False
   max_shift: float = 4.0
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   def setup(self):
     height, width, channels = self.shape
@@ -158,7 +158,7 @@ class TokenStep(nn.Module):
   vocab_size: int
   embed_dim: int
   hidden: int
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(self, carry, previous: jax.Array, z: jax.Array):
@@ -174,7 +174,11 @@ class TokenStep(nn.Module):
 # The step scanned over a sequence's positions [B, T] (z broadcast), one set of parameters for every step.
 # Generation calls it on length-1 sequences, so teacher forcing and sampling share one code path.
 ScannedTokenSteps = nn.scan(
-  TokenStep, variable_broadcast="params", split_rngs={"params": False}, in_axes=(1, nn.broadcast), out_axes=1
+  TokenStep,
+  variable_broadcast="params",
+  split_rngs={"params": False},
+  in_axes=(1, nn.broadcast),  # pyright: ignore[reportArgumentType] (flax: unannotated, inferred int)
+  out_axes=1,
 )
 
 
@@ -198,7 +202,7 @@ class LSTMDecoder(nn.Module):
   max_tokens: int
   embed_dim: int = 32
   hidden: int = 64
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   def setup(self):
     dtype = computation_dtype(self.dtype, "lstm decoder")

@@ -20,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import DTypeLike
 
 from mmlearn.models.config import build_encoder, freeze_config
 from mmlearn.models.encoders import computation_dtype
@@ -47,7 +48,7 @@ class DualEncoder(nn.Module):
   embed_dim: int
   log_scale_init: float
   bias_init: float | None = None
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   def __post_init__(self):
     object.__setattr__(self, "modalities", freeze_config(self.modalities))  # Hashable, like Classifier.

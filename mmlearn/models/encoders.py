@@ -24,10 +24,10 @@ Regularisers, both off by default so existing configs and checkpoints keep their
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from mmlearn.errors import ConfigError
 from mmlearn.parallel import AXIS
@@ -38,7 +38,7 @@ BN_MOMENTUM = 0.9  # Flax's decay of the running average: PyTorch's momentum 0.1
 BN_EPSILON = 1e-5  # PyTorch's BatchNorm2d default.
 
 
-def computation_dtype(dtype: Any, what: str) -> jnp.dtype:
+def computation_dtype(dtype: DTypeLike, what: str) -> jnp.dtype:
   """`dtype` (a name such as "bfloat16" or a jnp dtype) as a floating jnp dtype; a `ConfigError` otherwise."""
   try:
     resolved = jnp.dtype(dtype)
@@ -130,7 +130,7 @@ class PatchConv(nn.Module):
   use_bias: bool = True
   kernel_init: Callable = nn.initializers.lecun_normal()
   bias_init: Callable = nn.initializers.zeros_init()
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -220,7 +220,7 @@ class ImageCNN(nn.Module):
   batch_norm: bool = False
   batch_norm_axis: str | None = AXIS
   dropout: float = 0.0
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None, *, train: bool = False) -> jnp.ndarray:
@@ -288,7 +288,7 @@ class TextLSTM(nn.Module):
   bidirectional: bool = False
   dense: int | None = None
   dropout: float = 0.0
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None, *, train: bool = False) -> jnp.ndarray:
@@ -374,7 +374,7 @@ class LeNet(nn.Module):
   center_input: bool = False
   batch_norm_axis: str | None = AXIS
   dropout: float = 0.0
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None, *, train: bool = False) -> jnp.ndarray:
@@ -416,7 +416,7 @@ class SpectrogramLSTM(nn.Module):
   hidden: int = 64
   project: int | None = None
   dropout: float = 0.0
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None, *, train: bool = False) -> jnp.ndarray:

@@ -30,10 +30,10 @@ returns in it, with float32 parameters. Fusions without parameters just cast the
 
 import functools
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from mmlearn.errors import ConfigError
 from mmlearn.models.encoders import computation_dtype
@@ -74,7 +74,7 @@ def cast_features(module: nn.Module, features: Sequence[jnp.ndarray]) -> tuple[j
   return dtype, [jnp.asarray(f).astype(dtype) for f in features]
 
 
-def dense(width: int, dtype: jnp.dtype, name: str) -> nn.Dense:
+def dense(width: int, dtype: DTypeLike, name: str) -> nn.Dense:
   """A dense layer computing in `dtype` with float32 parameters."""
   return nn.Dense(width, dtype=dtype, param_dtype=jnp.float32, name=name)
 
@@ -88,7 +88,7 @@ def append_one(x: jnp.ndarray) -> jnp.ndarray:
 class ConcatFusion(nn.Module):
   """Early fusion by concatenation: [B, sum(D_i)]. No parameters; the head learns the interactions."""
 
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(
@@ -111,7 +111,7 @@ class SumFusion(nn.Module):
   """
 
   dim: int = 64
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(
@@ -121,7 +121,7 @@ class SumFusion(nn.Module):
     dtype, features = cast_features(self, features)
     weights = presence(present, features, dtype)
     projected = [dense(self.dim, dtype, f"project{i}")(f) for i, f in enumerate(features)]
-    return sum(weights[:, i : i + 1] * p for i, p in enumerate(projected))
+    return sum((weights[:, i : i + 1] * p for i, p in enumerate(projected)), jnp.zeros((), dtype))
 
 
 class MLP(nn.Module):
@@ -129,7 +129,7 @@ class MLP(nn.Module):
 
   hidden: Sequence[int]
   out: int
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -155,7 +155,7 @@ class LateFusion(nn.Module):
 
   num_classes: int
   head_hidden: Sequence[int] = ()
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(
@@ -186,7 +186,7 @@ class GatedFusion(nn.Module):
   """
 
   dim: int = 64
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(
@@ -197,7 +197,7 @@ class GatedFusion(nn.Module):
     weights = presence(present, features, dtype)
     # The gates read every present modality; an absent one enters them as zeros.
     everything = jnp.concatenate([weights[:, i : i + 1] * f for i, f in enumerate(features)], axis=-1)
-    fused = 0.0
+    fused = jnp.zeros((), dtype)
     for i, f in enumerate(features):
       hidden = jnp.tanh(dense(self.dim, dtype, f"project{i}")(f))
       gate = nn.sigmoid(dense(self.dim, dtype, f"gate{i}")(everything))
@@ -220,7 +220,7 @@ class AttentionFusion(nn.Module):
 
   dim: int = 64
   num_heads: int = 4
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(
@@ -258,7 +258,7 @@ class TensorFusion(nn.Module):
   so use it on small embeddings only, or prefer `low_rank_tensor`.
   """
 
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(
@@ -290,7 +290,7 @@ class LowRankTensorFusion(nn.Module):
 
   dim: int = 64
   rank: int = 4
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(
@@ -326,7 +326,7 @@ class MultiplicativeFusion(nn.Module):
   """
 
   dim: int = 64
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(

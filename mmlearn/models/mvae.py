@@ -27,6 +27,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from mmlearn import rngs
 from mmlearn.errors import ConfigError
@@ -56,7 +57,9 @@ def gaussian_kl(mu: jax.Array, logvar: jax.Array) -> jax.Array:
   return 0.5 * jnp.sum(jnp.exp(logvar) + mu * mu - 1.0 - logvar, axis=-1)
 
 
-def reparameterize(rng: jax.Array, mu: jax.Array, logvar: jax.Array, temperature: float = 1.0) -> jax.Array:
+def reparameterize(
+  rng: jax.Array, mu: jax.Array, logvar: jax.Array, temperature: float | jax.Array = 1.0
+) -> jax.Array:
   """z = mu + temperature * std * eps, eps ~ N(0, I); temperature scales the spread only.
 
   `rng` is one key for every row, or one key per row of mu (`mmlearn.rngs`: row i's eps from key i).
@@ -71,7 +74,7 @@ class GaussianEncoder(nn.Module):
   modality: str
   encoder: Mapping[str, Any]  # {"encoder": <registered name>, **kwargs}
   latent_dim: int
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(
@@ -82,7 +85,8 @@ class GaussianEncoder(nn.Module):
     heads = [
       nn.Dense(self.latent_dim, dtype=dtype, param_dtype=jnp.float32, name=n) for n in ("mu", "logvar")
     ]
-    return tuple(head(features).astype(jnp.float32) for head in heads)
+    mu, logvar = (head(features).astype(jnp.float32) for head in heads)
+    return mu, logvar
 
 
 def resolve_decoders(
@@ -135,7 +139,7 @@ class MVAE(nn.Module):
   decoder_configs: Mapping[str, Mapping[str, Any]]
   latent_dim: int
   private_dims: Mapping[str, int] = dataclasses.field(default_factory=dict)
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   def __post_init__(self):
     for field in ("encoder_configs", "decoder_configs", "private_dims"):  # Hashable, as Classifier's configs.

@@ -37,6 +37,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from mmlearn.errors import ConfigError
 from mmlearn.models.encoders import ENCODERS, computation_dtype
@@ -78,7 +79,7 @@ class MlpBlock(nn.Module):
 
   mlp_dim: int
   dropout: float = 0.0
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, deterministic: bool) -> jnp.ndarray:
@@ -105,7 +106,7 @@ class EncoderBlock(nn.Module):
   mlp_dim: int
   dropout: float = 0.0
   attention_dropout: float = 0.0
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(
@@ -135,7 +136,7 @@ class TransformerStack(nn.Module):
   mlp_dim: int
   dropout: float = 0.0
   attention_dropout: float = 0.0
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(
@@ -195,7 +196,7 @@ class VisionTransformer(nn.Module):
   attention_dropout: float = 0.0
   pool: str = "mean"
   dense: int | None = None
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   def __post_init__(self):
     check_transformer_config(self, "encoder 'vit'")
@@ -267,7 +268,7 @@ class TextTransformer(nn.Module):
   attention_dropout: float = 0.0
   pool: str = "mean"
   dense: int | None = None
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   def __post_init__(self):
     check_transformer_config(self, "encoder 'transformer'")

@@ -20,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from mmlearn.errors import ConfigError
 from mmlearn.models.config import build_encoder, freeze_config
@@ -34,7 +35,7 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> 
   return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
 
 
-def group_norm(features: int, groups: int, dtype: Any, name: str) -> nn.GroupNorm:
+def group_norm(features: int, groups: int, dtype: DTypeLike, name: str) -> nn.GroupNorm:
   """GroupNorm with the largest group count <= `groups` that divides `features` (statistics in float32)."""
   count = max(g for g in range(1, min(groups, features) + 1) if features % g == 0)
   return nn.GroupNorm(num_groups=count, dtype=dtype, param_dtype=jnp.float32, name=name)
@@ -45,7 +46,7 @@ class ResBlock(nn.Module):
 
   features: int
   groups: int
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, embedding: jax.Array) -> jax.Array:
@@ -80,7 +81,7 @@ class UNet(nn.Module):
   blocks: int = 1
   groups: int = 8
   embed_dim: int = 128
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, condition: jax.Array | None = None) -> jax.Array:
@@ -125,7 +126,7 @@ class ConditionEmbedding(nn.Module):
   modality: str
   encoder: Mapping[str, Any]  # {"encoder": <registered name>, **kwargs}
   embed_dim: int
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   @nn.compact
   def __call__(self, batch: Mapping[str, jax.Array], drop: jax.Array, *, train: bool = False) -> jax.Array:
@@ -145,7 +146,7 @@ class FlowNet(nn.Module):
   blocks: int = 1
   groups: int = 8
   embed_dim: int = 128
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   def __post_init__(self):
     object.__setattr__(self, "encoder", freeze_config(self.encoder))  # Hashable for jit and Linen.

@@ -39,7 +39,7 @@ import json
 import os
 import re
 import shutil
-from typing import Any
+from typing import Any, TypeVar
 
 import grain
 import jax
@@ -53,6 +53,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
 from mmlearn.errors import CheckpointError
+
+State = TypeVar("State")  # The train state: restored in the structure of its template.
 
 ITEMS = ("state", "data", "integrity")
 CORRUPT_DIR = "corrupt_checkpoints"
@@ -119,7 +121,7 @@ def _pieces(x: Any) -> list[tuple[Any, tuple[int, ...]]]:
   return [(x, (0,) * x.ndim)] if jax.process_index() == 0 else []
 
 
-def _state_checks(state: Any) -> tuple[dict[str, str], str | None]:
+def state_checks(state: Any) -> tuple[dict[str, str], str | None]:
   """(`state_checksum`'s record, the path of the first non-finite float leaf or None).
 
   Each shard is checked on its own device and the partial sums are added mod 2**32 on the host (across
@@ -151,7 +153,7 @@ def _state_checks(state: Any) -> tuple[dict[str, str], str | None]:
   finite = np.array([all(bool(c[1]) for c in leaf) for leaf in checks])
   if jax.process_count() > 1:
     gathered = multihost_utils.process_allgather((sums, finite))
-    sums, finite = np.sum(gathered[0], axis=0, dtype=np.uint32), np.all(gathered[1], axis=0)
+    sums, finite = np.asarray(np.sum(gathered[0], axis=0, dtype=np.uint32)), np.all(gathered[1], axis=0)
   record, bad = {}, None
   for (path, leaf), words, ok in zip(flat, sums, finite, strict=True):
     name = jax.tree_util.keystr(path)
@@ -166,7 +168,7 @@ def _state_checks(state: Any) -> tuple[dict[str, str], str | None]:
 def state_checksum(state: Any) -> dict[str, str]:
   """Per leaf path, `dtype[shape]:checksum`, computed on device and independent of the sharding (see the
   module docstring): equal for a state and its restored copy on any device count."""
-  return _state_checks(state)[0]
+  return state_checks(state)[0]
 
 
 def iterator_digest(data_iterator: Any) -> str:
@@ -185,11 +187,6 @@ def array_signature(tree: Any) -> collections.Counter:
   return collections.Counter(
     (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for leaf in jax.tree.leaves(tree) if hasattr(leaf, "shape")
   )
-
-
-def non_finite_leaf(state: Any) -> str | None:
-  """The path of the first float leaf holding a NaN or an infinity, else None (checked on device)."""
-  return _state_checks(state)[1]
 
 
 def abstract_template(template: Any) -> Any:
@@ -261,7 +258,7 @@ class Checkpointer:
         f"could not save the checkpoint of step {step} to {self.step_dir(step)}: {_first_line(e)}"
       ) from e
 
-  def restore(self, step: int, template: Any, data_iterator: grain.DatasetIterator | None = None) -> Any:
+  def restore(self, step: int, template: State, data_iterator: grain.DatasetIterator | None = None) -> State:
     """Returns the state saved at `step` (structured like `template`); restores the iterator in place.
 
     Leaves of `template` placed on a mesh come back in that layout (on another device count than the
@@ -282,7 +279,7 @@ class Checkpointer:
       raise CheckpointError(f"checkpoint {where} cannot be restored: {_first_line(e)}") from e
     state = restored.state
     record = restored.integrity if has_record else None
-    checksum, leaf = _state_checks(state)
+    checksum, leaf = state_checks(state)
     if record is not None and (
       ("state_checksum" in record and checksum != record["state_checksum"])
       or ("state_sha256" in record and state_digest(state) != record["state_sha256"])
@@ -301,14 +298,17 @@ class Checkpointer:
         raise CheckpointError(
           f"checkpoint {where}: the data iterator cannot be restored: {_first_line(e)}"
         ) from e
-      checked = record is not None and jax.process_index() == 0
-      if checked and iterator_digest(data_iterator) != record.get("data_sha256"):
+      if (
+        record is not None
+        and jax.process_index() == 0
+        and iterator_digest(data_iterator) != record.get("data_sha256")
+      ):
         raise CheckpointError(f"checkpoint {where} is corrupt: its data iterator does not match its checksum")
     return state
 
   def restore_latest(
-    self, template: Any, data_iterator: grain.DatasetIterator | None = None, *, fallback: bool = False
-  ) -> tuple[int | None, Any]:
+    self, template: State, data_iterator: grain.DatasetIterator | None = None, *, fallback: bool = False
+  ) -> tuple[int | None, State]:
     """(step, state) of the newest checkpoint, or (None, template) when there is none.
 
     A damaged newest checkpoint is an error suggesting `--fallback`; with `fallback`, it is moved to

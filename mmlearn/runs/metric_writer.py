@@ -18,7 +18,8 @@ import json
 import os
 import re
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TextIO
 
 import jax
 import numpy as np
@@ -30,8 +31,11 @@ from tensorboardX.proto.summary_pb2 import Summary
 from mmlearn.metrics.classification import ConfusionMatrix
 from mmlearn.metrics.images import Image, confusion_chart
 
+if TYPE_CHECKING:  # Only the annotation: importing the tasks package builds every task module.
+  from mmlearn.tasks.contract import Metric
 
-def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+
+def scalars(metrics: "Mapping[str, Metric]") -> dict[str, float]:
   """The scalar metrics as floats: what JSON records (metrics.jsonl, result.json) hold."""
   return {k: float(np.asarray(v)) for k, v in metrics.items() if np.ndim(v) == 0}
 
@@ -80,7 +84,7 @@ class EventFile:
     event.wall_time = time.time()
     self._writer.write_event(event)
 
-  def add(self, step: int, summary: Any) -> None:
+  def add(self, step: int, summary: Summary) -> None:
     self._write(Event(summary=summary, step=step))
 
   def flush(self) -> None:
@@ -129,8 +133,8 @@ class MetricWriter:
   def __init__(self, workdir: str, *, start_step: int = 0, resumed: bool = False, reevaluate: bool = False):
     self.workdir = workdir
     self.enabled = jax.process_index() == 0
-    self._jsonl = None
-    self._tb = None
+    self._jsonl: TextIO | None = None
+    self._tb: EventFile | None = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       path = os.path.join(workdir, "metrics.jsonl")
@@ -142,47 +146,61 @@ class MetricWriter:
       if resumed:
         self._append({"step": start_step, "resumed_from": start_step})
 
-  def _append(self, record: dict[str, Any]) -> None:
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+  def _files(self) -> tuple[TextIO, EventFile]:
+    """`metrics.jsonl` and the TensorBoard event file, which process 0 (`enabled`) alone opens."""
+    assert self._jsonl is not None and self._tb is not None, "only process 0 writes metrics"
+    return self._jsonl, self._tb
 
-  def write(self, step: int, metrics: dict[str, Any]) -> None:
+  def _append(self, record: dict[str, Any]) -> None:
+    jsonl, _ = self._files()
+    jsonl.write(json.dumps(record) + "\n")
+    jsonl.flush()
+
+  def write(self, step: int, metrics: "Mapping[str, Metric]") -> None:
     if not self.enabled:
       return
     values = scalars(metrics)
-    matrices = {k: v for k, v in metrics.items() if k not in values}
-    for name, value in matrices.items():
+    matrices: dict[str, ConfusionMatrix | Image] = {}
+    for name, value in metrics.items():
+      if name in values:
+        continue
       if not isinstance(value, ConfusionMatrix | Image):
         raise TypeError(f"metric {name!r} is not a scalar, ConfusionMatrix or Image: {type(value).__name__}")
+      matrices[name] = value
     self._append({"step": int(step), **values})
+    _, tb = self._files()
     for name, value in values.items():
-      self._tb.add(int(step), scalar_summary(name, value))
+      tb.add(int(step), scalar_summary(name, value))
     for name, value in matrices.items():
       if isinstance(value, Image):
         self._write_image(int(step), name, value)
       else:
         self._write_confusion(int(step), name, value)
-    self._tb.flush()
+    tb.flush()
 
   def flush(self) -> None:
     """Everything written so far is on disk (called before a checkpoint is declared saved)."""
     if self.enabled:
-      self._jsonl.flush()
-      os.fsync(self._jsonl.fileno())
-      self._tb.flush()
+      jsonl, tb = self._files()
+      jsonl.flush()
+      os.fsync(jsonl.fileno())
+      tb.flush()
 
   def _write_confusion(self, step: int, name: str, matrix: ConfusionMatrix) -> None:
     path = os.path.join(self.workdir, confusion_png_name(name))
     picture = confusion_chart(path, matrix.counts, matrix.class_names, title=f"{name}, step {step}")
-    self._tb.add(step, summary.image(tensorboard_tag(name), picture, dataformats="HWC"))
+    self._files()[1].add(step, summary.image(tensorboard_tag(name), picture, dataformats="HWC"))
 
   def _write_image(self, step: int, name: str, image: Image) -> None:
     from PIL import Image as PILImage  # Pillow comes with matplotlib; only runs that log images load it.
 
     PILImage.fromarray(np.asarray(image.pixels)).save(os.path.join(self.workdir, image_png_name(name)))
-    self._tb.add(step, summary.image(tensorboard_tag(name), np.asarray(image.pixels), dataformats="HWC"))
+    self._files()[1].add(
+      step, summary.image(tensorboard_tag(name), np.asarray(image.pixels), dataformats="HWC")
+    )
 
   def close(self) -> None:
     if self.enabled:
-      self._jsonl.close()
-      self._tb.close()
+      jsonl, tb = self._files()
+      jsonl.close()
+      tb.close()

@@ -77,8 +77,9 @@ def load_run(
     step = checkpointer.latest_step()
     if step is None:
       raise WorkdirError(f"{workdir} holds no checkpoint")
-    # The template's optimizer state has the same structure whatever the schedule's length.
-    tx = optim.make_optimizer(config.optimizer, total_steps=1)
+    # The template's optimizer state has the same structure whatever the schedule's length: an epoch of
+    # the whole split stands for the run's own (a long-tailed subset's would be shorter).
+    tx = optim.make_optimizer(config.optimizer, train_state.total_train_steps(config, len(sources["train"])))
     template = train_state.initial_state(config, task, tx, sources["train"], 1)
     state = checkpointer.restore(step, template)  # Parameters only: no training pipeline to build.
   finally:

@@ -11,10 +11,18 @@ test numbers to report are those at the step validation chose, not at the last s
 import json
 import math
 import os
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
 
 from mmlearn.errors import ConfigError
 from mmlearn.runs.checkpoint import Checkpointer
+
+if TYPE_CHECKING:  # Only the annotation: importing the tasks package builds every task module.
+  from mmlearn.tasks.contract import Metric
+
+State = TypeVar("State")  # The train state: restored in the structure of its template.
 
 RECORD, SUBDIR = "best.json", "best"  # The record and the checkpoint directory, under the workdir.
 
@@ -49,11 +57,13 @@ class BestCheckpoint:
     best = self.record["value"]
     return value < best if minimised(self.metric) else value > best
 
-  def update(self, step: int, results: dict[str, Any], state: Any, data_state: Any, *, write: bool) -> bool:
+  def update(
+    self, step: int, results: "Mapping[str, Metric]", state: Any, data_state: Any, *, write: bool
+  ) -> bool:
     """Saves `state` as the best when `results` holds the metric and it improves; returns whether it did."""
     if self.metric not in results:
       return False
-    value = float(results[self.metric])
+    value = float(np.asarray(results[self.metric]))
     if not self.improves(value):
       return False
     self.checkpointer.save(step, state, data_state)
@@ -65,8 +75,25 @@ class BestCheckpoint:
       os.replace(tmp, self.path)
     return True
 
-  def restore(self, template: Any) -> Any:
-    return self.checkpointer.restore(self.step, template)
+  def results(
+    self, step: int, results: "dict[str, Metric]", evaluate_best: Callable[[], "dict[str, Metric]"]
+  ) -> "dict[str, Metric]":
+    """The `best/...` results of a run that ended at `step` with `results`: the evaluation at the step
+    validation selected (re-evaluated from its checkpoint with `evaluate_best`, unless it is the last
+    step), and `best/step`."""
+    if self.step is None:
+      reported = ", ".join(sorted(k for k in results if np.ndim(results[k]) == 0))
+      raise ConfigError(f"select_metric {self.metric!r} was never reported; reported: {reported}")
+    if self.step != step:
+      out = {f"best/{name}": value for name, value in evaluate_best().items()}
+    else:
+      out = {f"best/{k}": v for k, v in results.items() if "/" in k and not k.startswith("model/")}
+    return {**out, "best/step": self.step}
+
+  def restore(self, template: State) -> State:
+    step = self.step
+    assert step is not None, "no best state saved yet"  # Callers check `step` first (`at_best_step`).
+    return self.checkpointer.restore(step, template)
 
   def close(self) -> None:
     self.checkpointer.close()

@@ -53,9 +53,9 @@ EXTENDABLE_KEYS = ("num_train_steps", "num_epochs")
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def prepare(workdir: str) -> bool:
-  """Creates `workdir` if needed and says whether it did; a path that is empty, names a file or lies in
-  the repository's tracked tree is an error, before any write."""
+def prepare(workdir: str) -> str | None:
+  """Creates `workdir` if needed; returns the topmost directory this created (None: it existed). A path
+  that is empty, names a file or lies in the repository's tracked tree is an error, before any write."""
   if not workdir:
     raise WorkdirError("--workdir is empty: name a directory for the run")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -65,7 +65,9 @@ def prepare(workdir: str) -> bool:
       f"workdir {workdir!r} holds files of the repository ({tracked}): checkpoints would be written among "
       "them; use a directory of its own, e.g. --workdir=runs/NAME"
     )
-  created = not os.path.isdir(workdir)
+  created, parent = None, os.path.abspath(workdir)
+  while not os.path.exists(parent):
+    created, parent = parent, os.path.dirname(parent)
   os.makedirs(workdir, exist_ok=True)
   return created
 
@@ -91,13 +93,19 @@ def tracked_files_under(workdir: str) -> str:
   return listed[0] if listed else ""
 
 
-def remove_if_unused(workdir: str) -> None:
-  """Removes a workdir this run created when it holds nothing but the lock (a refused run leaves nothing)."""
+def remove_if_unused(workdir: str, created: str) -> None:
+  """Removes what `prepare` created (`created`, the topmost new directory, down to `workdir`) when the
+  workdir holds nothing but the lock: a refused new run leaves nothing behind."""
   with contextlib.suppress(OSError):
     if set(os.listdir(workdir)) <= {LOCK}:
       with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(workdir, LOCK))
-      os.rmdir(workdir)
+      directory = os.path.abspath(workdir)
+      while True:
+        os.rmdir(directory)  # Fails, and stops, at a directory that is not empty.
+        if directory == created:
+          break
+        directory = os.path.dirname(directory)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""Multimodal classification: encoders per modality -> fusion -> MLP head, a loss from `losses.classification`.
+"""Multimodal classification: encoders per modality -> fusion -> MLP head, a loss from
+`losses.classification`.
 
 A `Task` and a `Classifier` (`mmlearn.tasks.contract`). It owns two config sections:
 `classification` (the training loss, the fusion and head, class imbalance of the training split) and
@@ -11,7 +12,7 @@ the task is given.
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import jax
 import ml_collections
@@ -114,7 +115,8 @@ class ClassificationTask:
       if info is None:
         raise ValueError("classification needs the dataset info or num_classes")
       label = info.features["label"]
-      num_classes, class_names = label.num_classes, class_names or list(label.names)
+      label_classes: int = label.num_classes
+      num_classes, class_names = label_classes, class_names or list(label.names)
     self.num_classes = num_classes
     self.class_names: Sequence[str] = class_names or [str(i) for i in range(num_classes)]
     self.config, self.train_source, self.load_run = config, train_source, load_run
@@ -192,7 +194,8 @@ class ClassificationTask:
 
   def logits(self, variables: Variables, batch: Batch) -> jax.Array:
     """Evaluation-mode logits (running BatchNorm statistics, no dropout)."""
-    return self.model.apply(variables, batch, train=False)  # pyright: ignore[reportReturnType]
+    # flax types `apply`'s result as the output or (output, collections); without `mutable`, the output.
+    return cast(jax.Array, self.model.apply(variables, batch, train=False))
 
   def loss(
     self,

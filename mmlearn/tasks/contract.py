@@ -29,7 +29,7 @@ no dropout, e.g. in tests).
 """
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias, TypeVar, cast, runtime_checkable
 
 import flax.linen as nn
 import jax
@@ -37,6 +37,8 @@ import ml_collections
 import numpy as np
 
 from mmlearn.data.pipeline import Source, TrainingData
+from mmlearn.metrics.classification import ConfusionMatrix
+from mmlearn.metrics.images import Image
 
 if TYPE_CHECKING:  # Only for annotations: the pipeline's missing-modality masks need no task.
   import tensorflow_datasets as tfds
@@ -49,9 +51,9 @@ PyTree: TypeAlias = Any
 Variables: TypeAlias = Mapping[str, PyTree]
 # A batch by feature name: numpy arrays from the pipeline, jax arrays (or tracers) inside a step.
 Batch: TypeAlias = Mapping[str, np.ndarray | jax.Array]
-Metric: TypeAlias = (
-  object  # A scalar, an array, or what a metric writer draws (a confusion matrix, an image).
-)
+# A metric's value: a scalar (a Python or numpy number, a 0-d array), an array (e.g. per-class values), or
+# what the metric writer draws. numpy sees each as an array: `np.ndim(value) == 0` tells a scalar.
+Metric: TypeAlias = float | np.ndarray | np.generic | jax.Array | ConfusionMatrix | Image
 ConfigDict: TypeAlias = ml_collections.ConfigDict
 
 
@@ -72,13 +74,24 @@ RunLoader: TypeAlias = Callable[[str], LoadedRun]
 class Task(Protocol):
   """What the trainer calls. Tasks subclass it, and inherit the default `training_data`."""
 
-  # The metric a run's final summary line leads with, without its split prefix (e.g. "accuracy").
-  summary_metric: str
-  # True when the loss is a mean of per-example terms, so a batch's gradient is the mean of its equal
-  # chunks' gradients (`config.microbatch_size`); False for losses that couple examples (in-batch negatives).
-  separable_loss: bool
-  # The evaluators a run gets on every `dataset.eval_splits` split when `config.evals` names none.
-  default_evaluators: tuple[str, ...]
+  # Read-only (properties here), so a class attribute, a property or an instance attribute implements each.
+
+  @property
+  def summary_metric(self) -> str:
+    """The metric a run's final summary line leads with, without its split prefix (e.g. "accuracy")."""
+    ...
+
+  @property
+  def separable_loss(self) -> bool:
+    """True when the loss is a mean of per-example terms, so a batch's gradient is the mean of its equal
+    chunks' gradients (`config.microbatch_size`); False for losses that couple examples (in-batch
+    negatives)."""
+    ...
+
+  @property
+  def default_evaluators(self) -> tuple[str, ...]:
+    """The evaluators a run gets on every `dataset.eval_splits` split when `config.evals` names none."""
+    ...
 
   def init(self, rng: jax.Array, batch: Batch) -> Variables:
     """The initial variables (`{"params": ..., **collections}`), given one batch in the pipeline's format."""
@@ -123,6 +136,31 @@ class TaskFactory(Protocol):
   def check_config(self, config: ConfigDict) -> None:
     """Raises a one-line `ConfigError` for a value of the task's sections that cannot run."""
     ...
+
+
+class RegisteredTask(Task, Protocol):
+  """The instances of a registered task class, as `mmlearn.tasks.registry.register` checks them: a `Task`
+  built by `TaskFactory`'s constructor, with the class's config sections and checks as static methods.
+
+  (A class object matched against `TaskFactory` itself would be called through its metaclass, so its
+  constructor would go unchecked; `register` checks `type[RegisteredTask]` instead.)
+  """
+
+  def __init__(
+    self,
+    config: ConfigDict,
+    *,
+    info: "tfds.core.DatasetInfo | None" = None,
+    vocab_size: int | None = None,
+    train_source: Source | None = None,
+    load_run: RunLoader | None = None,
+  ) -> None: ...
+
+  @staticmethod
+  def config_sections() -> dict[str, ConfigDict]: ...
+
+  @staticmethod
+  def check_config(config: ConfigDict) -> None: ...
 
 
 @runtime_checkable
@@ -202,7 +240,7 @@ class Generator(Protocol):
     rng: jax.Array,
     temperature: float = 1.0,
     targets: Sequence[str] | None = None,
-  ) -> dict[str, jax.Array]:
+  ) -> dict[str, np.ndarray | jax.Array]:
     """`batch` with the inputs absent by `present` (bool [B] per modality) drawn from the present ones."""
     ...
 
@@ -218,7 +256,7 @@ class Evaluator(Protocol):
 
 
 def apply_for_training(
-  model: nn.Module, variables: Variables, *args: object, dropout_rng: jax.Array | None, **kwargs: object
+  model: nn.Module, variables: Variables, *args: PyTree, dropout_rng: jax.Array | None, **kwargs: PyTree
 ) -> tuple[PyTree, Variables]:
   """`model.apply(..., train=True)` with every non-parameter collection mutable: (output, updated ones)."""
   mutable = [name for name in variables if name != "params"]
@@ -227,3 +265,15 @@ def apply_for_training(
     return model.apply(variables, *args, train=True, rngs=rngs, **kwargs), {}
   out, updated = model.apply(variables, *args, train=True, rngs=rngs, mutable=mutable, **kwargs)
   return out, dict(updated)
+
+
+Out = TypeVar("Out")
+
+
+def apply_method(
+  model: nn.Module, variables: Variables, method: Callable[..., Out], /, *args: PyTree, **kwargs: PyTree
+) -> Out:
+  """`model.apply(variables, *args, method=method, **kwargs)`: `method`'s output, typed as `method` says."""
+  # flax types `apply`'s result as the output or the (output, updated collections) pair that `mutable`
+  # asks for; without `mutable` it is the output.
+  return cast(Out, model.apply(variables, *args, method=method, **kwargs))

@@ -22,11 +22,12 @@ always kept and fixed keys).
 """
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import tensorflow_datasets as tfds
 from jax import lax
 
@@ -43,6 +44,7 @@ from mmlearn.tasks.contract import (
   SampleOption,
   Variables,
   apply_for_training,
+  apply_method,
 )
 from mmlearn.tasks.registry import register
 
@@ -61,18 +63,20 @@ def velocity_loss(predicted: jax.Array, noise: jax.Array, data: jax.Array) -> ja
   return jnp.mean(jnp.square(predicted - (data - noise)), axis=tuple(range(1, data.ndim)))
 
 
-def guide(conditional: jax.Array, unconditional: jax.Array, scale: Any) -> jax.Array:
+def guide(conditional: jax.Array, unconditional: jax.Array, scale: float | jax.Array) -> jax.Array:
   """Classifier-free guidance: v_u + scale (v_c - v_u)."""
   return unconditional + scale * (conditional - unconditional)
 
 
-def integrate(velocity: Callable, x: jax.Array, num_steps: int, sampler: str) -> jax.Array:
+def integrate(
+  velocity: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array, num_steps: int, sampler: str
+) -> jax.Array:
   """x at t = 1 from x at t = 0 along dx/dt = velocity(x, t): `num_steps` Euler or Heun steps."""
   if sampler not in SAMPLERS:
     raise ConfigError(f"unknown flow.sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
   dt = 1.0 / num_steps
 
-  def step(i, x):
+  def step(i: jax.Array, x: jax.Array) -> jax.Array:
     t = i * dt
     v = velocity(x, t)
     if sampler == "euler":
@@ -96,7 +100,7 @@ def training_times(keys: jax.Array, size: int, how: str) -> jax.Array:
   return jax.nn.sigmoid(rngs.normal(keys, (size,)))
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> bool:
   return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -245,40 +249,44 @@ class FlowTask:
 
   # ---- Model pieces ----
 
-  def init(self, rng: jax.Array, batch: dict[str, Any]) -> Any:
+  def init(self, rng: jax.Array, batch: Batch) -> Variables:
     for m in self.modalities:
       if m not in batch:
         raise ConfigError(f"batch has no input for modality {m!r}; batch keys: {sorted(batch)}")
     size = batch[self.target].shape[0]
     return dict(self.model.init(rng, batch[self.target], jnp.zeros(size), batch, jnp.zeros(size, bool)))
 
-  def draws(self, rng: jax.Array, size: int, shape: Sequence[int], drop_rate: float):
+  def draws(
+    self, rng: jax.Array, size: int, shape: Sequence[int], drop_rate: float
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(x0 [size, *shape], t [size], condition dropped [size]) from one key per example (or one key)."""
     noise_key, time_key, drop_key = rngs.split(rng, 3)
     noise = rngs.normal(noise_key, (size, *shape))
     t = training_times(time_key, size, self.time_sampling)
     return noise, t, uniform(drop_key, size) < drop_rate
 
-  def losses(self, variables: Any, batch: dict[str, Any], rng: jax.Array, *, drop_rate: float, **apply):
+  def losses(
+    self, variables: Variables, batch: Batch, rng: jax.Array, *, drop_rate: float, **apply: jax.Array | None
+  ) -> tuple[jax.Array, Variables]:
     """(per-example velocity loss [B], updated collections); `apply`: train mode and its dropout key."""
     data = jnp.asarray(batch[self.target], jnp.float32)
     noise, t, drop = self.draws(rng, data.shape[0], data.shape[1:], drop_rate)
     x_t = interpolate(noise, data, t)
     if apply:
       predicted, updated = apply_for_training(self.model, variables, x_t, t, batch, drop, **apply)
-    else:
-      predicted, updated = self.model.apply(variables, x_t, t, batch, drop), {}
+    else:  # flax types `apply`'s result as output or (output, collections); without `mutable`, the output.
+      predicted, updated = cast(jax.Array, self.model.apply(variables, x_t, t, batch, drop)), {}
     return velocity_loss(predicted, noise, data), updated
 
   def loss(
     self,
-    variables: Any,
-    batch: dict[str, Any],
+    variables: Variables,
+    batch: Batch,
     rng: jax.Array,
     *,
-    step: Any = None,
+    step: jax.Array | int | None = None,
     dropout_rng: jax.Array | None = None,
-  ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
+  ) -> tuple[jax.Array, dict[str, jax.Array], Variables]:
     """Per-device mean velocity loss, the condition dropped for a `flow.cond_dropout` share of examples."""
     del step  # No schedule inside the loss.
     per_example, updated = self.losses(
@@ -297,14 +305,19 @@ class FlowTask:
   # ---- Sampling and imputation ----
 
   def guided_velocity(
-    self, variables: Any, x: jax.Array, t: Any, condition: jax.Array, scale: Any
+    self,
+    variables: Variables,
+    x: jax.Array,
+    t: float | jax.Array,
+    condition: jax.Array,
+    scale: float | jax.Array,
   ) -> jax.Array:
     """The guided velocity at x [N, ...], time t (a scalar), condition embeddings [N, E].
 
     A Python scale of 1 (0) runs only the conditional (unconditional) branch; any other scale runs both
     in one batch of 2N.
     """
-    velocity = lambda x, t, c: self.model.apply(variables, x, t, c, method=FlowNet.velocity)  # noqa: E731
+    velocity = lambda x, t, c: apply_method(self.model, variables, FlowNet.velocity, x, t, c)  # noqa: E731
     t = jnp.full((x.shape[0],), t, jnp.float32)
     null = jnp.broadcast_to(variables["params"]["embed"]["null"], condition.shape)
     if _is_number(scale) and scale == 1:
@@ -317,10 +330,10 @@ class FlowTask:
 
   def _sample(
     self,
-    variables: Any,
-    batch: dict[str, Any],
+    variables: Variables,
+    batch: Batch,
     rng: jax.Array,
-    temperature: Any = None,
+    temperature: float | jax.Array | None = None,
     *,
     condition: tuple[str, ...],
     target: str,
@@ -345,7 +358,7 @@ class FlowTask:
     inputs = {k: batch[k] for k in (self.condition, f"{self.condition}_mask") if k in batch}
     size = inputs[self.condition].shape[0]
     drop = jnp.zeros(size, bool) if unconditional is None else jnp.asarray(unconditional, bool)
-    embedded = self.model.apply(variables, inputs, drop, method=FlowNet.encode)
+    embedded = apply_method(self.model, variables, FlowNet.encode, inputs, drop)
     embedded = jnp.repeat(embedded, num_samples, axis=0)
     keys = rngs.per_sample(rng, num_samples)  # Example-major: rows i * num_samples + j.
     x = temperature * rngs.normal(keys, (size * num_samples, *shape))
@@ -359,13 +372,13 @@ class FlowTask:
 
   def impute(
     self,
-    variables: Any,
-    batch: dict[str, Any],
-    present: Mapping[str, Any],
+    variables: Variables,
+    batch: Batch,
+    present: Mapping[str, jax.Array | np.ndarray],
     rng: jax.Array,
-    temperature: Any = 1.0,
+    temperature: float = 1.0,
     targets: Sequence[str] | None = None,
-  ) -> dict[str, Any]:
+  ) -> dict[str, np.ndarray | jax.Array]:
     """`batch` with an absent target generated from the example's condition, as `MVAETask.impute`.
 
     Where the condition is absent too, the target is drawn unconditionally (the null embedding that

@@ -42,7 +42,7 @@ imputation in the data pipeline), drawn as `jax.random` would.
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +56,15 @@ from mmlearn.errors import ConfigError
 from mmlearn.models import mvae
 from mmlearn.models.config import compute_dtype, resolve_modalities
 from mmlearn.models.decoders import DECODERS
-from mmlearn.tasks.contract import Batch, ExampleLosses, Generator, RunLoader, SampleOption, Variables
+from mmlearn.tasks.contract import (
+  Batch,
+  ExampleLosses,
+  Generator,
+  RunLoader,
+  SampleOption,
+  Variables,
+  apply_method,
+)
 from mmlearn.tasks.registry import register
 
 
@@ -79,7 +87,7 @@ def elbo_subsets(modalities: Sequence[str], *, joint: bool, unimodal: bool, cros
   return subsets
 
 
-def kl_weight(step: Any, beta: float, anneal_steps: int) -> Any:
+def kl_weight(step: jax.Array | int | None, beta: float, anneal_steps: int) -> jax.Array:
   """beta * min(1, step / anneal_steps); beta throughout without annealing or without a step."""
   if step is None or anneal_steps <= 0:
     return jnp.float32(beta)
@@ -239,27 +247,30 @@ class MVAETask:
 
   # ---- Model pieces ----
 
-  def init(self, rng: jax.Array, batch: dict[str, Any]) -> Any:
+  def init(self, rng: jax.Array, batch: Batch) -> Variables:
     missing = [m for m in self.modalities if m not in batch]
     if missing:
       raise ConfigError(f"batch has no input for modalities {missing}; batch keys: {sorted(batch)}")
     return dict(self.model.init(rng, batch))
 
   def experts(
-    self, variables: Any, batch: dict[str, Any]
+    self, variables: Variables, batch: Batch
   ) -> tuple[dict[str, tuple[jax.Array, jax.Array]], dict[str, tuple[jax.Array, jax.Array]]]:
     """({m: shared expert (mu, logvar)}, {m: private posterior (mu, logvar)}) for the inputs in `batch`.
 
     The private dict has only the modalities with a private latent.
     """
-    encoded = self.model.apply(variables, batch, method=mvae.MVAE.encode)
+    encoded = apply_method(self.model, variables, mvae.MVAE.encode, batch)
     d = self.latent_dim
     shared = {m: (mu[:, :d], logvar[:, :d]) for m, (mu, logvar) in encoded.items()}
     private = {m: (mu[:, d:], logvar[:, d:]) for m, (mu, logvar) in encoded.items() if self.private_dims[m]}
     return shared, private
 
   def posterior(
-    self, variables: Any, batch: dict[str, Any], present: Mapping[str, Any] | None = None
+    self,
+    variables: Variables,
+    batch: Batch,
+    present: Mapping[str, jax.Array | np.ndarray | bool] | None = None,
   ) -> tuple[jax.Array, jax.Array]:
     """q(z | the modalities present): the product of their experts and the prior, (mu, logvar) [B, D].
 
@@ -273,25 +284,29 @@ class MVAETask:
     for m, (mu, logvar) in experts.items():
       default = batch.get(f"{m}_present", True)
       is_present = present.get(m, False) if present is not None else default
-      (
-        mus.append(mu),
-        logvars.append(logvar),
-        mask.append(jnp.broadcast_to(jnp.asarray(is_present, bool), (size,))),
-      )
+      mus.append(mu)
+      logvars.append(logvar)
+      mask.append(jnp.broadcast_to(jnp.asarray(is_present, bool), (size,)))
     return mvae.product_of_experts(jnp.stack(mus), jnp.stack(logvars), jnp.stack(mask))
 
-  def log_likelihood(self, variables: Any, modality: str, z: jax.Array, batch: dict[str, Any]) -> jax.Array:
-    return self.model.apply(
+  def log_likelihood(self, variables: Variables, modality: str, z: jax.Array, batch: Batch) -> jax.Array:
+    return apply_method(
+      self.model,
       variables,
+      mvae.MVAE.log_likelihood,
       modality,
       z,
       batch[modality],
       batch.get(f"{modality}_mask"),
-      method=mvae.MVAE.log_likelihood,
     )
 
   def decode(
-    self, variables: Any, modality: str, z: jax.Array, rng: jax.Array, temperature: Any = 1.0
+    self,
+    variables: Variables,
+    modality: str,
+    z: jax.Array,
+    rng: jax.Array,
+    temperature: float | jax.Array = 1.0,
   ) -> tuple[jax.Array, jax.Array | None]:
     """A sample of `modality` per row of the shared z (a token mask with it for sequences, else None).
 
@@ -302,12 +317,12 @@ class MVAETask:
     if self.private_dims[modality]:
       shape = (z.shape[0], self.private_dims[modality])
       z = jnp.concatenate([z, temperature * rngs.normal(private_key, shape, z.dtype)], axis=-1)
-    return self.model.apply(variables, modality, z, rng, temperature, method=mvae.MVAE.generate)
+    return apply_method(self.model, variables, mvae.MVAE.generate, modality, z, rng, temperature)
 
   # ---- The objective ----
 
   def elbo_terms(
-    self, variables: Any, batch: dict[str, Any], rng: jax.Array, beta: Any
+    self, variables: Variables, batch: Batch, rng: jax.Array, beta: float | jax.Array
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(objective [B] to maximise, {metric: [B]}) with one z sample per subset.
 
@@ -364,13 +379,13 @@ class MVAETask:
 
   def loss(
     self,
-    variables: Any,
-    batch: dict[str, Any],
+    variables: Variables,
+    batch: Batch,
     rng: jax.Array,
     *,
-    step: Any = None,
+    step: jax.Array | int | None = None,
     dropout_rng: jax.Array | None = None,
-  ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
+  ) -> tuple[jax.Array, dict[str, jax.Array], Variables]:
     """Per-device negative sub-sampled ELBO (mean over the device's examples); `step` sets the KL weight.
 
     `rng`: the trainer's per-example keys ([B], `rngs.example_keys`), or one key (tools, tests). The
@@ -394,10 +409,10 @@ class MVAETask:
 
   def _sample(
     self,
-    variables: Any,
-    batch: dict[str, Any],
+    variables: Variables,
+    batch: Batch,
     rng: jax.Array,
-    temperature: Any = 1.0,
+    temperature: float | jax.Array = 1.0,
     *,
     condition: tuple[str, ...],
     target: str,
@@ -411,18 +426,18 @@ class MVAETask:
     x, mask = self.decode(
       variables, target, mvae.reparameterize(z_key, mu, logvar, temperature), decode_key, temperature
     )
-    unflatten = lambda a: None if a is None else a.reshape(-1, num_samples, *a.shape[1:])  # noqa: E731
-    return unflatten(x), unflatten(mask)
+    unflatten = lambda a: a.reshape(-1, num_samples, *a.shape[1:])  # noqa: E731
+    return unflatten(x), None if mask is None else unflatten(mask)
 
   def impute(
     self,
-    variables: Any,
-    batch: dict[str, Any],
-    present: Mapping[str, Any],
+    variables: Variables,
+    batch: Batch,
+    present: Mapping[str, jax.Array | np.ndarray],
     rng: jax.Array,
-    temperature: Any = 1.0,
+    temperature: float = 1.0,
     targets: Sequence[str] | None = None,
-  ) -> dict[str, Any]:
+  ) -> dict[str, np.ndarray | jax.Array]:
     """Generative imputation: `batch` with every absent input replaced by a sample given the present ones.
 
     `present[m]`: bool [B] per modality of the model (a modality not listed, or not in the batch, is

@@ -7,18 +7,19 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from mmlearn.registry import Registry
-from mmlearn.tasks.contract import TaskFactory
+from mmlearn.tasks.contract import RegisteredTask, TaskFactory
 
 TASKS: Registry[TaskFactory] = Registry("task")
 
-TaskClass = TypeVar("TaskClass", bound=TaskFactory)
+TaskT = TypeVar("TaskT", bound=RegisteredTask)
 
 
-def register(name: str) -> Callable[[TaskClass], TaskClass]:
+def register(name: str) -> Callable[[type[TaskT]], type[TaskT]]:
   """Registers a task class as `name`. The type checker checks the class where it is decorated: it must be
-  a `TaskFactory` (its config sections, its checks, a constructor returning a `Task`)."""
+  a `TaskFactory` (its config sections, its checks, a constructor returning a `Task`), which it checks
+  as `type[RegisteredTask]` (the constructor's signature, every `Task` member, the static methods)."""
 
-  def decorator(cls: TaskClass) -> TaskClass:
+  def decorator(cls: type[TaskT]) -> type[TaskT]:
     TASKS.add(name, cls)
     return cls
 

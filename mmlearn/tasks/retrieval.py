@@ -7,7 +7,7 @@ every item of one modality against every item of the other, both ways, with the 
 right answer and, with `retrieval.relevance`, any item of the same description beside it.
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import jax
 import ml_collections
@@ -109,7 +109,8 @@ class RetrievalTask:
 
   def embed(self, variables: Variables, batch: Batch) -> dict[str, jax.Array]:
     """Unit-norm evaluation-mode embeddings of the modalities present in `batch`."""
-    return self.model.apply(variables, batch, train=False)  # pyright: ignore[reportReturnType]
+    # flax types `apply`'s result as the output or (output, collections); without `mutable`, the output.
+    return cast(dict[str, jax.Array], self.model.apply(variables, batch, train=False))
 
   def loss(
     self,

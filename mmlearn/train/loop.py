@@ -21,13 +21,11 @@ import numpy as np
 from absl import logging
 
 from mmlearn.config import checks
-from mmlearn.errors import ConfigError
-from mmlearn.evaluators.registry import EvalSpec
 from mmlearn.runs import selection
 from mmlearn.runs import workdir as workdir_lib
 from mmlearn.runs.checkpoint import Checkpointer
 from mmlearn.runs.metric_writer import MetricWriter
-from mmlearn.tasks.contract import Evaluator, Metric, Variables
+from mmlearn.tasks.contract import Metric
 from mmlearn.train import setup
 from mmlearn.train.prefetch import DevicePrefetch
 from mmlearn.train.profiler import StepProfiler
@@ -65,8 +63,8 @@ def train_and_evaluate(
         config, workdir, run, hooks=hooks, changed=changed, fallback=fallback, profile=profile_steps
       )
   except BaseException:
-    if created and jax.process_index() == 0:
-      workdir_lib.remove_if_unused(workdir)
+    if created is not None and jax.process_index() == 0:
+      workdir_lib.remove_if_unused(workdir, created)
     raise
 
 
@@ -143,22 +141,16 @@ def _train(
         last_saved = step
       if at_log or at_checkpoint:
         history = []
-      due = [(spec, e) for spec, e in run.evaluators if spec.due(step)]
-      if due and step < num_steps:  # The final evaluation, of every evaluator, follows the loop.
-        results = evaluate(due, state.variables(ema=use_ema))
+      if run.any_due(step) and step < num_steps:  # The final evaluation, of all, follows the loop.
+        results = run.evaluate(state.variables(ema=use_ema), due_at=step)
         log_evaluation(writer, step, results)
         if best is not None:
           best.update(step, results, state, batches.consumed_state(), write=jax.process_index() == 0)
-    results = {
-      "model/num_parameters": run.num_parameters,
-      **evaluate(run.evaluators, state.variables(ema=use_ema)),
-    }
+    results = {"model/num_parameters": run.num_parameters, **run.evaluate(state.variables(ema=use_ema))}
     log_evaluation(writer, step, results)
     if best is not None:
       best.update(step, results, state, batches.consumed_state(), write=jax.process_index() == 0)
-      results |= at_best_step(
-        best, step, results, lambda: evaluate(run.evaluators, best.restore(state).variables(ema=use_ema))
-      )
+      results |= best.results(step, results, lambda: run.evaluate(best.restore(state).variables(ema=use_ema)))
       writer.write(step, {k: v for k, v in results.items() if k.startswith("best/")})
   finally:
     profiler.stop()
@@ -170,21 +162,6 @@ def _train(
   if jax.process_index() == 0:
     print(summary_line(results, run.task.summary_metric, run.splits, step), flush=True)
   return results
-
-
-def at_best_step(
-  best: selection.BestCheckpoint, step: int, results: Results, evaluate_best: Callable[[], Results]
-) -> Results:
-  """The `best/...` results: the evaluation at the step validation selected (re-evaluated from its
-  checkpoint unless it is the last step), and `best/step`."""
-  if best.step is None:
-    reported = ", ".join(sorted(k for k in results if np.ndim(results[k]) == 0))
-    raise ConfigError(f"select_metric {best.metric!r} was never reported; reported: {reported}")
-  if best.step != step:
-    out = {f"best/{name}": value for name, value in evaluate_best().items()}
-  else:
-    out = {f"best/{k}": v for k, v in results.items() if "/" in k and not k.startswith("model/")}
-  return {**out, "best/step": best.step}
 
 
 def summary_line(results: Results, metric: str, splits: Sequence[str], step: int) -> str:
@@ -202,7 +179,7 @@ def summary_line(results: Results, metric: str, splits: Sequence[str], step: int
 
 def _headline(results: Results, metric: str, splits: Sequence[str], step: int) -> str:
   values = [
-    (split, float(results[f"{split}/{metric}"]))  # pyright: ignore[reportArgumentType]
+    (split, float(np.asarray(results[f"{split}/{metric}"])))
     for split in reversed(splits)
     if f"{split}/{metric}" in results
   ]
@@ -218,19 +195,11 @@ def _headline(results: Results, metric: str, splits: Sequence[str], step: int) -
   return f"{first} {metric} {show(value)}" + (f" ({others})" if others else "") + f" at step {step}"
 
 
-def evaluate(evaluators: Sequence[tuple[EvalSpec, Evaluator]], variables: Variables) -> Results:
-  """Every evaluator's `(name, value)` pairs, one dict."""
-  results = {}
-  for _, evaluator in evaluators:
-    results.update(evaluator.run(variables))
-  return results
-
-
 def log_evaluation(writer: MetricWriter, step: int, results: Results) -> None:
   """Writes the evaluation results and logs their headline scalars."""
   writer.write(step, results)
   headline = {
-    k: round(float(v), 4)  # pyright: ignore[reportArgumentType]
+    k: round(float(np.asarray(v)), 4)
     for k, v in results.items()
     if np.ndim(v) == 0 and "class_recall" not in k and "model/" not in k
   }

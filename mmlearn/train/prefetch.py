@@ -13,34 +13,49 @@ import collections
 import copy
 import json
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Generic, Protocol, TypeVar
+
+Element = TypeVar("Element")
+Element_co = TypeVar("Element_co", covariant=True)
+Placed = TypeVar("Placed")
+
+# A data iterator's saved position: JSON (grain's `DatasetIterator.get_state`).
+State = Mapping[str, object]
+
+
+class StatefulIterator(Protocol[Element_co]):
+  """An iterator whose position can be read (grain's `DatasetIterator`)."""
+
+  def __next__(self) -> Element_co: ...
+
+  def get_state(self) -> State: ...
 
 
 class IteratorState:
   """A saved data-iterator state that grain's checkpoint handler writes as the iterator itself would."""
 
-  def __init__(self, state: Any):
+  def __init__(self, state: State):
     self.state = state
 
   def get_state(self) -> bytes:
     return json.dumps(self.state, indent=4).encode()
 
 
-class DevicePrefetch:
+class DevicePrefetch(Generic[Element, Placed]):
   """Yields `place(batch)` for the batches of `iterator`, `size` batches ahead of the consumer."""
 
-  def __init__(self, iterator: Iterator, place: Callable[[Any], Any], size: int = 1):
+  def __init__(self, iterator: StatefulIterator[Element], place: Callable[[Element], Placed], size: int = 1):
     self._iterator = iterator
     self._place = place
     self._size = size
-    self._queue: collections.deque = collections.deque()
+    self._queue: collections.deque[tuple[Placed, State]] = collections.deque()
     self._consumed = copy.deepcopy(iterator.get_state())
 
-  def __iter__(self) -> "DevicePrefetch":
+  def __iter__(self) -> "DevicePrefetch[Element, Placed]":
     return self
 
-  def __next__(self) -> Any:
+  def __next__(self) -> Placed:
     if not self._queue:
       self._fill(1)
     batch, state = self._queue.popleft()
@@ -48,7 +63,7 @@ class DevicePrefetch:
     self._fill(self._size)  # Runs while the previously dispatched step computes.
     return batch
 
-  def next_timed(self) -> tuple[Any, float]:
+  def next_timed(self) -> tuple[Placed, float]:
     """(the next batch, the seconds the call took): the time the loop spent in the input pipeline
     (reading, transforming and placing batches), not overlapped by anything it dispatched before."""
     start = time.perf_counter()

@@ -6,7 +6,6 @@ only after step END's computation has finished, not merely been dispatched.
 """
 
 import os
-from typing import Any
 
 import jax
 
@@ -40,8 +39,8 @@ class StepProfiler:
       jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
       self.active = True
 
-  def after_step(self, step: int, outputs: Any) -> None:
-    if self.active and step == self.steps[1]:
+  def after_step(self, step: int, outputs: object) -> None:
+    if self.active and self.steps is not None and step == self.steps[1]:
       jax.block_until_ready(outputs)
       self.stop()
 

@@ -21,7 +21,7 @@ from mmlearn.data.augment import Augment
 from mmlearn.data.pipeline import Source
 from mmlearn.evaluators import registry as evaluators
 from mmlearn.runs import init_from, restore, selection
-from mmlearn.tasks.contract import Evaluator, Task
+from mmlearn.tasks.contract import Evaluator, Metric, Task, Variables
 from mmlearn.train import state as train_state
 from mmlearn.train.step import microbatch_chunks
 
@@ -43,6 +43,17 @@ class Run:
   @property
   def splits(self) -> tuple[str, ...]:
     return evaluators.splits([spec for spec, _ in self.evaluators])
+
+  def any_due(self, step: int) -> bool:
+    return any(spec.due(step) for spec, _ in self.evaluators)
+
+  def evaluate(self, variables: Variables, *, due_at: int | None = None) -> dict[str, Metric]:
+    """Every evaluator's `(name, value)` pairs in one dict (with `due_at`, only those due at that step)."""
+    results: dict[str, Metric] = {}
+    for spec, evaluator in self.evaluators:
+      if due_at is None or spec.due(due_at):
+        results.update(evaluator.run(variables))
+    return results
 
 
 def build(config: ml_collections.ConfigDict) -> Run:

@@ -5,12 +5,13 @@ live apart from the loop: tools load runs without importing the trainer.
 """
 
 import math
+from typing import TYPE_CHECKING
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from flax import struct
 
 from mmlearn.data import pipeline
 from mmlearn.data.pipeline import Source
@@ -18,7 +19,7 @@ from mmlearn.errors import ConfigError
 from mmlearn.tasks.contract import PyTree, Task, Variables
 
 
-@flax.struct.dataclass
+@struct.dataclass
 class TrainState:
   """Everything a step reads and writes, checkpointed whole.
 
@@ -34,6 +35,12 @@ class TrainState:
   opt_state: optax.OptState
   ema_params: PyTree | None
   rng: jax.Array
+
+  if TYPE_CHECKING:  # Added by `struct.dataclass` at run time.
+
+    def replace(self, **updates: object) -> "TrainState":
+      """A copy with the fields `updates` names replaced."""
+      ...
 
   @classmethod
   def create(

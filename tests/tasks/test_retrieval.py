@@ -116,6 +116,7 @@ def test_dual_encoder_embeds_each_modality_to_unit_norm():
   assert "bias" not in no_bias["params"]
 
 
+@pytest.mark.e2e  # Trains 15-20 steps.
 @pytest.mark.parametrize("loss", ["clip", "siglip"])
 def test_steps_lower_the_contrastive_loss_on_a_fixed_batch(retrieval_data, loss):
   directory, sources, info = retrieval_data
@@ -179,6 +180,7 @@ def trained_run(retrieval_data, tmp_path_factory):
   return workdir, loop.train_and_evaluate(config, str(workdir))
 
 
+@pytest.mark.e2e
 def test_clip_learns_to_retrieve_far_above_chance(trained_run, retrieval_data):
   workdir, results = trained_run
   directory, sources, info = retrieval_data
@@ -212,6 +214,7 @@ def retrieve(workdir, *flags):
   return run_python(["scripts/retrieve.py", f"--workdir={workdir}", *flags])
 
 
+@pytest.mark.e2e
 def test_retrieve_prints_the_top_k_and_saves_a_grid(trained_run, tmp_path):
   workdir, _ = trained_run
   grid = tmp_path / "grid.png"
@@ -225,6 +228,7 @@ def test_retrieve_prints_the_top_k_and_saves_a_grid(trained_run, tmp_path):
   assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and grid.stat().st_size > 1000
 
 
+@pytest.mark.e2e
 def test_retrieve_rejects_unknown_words_and_runs_without_checkpoints(trained_run, tmp_path):
   workdir, _ = trained_run
   result = retrieve(workdir, "--query=a purple circle")

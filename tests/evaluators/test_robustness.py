@@ -68,6 +68,7 @@ def test_curves_measure_each_modality_all_together_and_noise():
   assert curves["noise/audio"].values[0] == 1.0 and curves["noise/audio"].values[1] < 0.01
 
 
+@pytest.mark.e2e
 def test_script_writes_the_curves_of_a_run_with_missing_modalities(tiny_config, tmp_path):
   tiny_config.missing.train_rates.image = 0.3
   tiny_config.missing.modality_dropout = 0.2

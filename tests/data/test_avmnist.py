@@ -15,15 +15,17 @@ import wave
 import numpy as np
 import pytest
 
+from conftest import REPO
 from mmlearn import data
 from mmlearn.data import avmnist as A
+from mmlearn.data import avmnist_raw as R
+from mmlearn.data import spectrogram as S
 from mmlearn.errors import ConfigError, DataError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RAW_DIR = os.environ.get(A.MANUAL_DIR_ENV) or os.path.join(REPO, "..", "shared", "data", "avmnist")
+RAW_DIR = os.environ.get(R.MANUAL_DIR_ENV) or os.path.join(REPO, "..", "shared", "data", "avmnist")
 pytestmark = pytest.mark.skipif(
   not os.path.isdir(RAW_DIR),
-  reason=f"AV-MNIST raw files not found: set ${A.MANUAL_DIR_ENV} (tried {os.path.abspath(RAW_DIR)})",
+  reason=f"AV-MNIST raw files not found: set ${R.MANUAL_DIR_ENV} (tried {os.path.abspath(RAW_DIR)})",
 )
 TINY = {"train": 640, "validation": 160, "test": 320}
 # The FSDD takes of each split, written out here (not taken from the module) so a changed layout fails.
@@ -32,7 +34,7 @@ SPLIT_TAKES = {"train": set(range(10, 50)), "validation": set(range(5, 10)), "te
 
 @pytest.fixture(scope="module")
 def raw():
-  return A.read_raw(*A.manual_paths(RAW_DIR))
+  return R.read_raw(*R.manual_paths(RAW_DIR))
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +58,11 @@ def built(avmnist_data_dir):
 
 
 def takes(recordings) -> np.ndarray:
-  return np.array([A.parse_recording(r)[2] for r in recordings])
+  return np.array([R.parse_recording(r)[2] for r in recordings])
 
 
 def digits(recordings) -> np.ndarray:
-  return np.array([A.parse_recording(r)[0] for r in recordings])
+  return np.array([R.parse_recording(r)[0] for r in recordings])
 
 
 # ---- The TFDS build ----
@@ -112,14 +114,14 @@ def test_bytes_do_not_depend_on_the_chunk_size_or_row_position(raw, prep, tiny, 
 
 def dft_db(waves: np.ndarray) -> np.ndarray:
   """float64 dB spectrograms [B, bins, frames] by the DFT's definition as BLAS products, not an FFT."""
-  frames = np.lib.stride_tricks.sliding_window_view(waves.astype(np.float64), A.N_FFT, axis=-1)[:, :: A.HOP]
-  frames = frames.reshape(-1, A.N_FFT)  # One 2-D product per part: a stacked 3-D one is much slower.
-  n = np.arange(A.N_FFT)
-  window = 0.5 - 0.5 * np.cos(2 * np.pi * n / A.N_FFT)
-  angle = 2 * np.pi * np.outer(n, np.arange(A.N_FFT // 2 + 1)) / A.N_FFT
+  frames = np.lib.stride_tricks.sliding_window_view(waves.astype(np.float64), S.N_FFT, axis=-1)[:, :: S.HOP]
+  frames = frames.reshape(-1, S.N_FFT)  # One 2-D product per part: a stacked 3-D one is much slower.
+  n = np.arange(S.N_FFT)
+  window = 0.5 - 0.5 * np.cos(2 * np.pi * n / S.N_FFT)
+  angle = 2 * np.pi * np.outer(n, np.arange(S.N_FFT // 2 + 1)) / S.N_FFT
   real, imaginary = (frames @ (window[:, None] * f(angle)) for f in (np.cos, np.sin))
-  power = (real**2 + imaginary**2).reshape(len(waves), -1, A.N_FFT // 2 + 1)
-  return 10 * np.log10(np.maximum(power, 10 ** (A.POWER_FLOOR_DB / 10))).transpose(0, 2, 1)
+  power = (real**2 + imaginary**2).reshape(len(waves), -1, S.N_FFT // 2 + 1)
+  return 10 * np.log10(np.maximum(power, 10 ** (S.POWER_FLOOR_DB / 10))).transpose(0, 2, 1)
 
 
 def rounding_disagreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -138,12 +140,12 @@ def test_stored_spectrograms_match_an_independent_float64_dft(raw, prep, tiny, t
       recording = np.array([raw.recordings.index(examples["recording"][i]) for i in rows])
       waves = raw.waves[recording]
       if snr_db is not None:
-        waves = A.add_noise(waves, A.signal_power(waves, raw.lengths[recording]), snr_db, 0, split, rows)
+        waves = A.add_noise(waves, S.signal_power(waves, raw.lengths[recording]), snr_db, 0, split, rows)
       levels = prep.scale.levels(dft_db(waves))
       np.testing.assert_array_equal(
         np.clip(np.rint(levels), 0, 255).astype(np.uint8), examples["audio"][rows, ..., 0]
       )
-      disagreement += rounding_disagreement(levels, prep.scale.levels(A.log_power_spectrogram(waves)))
+      disagreement += rounding_disagreement(levels, prep.scale.levels(S.log_power_spectrogram(waves)))
   # Far below one byte (a float32 DFT makes it tens): another CPU's kernels will store the same bytes.
   assert disagreement < 1e-3, disagreement
 
@@ -152,7 +154,7 @@ def test_stored_images_match_an_independent_projection(raw, prep, tiny):
   projection = prep.pca.components @ prep.pca.components.T  # Another product, so other rounding.
   disagreement = 0.0
   for split, examples in tiny.items():
-    images = A.split_images(raw, split)[0][: TINY[split]]
+    images = R.split_images(raw, split)[0][: TINY[split]]
     levels = (images.reshape(len(images), -1) - prep.pca.mean) @ projection + prep.pca.mean
     np.testing.assert_array_equal(
       np.clip(np.rint(levels), 0, 255).astype(np.uint8), examples["image"].reshape(len(images), -1)
@@ -162,10 +164,10 @@ def test_stored_images_match_an_independent_projection(raw, prep, tiny):
 
 
 def test_labels_come_from_mnist_and_images_are_degraded_copies(raw, prep, tiny):
-  np.testing.assert_array_equal(tiny["validation"]["label"], raw.train_labels[A.NUM_TRAIN :][:160])
+  np.testing.assert_array_equal(tiny["validation"]["label"], raw.train_labels[R.NUM_TRAIN :][:160])
   np.testing.assert_array_equal(tiny["test"]["label"], raw.test_labels[:320])
   np.testing.assert_array_equal(
-    tiny["validation"]["image"], prep.pca.degrade(raw.train_images[A.NUM_TRAIN :][:160])
+    tiny["validation"]["image"], prep.pca.degrade(raw.train_images[R.NUM_TRAIN :][:160])
   )
   assert not np.array_equal(tiny["test"]["image"][..., 0], raw.test_images[:320])
 
@@ -194,8 +196,8 @@ def test_preprocessing_is_fitted_on_the_training_pool_only(raw, monkeypatch):
   monkeypatch.setattr(A, "fit_image_pca", lambda images: seen.setdefault("images", images))
   monkeypatch.setattr(A, "fit_spectrogram_scale", lambda waves: seen.setdefault("waves", waves))
   A.fit_preprocessing(raw)
-  assert seen["images"] is not None and len(seen["images"]) == A.NUM_TRAIN  # Not validation, not test.
-  np.testing.assert_array_equal(seen["images"], raw.train_images[: A.NUM_TRAIN])
+  assert seen["images"] is not None and len(seen["images"]) == R.NUM_TRAIN  # Not validation, not test.
+  np.testing.assert_array_equal(seen["images"], raw.train_images[: R.NUM_TRAIN])
   train_takes = takes(raw.recordings) >= 10  # Not validation's takes 5-9, not test's 0-4.
   assert train_takes.sum() == 6 * 10 * 40  # Six speakers, ten digits, takes 10-49.
   np.testing.assert_array_equal(seen["waves"], raw.waves[train_takes])
@@ -235,19 +237,19 @@ def test_spectrograms_span_the_uint8_range(tiny):
 
 def test_spectrogram_is_the_windowed_dft():
   rng = np.random.default_rng(0)
-  waves = rng.standard_normal((2, A.NUM_SAMPLES)).astype(np.float32) * 0.1
+  waves = rng.standard_normal((2, S.NUM_SAMPLES)).astype(np.float32) * 0.1
   waves[1, 4000:] = 0  # Silence: clamped to the floor.
-  got = A.log_power_spectrogram(waves)
+  got = S.log_power_spectrogram(waves)
   assert got.shape == (2, 112, 112) and got.dtype == np.float64
   np.testing.assert_allclose(got, dft_db(waves), rtol=0, atol=1e-6)  # One uint8 step is 0.31 dB.
-  np.testing.assert_allclose(got[1, :, -50:], A.POWER_FLOOR_DB, rtol=0, atol=1e-9)
+  np.testing.assert_allclose(got[1, :, -50:], S.POWER_FLOOR_DB, rtol=0, atol=1e-9)
 
 
 def test_split_recording_pools_are_disjoint_and_cover_every_recording(raw):
   assert len(raw.recordings) == 3000  # FSDD: 6 speakers x 10 digits x takes 0-49.
   owner = {}
-  for split in A.SPLITS:
-    pools = A.recording_pools(raw, split)
+  for split in R.SPLITS:
+    pools = R.recording_pools(raw, split)
     for digit, pool in enumerate(pools):
       names = [raw.recordings[i] for i in pool]
       assert set(takes(names)) == SPLIT_TAKES[split], (split, digit)
@@ -255,13 +257,13 @@ def test_split_recording_pools_are_disjoint_and_cover_every_recording(raw):
       # Split by take within speaker: all six speakers in every split, each with all the split's takes.
       per_speaker = {}
       for name in names:
-        _, speaker, take = A.parse_recording(name)
+        _, speaker, take = R.parse_recording(name)
         per_speaker.setdefault(speaker, set()).add(take)
       assert len(per_speaker) == 6 and all(t == SPLIT_TAKES[split] for t in per_speaker.values())
       for i in pool:
         assert owner.setdefault(int(i), split) == split, (raw.recordings[i], owner[int(i)], split)
   assert sorted(owner) == list(range(len(raw.recordings)))  # Every recording in exactly one pool.
-  assert [A.take_split(t) for t in (0, 4, 5, 9, 10, 49)] == ["test"] * 2 + ["validation"] * 2 + ["train"] * 2
+  assert [R.take_split(t) for t in (0, 4, 5, 9, 10, 49)] == ["test"] * 2 + ["validation"] * 2 + ["train"] * 2
 
 
 def test_built_splits_hear_disjoint_recordings(built):
@@ -275,14 +277,14 @@ def test_built_splits_hear_disjoint_recordings(built):
 
 
 def test_every_split_hears_only_its_own_takes(raw):
-  for split in A.SPLITS:
-    _, labels = A.split_images(raw, split)
-    assigned = A.pair_recordings(labels, A.recording_pools(raw, split), 0, split)
+  for split in R.SPLITS:
+    _, labels = R.split_images(raw, split)
+    assigned = R.pair_recordings(labels, R.recording_pools(raw, split), 0, split)
     names = [raw.recordings[i] for i in assigned]
     assert set(takes(names)) == SPLIT_TAKES[split]  # The full split hears every take of its pool.
     np.testing.assert_array_equal(digits(names), labels)  # Every image hears its own digit.
     # Every recording of the pool is used, each about equally often.
-    for digit, pool in enumerate(A.recording_pools(raw, split)):
+    for digit, pool in enumerate(R.recording_pools(raw, split)):
       counts = np.bincount(assigned[labels == digit], minlength=len(raw.recordings))[pool]
       assert counts.max() - counts.min() <= 1
 
@@ -294,7 +296,7 @@ def test_built_examples_hear_their_own_digit(tiny):
 
 
 def test_noise_is_seeded_per_example_at_the_configured_snr(raw):
-  waves, power = raw.waves[:3], A.signal_power(raw.waves[:3], raw.lengths[:3])
+  waves, power = raw.waves[:3], S.signal_power(raw.waves[:3], raw.lengths[:3])
   rows = np.array([5, 6, 7])
   a = A.add_noise(waves, power, -6.0, 0, "train", rows)
   np.testing.assert_array_equal(a, A.add_noise(waves, power, -6.0, 0, "train", rows))
@@ -321,7 +323,7 @@ def test_a_reused_recording_gets_fresh_noise_and_clean_has_none(raw, prep, tiny,
     first.setdefault(name, i)
   assert reused > 0
   r = raw.recordings.index(clean["recording"][0])
-  expected = prep.scale.quantise(A.log_power_spectrogram(raw.waves[r : r + 1]))[0]
+  expected = prep.scale.quantise(S.log_power_spectrogram(raw.waves[r : r + 1]))[0]
   np.testing.assert_array_equal(clean["audio"][0], expected)
   assert not np.array_equal(noisy["audio"][0], expected)
 
@@ -330,17 +332,17 @@ def test_a_reused_recording_gets_fresh_noise_and_clean_has_none(raw, prep, tiny,
 
 
 def test_manual_dir_argument_beats_the_environment(monkeypatch):
-  monkeypatch.setenv(A.MANUAL_DIR_ENV, "/from/env")
+  monkeypatch.setenv(R.MANUAL_DIR_ENV, "/from/env")
   assert A.resolve_manual_dir("/from/arg") == "/from/arg"
   assert A.resolve_manual_dir(None) == "/from/env"
-  monkeypatch.delenv(A.MANUAL_DIR_ENV)
+  monkeypatch.delenv(R.MANUAL_DIR_ENV)
   assert A.resolve_manual_dir(None) is None
 
 
 def copy_of_raw(tmp_path, skip: str | None = None) -> str:
   """A raw directory of symlinks to the real files, without `skip`."""
   os.makedirs(tmp_path / "mnist")
-  for name in A.MNIST_FILES.values():
+  for name in R.MNIST_FILES.values():
     if name != skip:
       os.symlink(os.path.join(os.path.abspath(RAW_DIR), "mnist", name), tmp_path / "mnist" / name)
   os.makedirs(tmp_path / "fsdd")
@@ -371,22 +373,22 @@ def test_corrupt_idx_file_is_named(tmp_path, content):
   raw_dir = copy_of_raw(tmp_path, skip="train-images-idx3-ubyte.gz")
   (tmp_path / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(content)
   with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: not a valid idx file"):
-    A.read_raw(*A.manual_paths(raw_dir))
+    R.read_raw(*R.manual_paths(raw_dir))
 
 
 def test_bad_wav_and_missing_recordings_are_named(tmp_path):
-  mnist, _ = A.manual_paths(RAW_DIR)
+  mnist, _ = R.manual_paths(RAW_DIR)
   recordings = tmp_path / "recordings"
   with pytest.raises(FileNotFoundError, match="recordings"):
-    A.read_raw(mnist, str(recordings))
+    R.read_raw(mnist, str(recordings))
   os.makedirs(recordings)
   shutil.copy(os.path.join(RAW_DIR, "fsdd", "recordings", "0_george_5.wav"), recordings)
   (recordings / "3_theo_7.wav").write_bytes(b"RIFF....WAVEjunk")
   with pytest.raises(DataError, match="3_theo_7.wav: not a valid wav file"):
-    A.read_raw(mnist, str(recordings))
+    R.read_raw(mnist, str(recordings))
   os.remove(recordings / "3_theo_7.wav")
   with pytest.raises(DataError, match=re.escape(f"{recordings}: no train recordings (takes other than")):
-    A.read_raw(mnist, str(recordings))
+    R.read_raw(mnist, str(recordings))
   # Train and test recordings of every digit, a validation recording of digit 0 only.
   os.remove(recordings / "0_george_5.wav")
   for name in ("0_george_12.wav", "0_george_2.wav", "0_george_7.wav"):
@@ -396,7 +398,7 @@ def test_bad_wav_and_missing_recordings_are_named(tmp_path):
       shutil.copy(os.path.join(RAW_DIR, "fsdd", "recordings", f"{digit}_george_{take}.wav"), recordings)
   message = f"{recordings}: no validation recordings (takes 5-9) of digit(s) {list(range(1, 10))}"
   with pytest.raises(DataError, match=re.escape(message)):
-    A.read_raw(mnist, str(recordings))
+    R.read_raw(mnist, str(recordings))
 
 
 @pytest.mark.parametrize("cut", [100, 101])  # An even and an odd number of bytes.
@@ -411,7 +413,7 @@ def test_truncated_wav_is_named(tmp_path, cut):
   path.write_bytes(content[:-cut])
   message = f"{path}: truncated wav file (header says {frames} frames, found {(2 * frames - cut) // 2})"
   with pytest.raises(DataError, match=re.escape(message)):
-    A.read_wav(str(path))
+    S.read_wav(str(path))
 
 
 def test_bad_split_names_and_sizes_are_data_errors(raw, prep):

@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from conftest import REPO, run_python
+from conftest import REPO, main_in_process, run_python
 from mmlearn.config import files as config_files
 from mmlearn.errors import ConfigError
 from mmlearn.launch import local as launcher
@@ -220,6 +220,7 @@ def sweep_script(tmp_path, config, *flags, data_dir=None):
   )
 
 
+@pytest.mark.e2e
 def test_sweep_end_to_end_with_a_failing_variant_then_skip_and_resume(data_dir, tmp_path):
   """Two tiny variants train (2 at once, config variant `:sum`); a bad value fails alone; a rerun resumes."""
   (tmp_path / "tiny_sweep.py").write_text(TINY_SWEEP)
@@ -255,14 +256,20 @@ def test_sweep_end_to_end_with_a_failing_variant_then_skip_and_resume(data_dir, 
   assert (root / other / "done.json").exists()
 
 
-def test_dry_run_lists_variants_and_commands(tmp_path):
-  result = sweep_script(tmp_path, "configs/sweeps/mmshapes_lr.py:sum", "--dry_run", "--override=num_epochs=2")
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.splitlines()[-1] == "6 variants"
-  assert "optimizer.learning_rate=0.3,seed=1 (new)" in result.stdout
-  assert (
-    "--config=configs/sweeps/mmshapes_lr.py:sum" in result.stdout and "--config.num_epochs=2" in result.stdout
+def sweep_in_process(capsys, tmp_path, config, *flags):
+  """(status, stderr, stdout) of `scripts/sweep.py` run in this process (no training is started)."""
+  argv = [f"--config={config}", f"--workdir={tmp_path / 'root'}", *flags]
+  return main_in_process(argv, capsys, script="scripts/sweep.py", stdout=True)
+
+
+def test_dry_run_lists_variants_and_commands(capsys, tmp_path):
+  status, stderr, stdout = sweep_in_process(
+    capsys, tmp_path, "configs/sweeps/mmshapes_lr.py:sum", "--dry_run", "--override=num_epochs=2"
   )
+  assert status == 0, stderr[-3000:]
+  assert stdout.splitlines()[-1] == "6 variants"
+  assert "optimizer.learning_rate=0.3,seed=1 (new)" in stdout
+  assert "--config=configs/sweeps/mmshapes_lr.py:sum" in stdout and "--config.num_epochs=2" in stdout
   assert not os.path.exists(tmp_path / "root")
 
 
@@ -278,17 +285,20 @@ def test_dry_run_lists_variants_and_commands(tmp_path):
       "--override sets ['seed'], which the sweep varies",
     ),
     ("configs/nope.py", [], "no config file 'configs/nope.py'"),
+    ("{tmp}/raises.py", [], "{tmp}/raises.py:4: ZeroDivisionError in get_sweep: division by zero"),
     ("configs/sweeps/mmshapes_lr.py", ["--launcher=slurm", "--extend"], "--extend is for --launcher=local"),
   ],
 )
-def test_bad_input_gives_one_error_line_and_exit_1(tmp_path, config, flags, message):
+def test_bad_input_gives_one_error_line_and_exit_1(capsys, tmp_path, config, flags, message):
   typo = "from configs.tiny import get_config\n\ndef get_sweep(h):\n  return h.sweep('optimizer.lr', [0.1])\n"
   (tmp_path / "typo.py").write_text(typo)
-  result = sweep_script(tmp_path, config.format(tmp=tmp_path), *flags)
-  assert result.returncode == 1
-  [line] = result.stderr.strip().splitlines()
-  assert line.startswith("error: ") and message in line
-  assert "Traceback" not in result.stderr
+  raises = "from configs.tiny import get_config\n\ndef get_sweep(h):\n  return [{'seed': 1 / 0}]\n"
+  (tmp_path / "raises.py").write_text(raises)
+  status, stderr, _ = sweep_in_process(capsys, tmp_path, config.format(tmp=tmp_path), *flags)
+  assert status == 1
+  [line] = stderr.strip().splitlines()
+  assert line.startswith("error: ") and message.format(tmp=tmp_path) in line
+  assert "Traceback" not in stderr
   assert not os.path.exists(tmp_path / "root")
 
 

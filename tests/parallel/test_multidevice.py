@@ -2,12 +2,17 @@
 
 import json
 
+import pytest
+
 from conftest import run_python
+
+pytestmark = pytest.mark.e2e  # Processes, devices, a real Slurm or long training: see pyproject.toml.
 
 
 def test_shard_map_and_pmap_match_a_single_device_run(data_dir):
   result = run_python(
-    ["tests/multidevice_check.py", data_dir], env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    ["tests/parallel/multidevice_check.py", data_dir],
+    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
   )
   assert result.returncode == 0, result.stderr[-3000:]
   diffs = json.loads(result.stdout.strip().splitlines()[-1])

@@ -12,6 +12,8 @@ from mmlearn import parallel
 from mmlearn.errors import ConfigError
 from mmlearn.train import loop
 
+pytestmark = pytest.mark.e2e  # Processes, devices, a real Slurm or long training: see pyproject.toml.
+
 
 def free_address() -> str:
   with socket.socket() as s:
@@ -28,7 +30,7 @@ def run_processes(args_of, env_of=lambda process_id: {}, *, num_processes=2):
 def test_two_processes_match_a_single_process_run(data_dir):
   address = free_address()
   results = run_processes(
-    lambda i: ["tests/multihost_check.py", data_dir, address, "2", str(i)],
+    lambda i: ["tests/parallel/multihost_check.py", data_dir, address, "2", str(i)],
     lambda i: {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
   )
   for result in results:

@@ -1,4 +1,5 @@
-"""Every fusion against a direct numpy formula, its output widths, and its use inside the Classifier."""
+"""Every fusion against a direct numpy formula, its output widths, its use inside the Classifier, and its
+behaviour under a presence mask (missing modalities)."""
 
 import string
 
@@ -316,3 +317,81 @@ def test_build_classifier_with_late_fusion():
   config.fusion_kwargs.head_hidden = [2]
   with pytest.raises(ConfigError, match="fusion 'late' takes 'head_hidden' from the classifier"):
     build_classifier(config, num_classes=NUM_CLASSES, vocab_size=VOCAB)
+
+
+# ---- Under a presence mask (missing modalities, mmlearn/data/missing.py) ----
+
+POOLING = ("sum", "late", "gated", "attention")
+SLOTS = ("concat", "tensor", "low_rank_tensor", "multiplicative")
+
+
+def test_every_fusion_is_pooling_or_slots():
+  assert sorted(POOLING + SLOTS) == FUSIONS.names()
+
+
+def apply_fusion(fusion, inputs, present):
+  module = FUSIONS.get(fusion)(**FUSION_KWARGS[fusion])
+  params, _ = random_params(module, inputs)
+  return np.asarray(module.apply({"params": params}, inputs, present=present))
+
+
+@pytest.mark.parametrize("fusion", sorted(FUSION_KWARGS))
+def test_all_present_mask_changes_nothing(fusion):
+  inputs = features((2, 3, 4))
+  all_present = np.ones((len(inputs[0]), 3), bool)
+  np.testing.assert_allclose(
+    apply_fusion(fusion, inputs, all_present), apply_fusion(fusion, inputs, None), rtol=1e-6, atol=1e-6
+  )
+
+
+@pytest.mark.parametrize("fusion", sorted(FUSION_KWARGS))
+def test_pooling_fusions_ignore_absent_features_and_slot_fusions_use_them(fusion):
+  inputs = features((2, 3, 4))
+  present = np.array([[True, False, True], [True, True, True], [False, True, True]])
+  changed = [x.copy() for x in inputs]
+  changed[1][0] += 5.0  # Example 0's second modality is absent.
+  changed[0][2] -= 3.0  # Example 2's first modality is absent.
+  before, after = apply_fusion(fusion, inputs, present), apply_fusion(fusion, changed, present)
+  np.testing.assert_allclose(before[1], after[1], rtol=1e-6)  # Example 1 is untouched either way.
+  if fusion in POOLING:
+    np.testing.assert_allclose(before, after, rtol=1e-5, atol=1e-6)
+  else:
+    assert np.abs(before[[0, 2]] - after[[0, 2]]).max() > 1e-3
+
+
+def test_late_fusion_averages_the_present_heads_only():
+  inputs = features((2, 3))
+  module = FUSIONS.get("late")(**FUSION_KWARGS["late"])
+  params, _ = random_params(module, inputs)
+  present = np.array([[True, False], [False, True], [True, True]])
+  out = np.asarray(module.apply({"params": params}, inputs, present=present))
+  only = [np.eye(2, dtype=bool)[[i] * 3] for i in (0, 1)]  # Modality i alone, every example.
+  full = [np.asarray(module.apply({"params": params}, inputs, present=p)) for p in only]
+  np.testing.assert_allclose(out[0], full[0][0], rtol=1e-6)
+  np.testing.assert_allclose(out[1], full[1][1], rtol=1e-6)
+  np.testing.assert_allclose(out[2], (full[0][2] + full[1][2]) / 2, rtol=1e-5)
+
+
+def test_presence_mask_of_the_wrong_shape_is_an_error():
+  inputs = features((2, 3))
+  with pytest.raises(ValueError, match="presence mask of shape"):
+    apply_fusion("sum", inputs, np.ones((3, 3), bool))
+
+
+def test_learned_missing_embedding_replaces_an_absent_encoder_output():
+  model = classifier("concat", learned_missing=True)
+  batch = image_text_batch()
+  params = model.init(jax.random.key(0), batch)["params"]
+  assert params["image_missing"].shape == (6,) and params["text_missing"].shape == (5,)
+  batch["image_present"] = np.array([False, True, True])
+  other = dict(batch, image=batch["image"] + 0.7)
+  out, out_other = (np.asarray(model.apply({"params": params}, b)) for b in (batch, other))
+  np.testing.assert_allclose(out[0], out_other[0], rtol=1e-6)  # Absent: the input cannot matter.
+  assert np.abs(out[1:] - out_other[1:]).max() > 1e-4  # Present: it does.
+  params = dict(params, image_missing=params["image_missing"] + 1.0)
+  assert np.abs(np.asarray(model.apply({"params": params}, batch))[0] - out[0]).max() > 1e-4
+
+
+def test_classifier_without_learned_missing_has_no_missing_parameters():
+  params = classifier("concat").init(jax.random.key(0), image_text_batch())["params"]
+  assert not [name for name in params if name.endswith("_missing")]

@@ -33,6 +33,7 @@ def benchmark_module():
   return benchmark
 
 
+@pytest.mark.e2e
 def test_benchmark_reports_throughput_flops_and_keras_ratio(data_dir, tmp_path):
   fake = tmp_path / "fake_keras.py"
   fake.write_text(FAKE_KERAS)

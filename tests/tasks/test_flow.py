@@ -58,6 +58,7 @@ class ToyVelocity(nn.Module):
     return nn.Dense(2)(h)
 
 
+@pytest.mark.e2e
 def test_flow_matching_loss_drives_samples_to_a_mixture_of_gaussians():
   modes = jnp.array([[2.0, 2.0], [2.0, -2.0], [-2.0, 2.0], [-2.0, -2.0]])
   model, tx = ToyVelocity(), optax.adam(3e-3)
@@ -249,6 +250,7 @@ def trained_run(retrieval_tiny_data, tmp_path_factory):
   return workdir, loop.train_and_evaluate(tiny_config(directory), str(workdir))
 
 
+@pytest.mark.e2e
 def test_tiny_config_trains_and_writes_sample_grids(trained_run):
   workdir, results = trained_run
   lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -260,6 +262,7 @@ def test_tiny_config_trains_and_writes_sample_grids(trained_run):
   assert json.loads((workdir / "config.json").read_text())["ema_decay"] > 0  # Evaluated on the average.
 
 
+@pytest.mark.e2e
 def test_generate_cli_judges_a_flow_run_with_guidance(trained_run, retrieval_tiny_data, tmp_path):
   workdir, _ = trained_run
   from configs.mvae import judge_mmshapes
@@ -284,6 +287,7 @@ def test_generate_cli_judges_a_flow_run_with_guidance(trained_run, retrieval_tin
   assert record["diversity/test/real"] > 0 and record["diversity/test/text_to_image/ratio"] > 0
 
 
+@pytest.mark.e2e
 def test_generative_imputation_draws_the_image_from_a_flow_run(trained_run, retrieval_tiny_data):
   workdir, _ = trained_run
   _, sources, _ = retrieval_tiny_data
@@ -317,6 +321,7 @@ def test_generative_imputation_draws_the_image_from_a_flow_run(trained_run, retr
     imputation.check_run(config, "RUN", ("image", "text"))
 
 
+@pytest.mark.e2e
 def test_a_run_starts_from_another_runs_encoder_and_keeps_it_frozen(
   trained_run, retrieval_tiny_data, tmp_path
 ):

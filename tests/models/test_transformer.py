@@ -145,6 +145,7 @@ def test_dropout_needs_an_rng_only_when_training():
   )
 
 
+@pytest.mark.e2e  # Trains 15-20 steps.
 def test_classifier_with_transformer_towers_lowers_the_loss(tiny_config):
   config = tiny_config
   config.model.modalities.image = ml_collections.ConfigDict({"encoder": "vit", "patch": 8, **SMALL})

@@ -19,6 +19,8 @@ import slurm_cluster
 from conftest import REPO, SESSION_ENV, run_python
 from mmlearn.runs import checkpoint
 
+pytestmark = pytest.mark.e2e  # Processes, devices, a real Slurm or long training: see pyproject.toml.
+
 TWO_LR = """
 from configs import tiny
 
@@ -218,6 +220,7 @@ from conftest import max_diff, run_steps
 from mmlearn import data, optim, parallel
 from mmlearn.data import pipeline
 from mmlearn.tasks import TASKS
+
 
 assert parallel.initialize_distributed(auto=True)
 config = tiny.get_config()

@@ -2,12 +2,16 @@
 
 import json
 
+import pytest
+
 from conftest import run_python
+
+pytestmark = pytest.mark.e2e  # Processes, devices, a real Slurm or long training: see pyproject.toml.
 
 
 def test_global_batch_loss_and_gradients_match_a_single_device_run(data_dir):
   result = run_python(
-    ["tests/retrieval_multidevice_check.py", data_dir],
+    ["tests/parallel/retrieval_multidevice_check.py", data_dir],
     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
   )
   assert result.returncode == 0, result.stderr[-3000:]

@@ -29,6 +29,7 @@ from mmlearn.metrics import generation as generation_metrics
 from mmlearn.metrics.images import Image, sample_grid
 from mmlearn.models import decoders, mvae
 from mmlearn.runs.metric_writer import MetricWriter
+from mmlearn.runs.workdir import write_config
 from mmlearn.tasks import TASKS
 from mmlearn.tasks import mvae as mvae_task
 from mmlearn.tasks.mvae import kl_weight
@@ -373,6 +374,7 @@ def test_an_examples_draws_depend_on_its_own_key_only(task_and_batch):
   assert not np.allclose(filled["image"][1::2], batch["image"][1::2])
 
 
+@pytest.mark.e2e
 def test_training_and_evaluation_agree_on_1_and_4_devices(retrieval_tiny_data):
   """The MVAE is stochastic: with one random stream per device, 10 steps on 4 devices trained parameters
   2.6e-2 away from 1 device's (a step's loss 15% off, the evaluation's ELBO sums 1.9e-3 off; measured with
@@ -380,7 +382,7 @@ def test_training_and_evaluation_agree_on_1_and_4_devices(retrieval_tiny_data):
   rounding, which Adam amplifies over the steps: measured 5.7e-5 (parameters), 2.1e-6 (a step's relative
   loss), 1.1e-7 (relative evaluation sums). `pmap` (with `--pmap`) gives the same numbers as `shard_map`."""
   result = run_python(
-    ["tests/mvae_multidevice_check.py", retrieval_tiny_data[0]],
+    ["tests/tasks/mvae_multidevice_check.py", retrieval_tiny_data[0]],
     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
     timeout=600,
   )
@@ -467,6 +469,7 @@ def trained_run(mvae_tiny_run):
   return mvae_tiny_run
 
 
+@pytest.mark.e2e
 def test_training_raises_the_elbo_and_writes_sample_grids(trained_run):
   workdir, results = trained_run
   lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -492,6 +495,7 @@ def generate(workdir, *flags):
   return run_python(["scripts/generate.py", f"--workdir={workdir}", *flags])
 
 
+@pytest.mark.e2e
 def test_generate_writes_a_png_grid_from_a_caption_or_an_example(trained_run, tmp_path):
   workdir, _ = trained_run
   for flag in ("--caption=a small blue triangle", "--index=3"):
@@ -502,8 +506,11 @@ def test_generate_writes_a_png_grid_from_a_caption_or_an_example(trained_run, tm
     grid.unlink()
 
 
-def test_generate_reports_user_errors_in_one_line(capsys, trained_run, tmp_path):
-  workdir, _ = trained_run
+def test_generate_reports_user_errors_in_one_line(capsys, retrieval_tiny_data, tmp_path):
+  """Each mistake is found from the run's config alone, before any checkpoint is read."""
+  workdir = tmp_path / "mvae"
+  workdir.mkdir()
+  write_config(str(workdir), tiny_config(retrieval_tiny_data[0]))
   generate = functools.partial(main_in_process, capsys=capsys, script="scripts/generate.py")
   status, stderr = generate([f"--workdir={workdir}", "--caption=a purple triangle"])
   assert status == 1
@@ -512,7 +519,7 @@ def test_generate_reports_user_errors_in_one_line(capsys, trained_run, tmp_path)
   assert status == 1 and "config.json is missing" in stderr
   config = json.loads((workdir / "config.json").read_text())
   (tmp_path / "config.json").write_text(json.dumps({**config, "task": "classification"}))
-  status, stderr = generate([f"--workdir={tmp_path}", "--caption=a red circle"])
+  status, stderr = generate([f"--workdir={tmp_path}", "--caption=a red circle"])  # A classifier's run.
   assert status == 1 and "is a 'classification' run" in stderr
   status, stderr = generate([f"--workdir={workdir}", "--caption=a red circle", "--sampler=heun"])
   assert status == 1 and "--sampler apply to flow runs" in stderr
@@ -520,6 +527,7 @@ def test_generate_reports_user_errors_in_one_line(capsys, trained_run, tmp_path)
   assert status == 1 and "--num_examples applies to --judge" in stderr
 
 
+@pytest.mark.e2e
 def test_coherence_cli_judges_generated_images(trained_run, retrieval_tiny_data, tmp_path):
   workdir, _ = trained_run
   from configs.mvae import judge_mmshapes

@@ -18,6 +18,8 @@ from mmlearn.errors import CheckpointError, ConfigError
 from mmlearn.runs import checkpoint
 from mmlearn.train.prefetch import IteratorState
 
+pytestmark = pytest.mark.e2e  # Processes, devices, a real Slurm or long training: see pyproject.toml.
+
 TOLERANCE = 1e-5  # Float32 summation order: 1 vs 8 devices, pmean vs reduce-scatter.
 
 
@@ -27,7 +29,7 @@ def measured(tmp_path_factory):
 
   def run(_):
     result = run_python(
-      ["tests/sharding_check.py"], env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+      ["tests/parallel/sharding_check.py"], env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -113,9 +115,9 @@ def test_checksum_sees_any_changed_or_moved_element_and_ignores_placement():
   changed["w"][2, 3] = np.nextafter(changed["w"][2, 3], np.float32(np.inf))  # One bit.
   for other in (moved, changed):
     assert checkpoint.state_checksum(other)["['w']"] != record["['w']"]
-  assert checkpoint.non_finite_leaf(state) is None
+  assert checkpoint.state_checks(state)[1] is None
   changed["w"][0, 0] = np.inf
-  assert checkpoint.non_finite_leaf(changed) == "['w']"
+  assert checkpoint.state_checks(changed)[1] == "['w']"
 
 
 def test_a_record_that_does_not_match_is_corrupt(tmp_path):

@@ -275,7 +275,7 @@ def test_diverged_state_is_never_saved_so_the_last_good_checkpoint_survives_rota
   assert named == steps[-1] and len(steps) <= 2
   for step in steps:  # Every checkpoint on disk restores and is finite.
     _, params = params_at(str(tmp_path), step)
-    assert checkpoint.non_finite_leaf(params) is None
+    assert checkpoint.state_checks(params)[1] is None
 
 
 # ---- Damaged checkpoints ----
@@ -432,6 +432,7 @@ def visible_scalars(events, tag: str) -> dict[int, float]:
   return dict(shown)
 
 
+@pytest.mark.e2e
 def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_parameters(
   data_dir, tiny_config, tmp_path
 ):

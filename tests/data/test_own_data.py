@@ -17,10 +17,12 @@ from PIL import Image
 from conftest import REPO, run_python
 from mmlearn import data, registry
 from mmlearn.config import files as config_files
-from mmlearn.data import avmnist, captioned, progress
+from mmlearn.data import captioned, progress, spectrogram
 from mmlearn.errors import ConfigError, DataError
 from mmlearn.runs import metric_writer
 from mmlearn.train import loop
+
+pytestmark = pytest.mark.e2e  # Processes, devices, a real Slurm or long training: see pyproject.toml.
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220)}
 SHAPES = ("square", "circle")
@@ -69,11 +71,11 @@ def write_folder(root, n: int, *, manifest="manifest.csv", split_column=False, a
 
 def write_wav(path: str, seconds: float, rng: np.random.Generator) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  samples = (rng.normal(0, 3000, int(avmnist.SAMPLE_RATE * seconds))).astype("<i2")
+  samples = (rng.normal(0, 3000, int(spectrogram.SAMPLE_RATE * seconds))).astype("<i2")
   with wave.open(path, "wb") as w:
     w.setnchannels(1)
     w.setsampwidth(2)
-    w.setframerate(avmnist.SAMPLE_RATE)
+    w.setframerate(spectrogram.SAMPLE_RATE)
     w.writeframes(samples.tobytes())
 
 
@@ -134,7 +136,7 @@ def test_captioned_takes_given_splits_and_audio_from_a_jsonl_manifest(tmp_path):
   for k, split in enumerate(captioned.SPLITS):
     assert [sources[split][j]["image_file"].decode() for j in range(3)] == [r["image"] for r in rows[k::3]]
   audio = sources["train"][0]["audio"]
-  assert audio.shape == (avmnist.SPEC_SIZE, avmnist.SPEC_SIZE, 1) and audio.dtype == np.uint8
+  assert audio.shape == (spectrogram.SPEC_SIZE, spectrogram.SPEC_SIZE, 1) and audio.dtype == np.uint8
   assert audio.max() > audio.min()
   tokenizer = data.dataset_tokenizer(
     dataset_section(tmp_path, {"manifest": "m.jsonl", "image_shape": (8, 8, 3), "tokenizer": "subword"})
@@ -216,6 +218,7 @@ import os
 import ml_collections
 
 from mmlearn.config.schema import get_config as defaults
+
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -43,6 +43,7 @@ def test_profile_steps_are_parsed_and_checked():
       profiler.parse_steps(bad)
 
 
+@pytest.mark.e2e
 def test_profile_window_writes_a_trace(tiny_config, tmp_path):
   loop.train_and_evaluate(tiny_config, str(tmp_path), profile_steps=(2, 3))
   files = [name for _, _, names in os.walk(tmp_path / "profile") for name in names]
@@ -57,6 +58,7 @@ def test_summary_line_leads_with_the_last_split():
   assert loop.summary_line({"test/elbo": -1234.5}, "elbo", ("test",), 8) == "test elbo -1234 at step 8"
 
 
+@pytest.mark.e2e
 def test_configs_validate_without_the_repository_configs_package(tmp_path):
   """The reference schema ships in mmlearn/, so a pip-installed mmlearn checks configs on its own."""
   code = (

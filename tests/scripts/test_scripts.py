@@ -5,7 +5,11 @@ import json
 import os
 import re
 
+import pytest
+
 from conftest import run_python
+
+pytestmark = pytest.mark.e2e  # Processes, devices, a real Slurm or long training: see pyproject.toml.
 
 
 def test_results_table_over_seeds(data_dir, tmp_path):
