@@ -9,9 +9,11 @@ checkpoint or restore), so a command prints its progress and results; `--verbosi
 
 import logging as std_logging
 import sys
+from typing import Any
 
 from absl import flags, logging
 
+from mmlearn import data
 from mmlearn.config import checks, files
 from mmlearn.errors import ConfigError, fail
 
@@ -71,6 +73,8 @@ def override_error(spec: str | None, argv: list[str]) -> ConfigError | None:
         "a config file (config.evals.NAME = {'type': ..., 'split': ...}), and the command line may "
         "then change their keys"
       )
+    if key.startswith("dataset.options."):
+      return options_error(config, key.removeprefix("dataset.options."))
     free = next((k for k in known if key.startswith(f"{k}.")), None)
     if free is not None:  # A sub-tree whose keys the config file chooses (modalities, builder options).
       node = config
@@ -83,6 +87,26 @@ def override_error(spec: str | None, argv: list[str]) -> ConfigError | None:
       )
     return checks.unknown_key(key, known, config.task)
   return None
+
+
+def options_error(config: Any, option: str) -> ConfigError:
+  """An override of a builder option the config file did not set: names the builder's documented options
+  (their defaults apply unless the config file sets them; the command line changes only what it set)."""
+  has = ", ".join(config.dataset.options) or "none"
+  message = f"config.dataset.options has no key {option!r} (it has: {has})"
+  if option in config.dataset:
+    return ConfigError(f"{message}; did you mean --config.dataset.{option}?")
+  try:
+    documented = getattr(data.get_builder_class(config.dataset.name), "OPTIONS", None)
+  except ConfigError:  # An unknown dataset name: the run reports that itself.
+    documented = None
+  if documented:
+    names = ", ".join(f"{name}={value!r}" for name, value in documented.items())
+    message += f"; dataset {config.dataset.name!r} documents: {names}"
+  return ConfigError(
+    f"{message}. Set options in the config file (config.dataset.options = {{...}}); the command line may "
+    "then change them"
+  )
 
 
 def unwrap(error: BaseException) -> str:

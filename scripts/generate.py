@@ -169,9 +169,7 @@ def generate(workdir: str, output: str) -> None:
     source = sources[FLAGS.split]
     if not 0 <= FLAGS.index < len(source):
       raise ConfigError(f"--index={FLAGS.index} is outside {FLAGS.split} (0 to {len(source) - 1})")
-    example = pipeline.normalise_batch(
-      pipeline.stack_examples([pipeline.DecodeExample(config.dataset.max_tokens).map(source[FLAGS.index])])
-    )
+    example = pipeline.batch_of(source, [FLAGS.index], config.dataset.max_tokens)
     samples = draw(task, variables, example, condition, FLAGS.target, FLAGS.num, temperature, FLAGS.seed)
     label = info.features["label"].int2str(int(example["label"][0]))
     images = [example[FLAGS.target][0], *samples]

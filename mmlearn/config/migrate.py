@@ -7,7 +7,8 @@ config into today's layout in three steps:
 1. Keys that moved are moved (`MOVED`; in version 3 the classification-only keys left `model` and
    `dataset` for the task's own `classification` section), evaluator types that were merged are
    renamed (`RENAMED_EVALUATORS`: `elbo` and `flow_loss` became `loss`), and a LeNet encoder without
-   `batch_norm` gets `False`, the block it had by default before version 3 made the key required.
+   `batch_norm` gets `False`, the block it had by default before version 3 made the key required; in
+   version 4 the `captioned` builder's text options became `dataset.tokenizer`, `min_count`, `vocab_size`.
 2. Sections of other tasks are dropped: until version 3 every run carried every task's section, which
    the run never read.
 3. Keys the run's task has today but the saved config lacks get their default: they did not exist when
@@ -38,6 +39,9 @@ MOVED = {
   "dataset.sampler": "classification.sampler",
 }
 RENAMED_EVALUATORS = {"elbo": "loss", "flow_loss": "loss"}
+# Version 4 (captions tokenized in the pipeline): the `captioned` builder's text options became the
+# dataset's, read by any builder with captions.
+CAPTIONED_TEXT_OPTIONS = ("tokenizer", "min_count", "vocab_size")
 # Every section some task owns; a run keeps only its own task's.
 TASK_SECTIONS = ("classification", "missing", "retrieval", "mvae", "flow")
 
@@ -61,6 +65,11 @@ def upgrade(saved: Mapping[str, Any], *, where: str = "config.json") -> JSON:
   for name in TASK_SECTIONS:
     if name not in sections:
       config.pop(name, None)
+  dataset = config.get("dataset") or {}
+  if dataset.get("name") == "captioned":
+    for key in CAPTIONED_TEXT_OPTIONS:
+      if key in (dataset.get("options") or {}):
+        dataset[key] = dataset["options"].pop(key)
   for encoder in (config.get("model", {}).get("modalities") or {}).values():
     if isinstance(encoder, dict) and encoder.get("encoder") == "lenet":
       encoder.setdefault("batch_norm", False)

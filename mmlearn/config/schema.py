@@ -66,10 +66,22 @@ def core() -> ml_collections.ConfigDict:
   config.dataset.data_dir = config_dict.placeholder(str)
   # Raw files for builders that need them (AV-MNIST); None -> the builder's environment variable.
   config.dataset.manual_dir = config_dict.placeholder(str)
-  # The builder's own settings (the generic `captioned` builder's: manifest, image_shape, tokenizer, ...;
-  # see docs/datasets.md); a builder that takes none rejects any.
+  # The builder's own settings (the generic `captioned` builder's: manifest, image_shape, ...; see
+  # docs/datasets.md); a builder that takes none rejects any.
   config.dataset.options = ml_collections.ConfigDict()
   config.dataset.max_tokens = 16  # Captions are padded/truncated to this many tokens (with a mask).
+  # Captions' tokenizer, run in the input pipeline (mmlearn/data/tokenizer_choice.py): "" = the dataset's
+  # own | word | subword (built from the training captions) | a tokenizer.json or sentencepiece .model.
+  config.dataset.tokenizer = ""
+  config.dataset.vocab_size = 1000  # subword: at most this many pieces.
+  config.dataset.min_count = 1  # word: words seen fewer times in the training captions become <unk>.
+  # Images read at this size (shorter side resized, centre crop; 0 = as stored), normalised per channel
+  # as (x / 255 - mean) / std: the defaults scale to [-1, 1]; a pretrained tower names its own.
+  config.dataset.image_size = 0
+  config.dataset.image_mean = (0.5,)
+  config.dataset.image_std = (0.5,)
+  # Processes that prepare the dataset and build training batches (decode, crop, tokenize); 0 = inline.
+  config.dataset.workers = 0
   config.dataset.eval_splits = ("validation", "test")
 
   # Training-batch augmentation, all off by default (see mmlearn/data/augment.py); never on eval batches.
@@ -77,6 +89,9 @@ def core() -> ml_collections.ConfigDict:
   config.augment.image_crop_pad = 0  # Reflect-pad by this many pixels, then crop back at random.
   config.augment.image_rotate_degrees = 0.0  # Rotate by a uniform angle in [-d, d] (bilinear).
   config.augment.image_hflip = False  # Mirror with p = 0.5: wrong for digits and left/right captions.
+  # Inception's random-resized crop to dataset.image_size (8-100% of the area, aspect 3/4-4/3) instead of
+  # the centre crop.
+  config.augment.image_random_resized_crop = False
   config.augment.audio_time_mask = 0  # SpecAugment: one time band of up to this many frames, set to -1.
   config.augment.audio_freq_mask = 0  # SpecAugment: one frequency band of up to this many bins.
   config.augment.text_token_dropout = 0.0  # Drop each token with this probability (kept ones shift left).

@@ -2,15 +2,20 @@
 
 Preparation is local (`mmshapes` is generated; `avmnist` reads raw files from `manual_dir`, else from
 `$MMLEARN_AVMNIST_DIR`, and downloads them only when neither is set; `captioned` reads your own images
-and captions from `manual_dir` and a manifest, see `captioned.py`) and atomic: TFDS writes into
-a temporary directory and renames it only when complete, so a failed run leaves nothing that looks
-prepared, and the next call starts over. Files damaged or deleted afterwards are found before training
-starts, by name, instead of as an unexplained error or silently empty records mid-run.
+and captions from `manual_dir` and a manifest, see `captioned.py`), written by `mmlearn.data.prepare`
+without TensorFlow: resumable, one preparation at a time, and renamed into place only when complete, so
+a failed run leaves nothing that looks prepared. Files damaged or deleted afterwards are found before
+training starts, by name, instead of as an unexplained error or silently empty records mid-run.
+
+Examples are read as stored, or through `preprocess.ExampleView` (`Reading`, from `config.dataset`):
+encoded media decoded, captions tokenized by `dataset.tokenizer`, images sized and normalised.
 
 Datasets registered outside mmlearn (`config.imports`, see `mmlearn.registry.import_modules`) are looked
 up the same way; a builder with settings (`LocalBuilder.make_config`) gets `dataset.options`.
 """
 
+import dataclasses
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -19,11 +24,12 @@ from typing import Any
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
-from mmlearn.data import avmnist, captioned, mmshapes  # noqa: F401  (register the built-in datasets)
+from mmlearn.data import avmnist, captioned, mmshapes, prepare, tarshards, tokenizer_choice  # noqa: F401  (built-ins)
 from mmlearn.data.builder import LocalBuilder
 from mmlearn.data.imbalance import class_counts  # noqa: F401  (the training set's class prior)
+from mmlearn.data.preprocess import DEFAULT_MEAN, DEFAULT_STD, ExampleView
 from mmlearn.data.registry import DATASETS
-from mmlearn.data.text import WordTokenizer
+from mmlearn.data.tokenizer_choice import TokenizerChoice
 from mmlearn.errors import ConfigError, DataError
 
 DATA_DIR_ENV = "MMLEARN_DATA_DIR"
@@ -39,17 +45,12 @@ def get_builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
   return DATASETS.get(name)
 
 
-def get_tokenizer(name: str) -> WordTokenizer | None:
-  """The closed-vocabulary tokenizer whose ids a dataset's `tokens` feature holds; None without text.
+def get_tokenizer(name: str) -> Any:
+  """The closed-vocabulary tokenizer of a dataset's stored `tokens` (its `TOKENIZER`; None without).
 
-  A dataset whose tokenizer is built when it is prepared (`captioned`) has none by name alone: that is
-  `dataset_tokenizer(config.dataset)`, and asking here is a bug.
+  Other datasets' tokenizers depend on the config (`dataset.tokenizer`): that is `dataset_tokenizer`.
   """
-  builder_cls = get_builder_class(name)
-  load = getattr(builder_cls, "load_tokenizer", None)
-  if load is not None and load.__func__ is not LocalBuilder.load_tokenizer.__func__:
-    raise ValueError(f"dataset {name!r} stores its tokenizer with its prepared data: use dataset_tokenizer")
-  return getattr(builder_cls, "TOKENIZER", None)
+  return getattr(get_builder_class(name), "TOKENIZER", None)
 
 
 def vocab_size(name: str) -> int | None:
@@ -79,22 +80,72 @@ def resolve_config(
   return builder_cls, config
 
 
-def dataset_tokenizer(dataset: Any) -> Any:
-  """The tokenizer of the dataset a config's `dataset` section names (None: no text).
+@dataclasses.dataclass(frozen=True)
+class Reading:
+  """How a dataset's examples are read (`config.dataset`): the tokenizer of its captions, its images'
+  size and normalisation (`preprocess.ExampleView`), and the processes that prepare and decode it."""
 
-  An open vocabulary is stored with the prepared dataset (`tokenizers`), so it is read from there.
-  """
-  builder_cls, config = resolve_config(
+  tokenizer: TokenizerChoice = TokenizerChoice()
+  max_tokens: int = 16
+  image_size: int = 0
+  image_mean: tuple[float, ...] = DEFAULT_MEAN
+  image_std: tuple[float, ...] = DEFAULT_STD
+  workers: int = 0
+
+  @classmethod
+  def from_config(cls, dataset: Any) -> "Reading":
+    return cls(
+      tokenizer=TokenizerChoice.from_config(dataset),
+      max_tokens=dataset.max_tokens,
+      image_size=dataset.image_size,
+      image_mean=tuple(dataset.image_mean),
+      image_std=tuple(dataset.image_std),
+      workers=dataset.workers,
+    )
+
+
+def dataset_tokenizer(dataset: Any) -> Any:
+  """The vocabulary of the dataset a config's `dataset` section names (None: no text): the tokenizer
+  `dataset.tokenizer` names (`tokenizer_choice`); one built from captions reads the training split."""
+  reading = Reading.from_config(dataset)
+  builder_cls = get_builder_class(dataset.name)
+  if not reading.tokenizer.name and getattr(builder_cls, "TOKENIZER", None) is not None:
+    return builder_cls.TOKENIZER  # Known without reading the dataset (a closed vocabulary).
+  builder = _builder(
     dataset.name,
     dataset.config,
     options=dataset.get("options"),
     manual_dir=dataset.get("manual_dir"),
     data_dir=dataset.get("data_dir"),
+    reading=reading,
   )
-  load = getattr(builder_cls, "load_tokenizer", None)
-  if load is None:
-    return getattr(builder_cls, "TOKENIZER", None)
-  return load(_prepared_dir(builder_cls, config, resolve_data_dir(dataset.get("data_dir"))))
+  features = builder.info.features
+  if not reading.tokenizer.name and ("caption" not in features or "tokens" in features):
+    return _own_tokenizer(builder)  # Stored ids (or no text): no captions to read.
+  train = _open_splits(builder, dataset.get("manual_dir"), ("train",))["train"]
+  return _tokenizers(builder, reading, train)[0]
+
+
+def _own_tokenizer(builder: tfds.core.DatasetBuilder) -> Any:
+  """The tokenizer of the dataset's stored `tokens` (None without)."""
+  if not isinstance(builder, LocalBuilder) or "tokens" not in builder.info.features:
+    return None
+  return builder.load_tokenizer(os.fspath(builder.data_dir))
+
+
+def _tokenizers(builder: tfds.core.DatasetBuilder, reading: Reading, train: Any) -> tuple[Any, Any]:
+  """(vocabulary, the tokenizer the pipeline runs on captions): `tokenizer_choice.resolve`, `train` being
+  the training split's records."""
+  features = builder.info.features
+  return tokenizer_choice.resolve(
+    reading.tokenizer,
+    own=_own_tokenizer(builder),
+    stores_tokens="tokens" in features,
+    has_captions="caption" in features,
+    prepared_dir=os.fspath(builder.data_dir),
+    train=train,
+    max_tokens=reading.max_tokens,
+  )
 
 
 def num_classes(info: tfds.core.DatasetInfo) -> int:
@@ -109,35 +160,88 @@ def load_sources(
   splits: Sequence[str] = ("train", "validation", "test"),
   manual_dir: str | None = None,
   options: Mapping[str, Any] | None = None,
+  reading: Reading = Reading(),
 ) -> tuple[dict[str, Any], tfds.core.DatasetInfo]:
   """Prepares dataset `name` (config `config`, default: the builder's first) if needed; opens `splits`.
 
   `manual_dir` holds the raw files of a dataset built from them (`avmnist`: see its module docstring for
   the layout and the `$MMLEARN_AVMNIST_DIR` fallback); generated datasets ignore it. Only a preparation
   reads it: a prepared dataset is reused whatever `manual_dir` says. `options` are the builder's own
-  settings (`dataset.options`; the `captioned` builder's manifest, image shape, tokenizer, ...).
+  settings (`dataset.options`; the `captioned` builder's manifest, image shape, ...). `reading` says how
+  examples are read: a dataset storing encoded media or captions to tokenize, or read at another image
+  size or normalisation, is read through `preprocess.ExampleView`; any other as TFDS stores it.
 
   Returns `{split: random-access source}` (`len`, `__getitem__` -> dict of numpy values) and the
   `DatasetInfo` (features, class names, split sizes). A second call reuses the prepared files.
   """
-  builder_cls, config = resolve_config(
+  builder = _builder(name, config, options=options, manual_dir=manual_dir, data_dir=data_dir, reading=reading)
+  sources = _open_splits(builder, manual_dir, splits)
+  train = sources["train"] if "train" in sources else _open_splits(builder, manual_dir, ("train",))["train"]
+  return _views(builder, sources, reading, train), builder.info
+
+
+def _builder(
+  name: str,
+  config: str | None,
+  *,
+  options: Mapping[str, Any] | None,
+  manual_dir: str | None,
+  data_dir: str | None,
+  reading: Reading,
+) -> tfds.core.DatasetBuilder:
+  """Dataset `name`'s builder for `config` and `options` (not prepared yet, maybe)."""
+  builder_cls, resolved = resolve_config(
     name, config, options=options, manual_dir=manual_dir, data_dir=data_dir
   )
   tfds.disable_progress_bar()  # Progress bars would flood logs and test output; absl logs the stages.
   data_dir = resolve_data_dir(data_dir)
-  _check_metadata(_prepared_dir(builder_cls, config, data_dir))
-  builder = builder_cls(data_dir=data_dir, config=config, file_format="array_record")
-  # Never ask GCS for a hosted copy: it is a network call, and these datasets are built here.
-  download_config = tfds.download.DownloadConfig(try_download_gcs=False, manual_dir=manual_dir)
-  builder.download_and_prepare(download_config=download_config)
+  _check_metadata(_prepared_dir(builder_cls, resolved, data_dir))
+  kwargs: dict[str, Any] = (
+    {"prepare_workers": reading.workers} if issubclass(builder_cls, LocalBuilder) else {}
+  )
+  return builder_cls(data_dir=data_dir, config=resolved, file_format="array_record", **kwargs)
+
+
+def _open_splits(
+  builder: tfds.core.DatasetBuilder, manual_dir: str | None, splits: Sequence[str]
+) -> dict[str, Any]:
+  """{split: its records}: read in place by a builder that reads its raw files directly (its `direct`
+  option), else prepared first if need be and read by random access."""
+  if getattr(builder.builder_config, "direct", False):
+    return builder.direct_sources(splits)
+  if not prepare.is_prepared(os.fspath(builder.data_dir)):
+    # Never ask GCS for a hosted copy: it is a network call, and these datasets are built here.
+    download_config = tfds.download.DownloadConfig(try_download_gcs=False, manual_dir=manual_dir)
+    builder.download_and_prepare(download_config=download_config)
   sources = {}
   for split in splits:
     base = split.split("[")[0]
     if base not in builder.info.splits:
-      raise DataError(f"unknown split {split!r} of {name!r}; known: {', '.join(builder.info.splits)}")
+      known = ", ".join(builder.info.splits)
+      raise DataError(f"unknown split {split!r} of {builder.name!r}; known: {known}")
     _check_shards(builder, base)
     sources[split] = builder.as_data_source(split)
-  return sources, builder.info
+  return sources
+
+
+def _views(
+  builder: tfds.core.DatasetBuilder, sources: dict[str, Any], reading: Reading, train: Any
+) -> dict[str, Any]:
+  """`sources` as the pipeline reads them: through an `ExampleView` when anything needs doing."""
+  decoders = builder.decoders() if isinstance(builder, LocalBuilder) else {}
+  _, tokenize = _tokenizers(builder, reading, train)
+  normalised = (reading.image_mean, reading.image_std) != (DEFAULT_MEAN, DEFAULT_STD)
+  if not (decoders or tokenize or reading.image_size or normalised):
+    return sources
+  view = functools.partial(
+    ExampleView,
+    decoders=decoders,
+    tokenizer=tokenize,
+    image_size=reading.image_size,
+    image_mean=reading.image_mean,
+    image_std=reading.image_std,
+  )
+  return {split: view(source) for split, source in sources.items()}
 
 
 def _prepared_dir(builder_cls: type, config: str | tfds.core.BuilderConfig | None, data_dir: str) -> str:

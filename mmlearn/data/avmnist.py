@@ -70,6 +70,7 @@ from mmlearn.data.avmnist_raw import (
   recording_pools,
   split_images,
 )
+from mmlearn.data.builder import LocalBuilder
 from mmlearn.data.info import local_dataset_info
 from mmlearn.data.registry import DATASETS
 from mmlearn.data.spectrogram import (
@@ -274,7 +275,7 @@ def resolve_manual_dir(manual_dir: str | None) -> str | None:
 
 
 @DATASETS.register("avmnist")
-class Avmnist(tfds.core.GeneratorBasedBuilder):
+class Avmnist(LocalBuilder):
   """TFDS builder for avmnist; element `i` of a split is example `i` of its `iter_split`."""
 
   VERSION = tfds.core.Version("1.4.0")
@@ -294,12 +295,6 @@ class Avmnist(tfds.core.GeneratorBasedBuilder):
     AvmnistConfig(name="tiny", description="640 / 160 / 320, noisy, for tests.", **_TINY),
     AvmnistConfig(name="tiny_clean", description="640 / 160 / 320, clean, for tests.", snr_db=None, **_TINY),
   ]
-  # See mmshapes.Mmshapes.code_path: TFDS 4.9.10 cannot derive it for builders inside a package.
-  code_path = tfds.core.Path(__file__)
-
-  def __init__(self, *, manual_dir: str | None = None, **kwargs: Any):
-    self._manual_dir = manual_dir
-    super().__init__(**kwargs)
 
   @classmethod
   def make_config(
@@ -338,12 +333,6 @@ class Avmnist(tfds.core.GeneratorBasedBuilder):
     return local_dataset_info(
       self, doc=__doc__, features=features(), homepage="https://github.com/pliang279/MultiBench"
     )
-
-  def download_and_prepare(self, *, download_config: tfds.download.DownloadConfig | None = None, **kwargs):
-    """Takes `download_config.manual_dir` as the raw directory unless the builder was given one."""
-    if self._manual_dir is None and download_config is not None and download_config.manual_dir:
-      self._manual_dir = os.fspath(download_config.manual_dir)
-    return super().download_and_prepare(download_config=download_config, **kwargs)
 
   def _raw_paths(self, dl_manager) -> tuple[dict[str, str], str]:
     """(MNIST file paths, FSDD recordings directory): the manual directory's, else downloaded ones."""

@@ -15,20 +15,31 @@ subclasses of `LocalBuilder` get them:
   at its default, "default".
 * `load_tokenizer`: the tokenizer whose ids the `tokens` feature holds (default: the class's closed
   `TOKENIZER`, or None for a dataset without text).
+* Preparation by `mmlearn.data.prepare` instead of TFDS's writer: no TensorFlow at any size, memory
+  independent of the dataset's size, resumable shard by shard, one preparation at a time. A builder
+  writes `_split_generators` as for TFDS (its examples, in order), or `split_plans` to have examples
+  encoded in worker processes (`prepare_workers`, from `dataset.workers`), and `write_extra` for files
+  it keeps beside the records.
+* `decoders`: features stored encoded (image or wav bytes, `mmlearn.data.media`) and how each decodes;
+  the pipeline decodes them where it reads examples (`mmlearn.data.preprocess.ExampleView`).
 
-What the pipeline reads (`mmlearn.data.pipeline`): `image` and `audio` as uint8 arrays [H, W, C], `tokens`
-as int32 ids (0 = padding), `label` as a `ClassLabel`. Anything else is kept for tools (`retrieve.py`
+What the pipeline reads (`mmlearn.data.pipeline`): `image` and `audio` as uint8 arrays [H, W, C] or their
+encoded bytes (with a decoder), `caption` as text (tokenized by the configured tokenizer) or `tokens` as
+int32 ids (0 = padding), `label` as a `ClassLabel`. Anything else is kept for tools (`retrieve.py`
 prints scalar and text features). See `mmlearn/data/template.py` for a complete minimal builder.
 """
 
 import inspect
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
+import numpy as np
 import tensorflow_datasets as tfds
 
+from mmlearn.data import prepare
 from mmlearn.data.info import local_dataset_info
 from mmlearn.errors import ConfigError
 
@@ -56,14 +67,16 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder):
   """Base of locally prepared builders; subclasses define `VERSION`, `features()` and the generators."""
 
   TOKENIZER: Any = None  # A closed vocabulary's tokenizer (`text.WordTokenizer`), for datasets with text.
+  OPTIONS: Mapping[str, Any] = {}  # The `dataset.options` `make_config` takes, with their defaults.
 
   def __init_subclass__(cls, **kwargs: Any):
     super().__init_subclass__(**kwargs)
     if "code_path" not in cls.__dict__:
       cls.code_path = tfds.core.Path(inspect.getfile(cls))
 
-  def __init__(self, *, manual_dir: str | None = None, **kwargs: Any):
+  def __init__(self, *, manual_dir: str | None = None, prepare_workers: int = 0, **kwargs: Any):
     self._manual_dir = manual_dir
+    self.prepare_workers = prepare_workers  # Processes encoding examples (`split_plans`); 0: this one.
     # A config made from options (`make_config`) is not in BUILDER_CONFIGS; TFDS warns about every such
     # "custom data configuration", which here is the normal case, not news.
     with _DropMessages(logging.getLogger("absl"), "Using custom data configuration"):
@@ -84,11 +97,62 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder):
       raise ConfigError(f"dataset {self.name!r} is built from raw files: set dataset.manual_dir")
     return os.path.expanduser(os.fspath(self._manual_dir))
 
+  EXAMPLES_PER_SHARD = prepare.EXAMPLES_PER_SHARD
+
   def download_and_prepare(self, *, download_config: tfds.download.DownloadConfig | None = None, **kwargs):
-    """Takes `download_config.manual_dir` as the raw directory unless the builder was given one."""
-    if self._manual_dir is None and download_config is not None and download_config.manual_dir:
-      self._manual_dir = os.fspath(download_config.manual_dir)
-    return super().download_and_prepare(download_config=download_config, **kwargs)
+    """Prepares the dataset with `mmlearn.data.prepare` unless it is prepared; `download_config`'s
+    `manual_dir` is the raw directory unless the builder was given one."""
+    del kwargs
+    manual_dir = getattr(download_config, "manual_dir", None)
+    if self._manual_dir is None and manual_dir:
+      self._manual_dir = os.fspath(manual_dir)
+    prepared = os.fspath(self.data_dir)
+    if prepare.is_prepared(prepared):
+      return
+    # Hosts of one job share the directory: all but the first to lock it wait, then find it prepared.
+    with prepare.exclusive(prepared, wait=jax.process_count() > 1):
+      if prepare.is_prepared(prepared):  # Another process prepared it while this one waited to start.
+        return
+      plans = self.split_plans(
+        self._make_download_manager(None, download_config or tfds.download.DownloadConfig())
+      )
+      prepare.write_dataset(
+        self,
+        plans,
+        prepared_dir=prepared,
+        write_extra=self.write_extra,
+        examples_per_shard=self.EXAMPLES_PER_SHARD,
+        workers=self.prepare_workers,
+        description=f"{self.name} {self.builder_config.name if self.builder_config else ''}".strip(),
+      )
+
+  def split_plans(self, dl_manager: tfds.download.DownloadManager) -> dict[str, prepare.SplitPlan]:
+    """Every split's examples in order: by default TFDS's `_split_generators` (examples made in this
+    process); a builder whose examples are costly to make gives work items and an `encode` instead."""
+    return {
+      split: prepare.SplitPlan(items=(example for _, example in generator))
+      for split, generator in self._split_generators(dl_manager).items()
+    }
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    """TFDS's form of `split_plans` (TFDS requires it), for a builder that writes `split_plans`."""
+    if type(self).split_plans is LocalBuilder.split_plans:
+      raise NotImplementedError(f"{type(self).__name__} writes neither split_plans nor _split_generators")
+    return {split: self._generate_examples(plan) for split, plan in self.split_plans(dl_manager).items()}
+
+  def _generate_examples(self, *args: Any, **kwargs: Any):
+    """`(index, example)` of a `split_plans` plan (TFDS requires it; builders override it with theirs)."""
+    plan: prepare.SplitPlan = args[0]
+    yield from enumerate(plan.items if plan.encode is None else map(plan.encode, plan.items))
+
+  def write_extra(self, directory: str) -> None:
+    """Files the builder keeps beside its records (a tokenizer, a layout), written into `directory`."""
+    del directory
+
+  def decoders(self) -> dict[str, Callable[[Any], np.ndarray]]:
+    """Features stored encoded -> their decoder (bytes -> uint8 [H, W, C]; picklable, for the pipeline's
+    worker processes). Default: none, every array is stored decoded."""
+    return {}
 
   @classmethod
   def make_config(

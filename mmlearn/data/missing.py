@@ -241,10 +241,7 @@ def from_config(
       raise ValueError("missing.from_config: the mean imputation needs the training split")
 
     def gather(indices: np.ndarray) -> dict[str, np.ndarray]:
-      decode = pipeline.DecodeExample(max_tokens)
-      return pipeline.normalise_batch(
-        pipeline.stack_examples([decode.map(train_source[int(i)]) for i in indices])
-      )
+      return pipeline.batch_of(train_source, indices, max_tokens)
 
     means = input_means(gather, len(train_source), modalities, seed=settings.seed)
   if settings.imputation == "generative" and generate is None:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mmlearn.data.builder import LocalBuilder
 from mmlearn.data.info import local_dataset_info
 from mmlearn.data.registry import DATASETS
 from mmlearn.data.text import PAD, WordTokenizer
@@ -323,7 +324,7 @@ def features() -> tfds.features.FeaturesDict:
 
 
 @DATASETS.register("mmshapes")
-class Mmshapes(tfds.core.GeneratorBasedBuilder):
+class Mmshapes(LocalBuilder):
   """TFDS builder for mmshapes; element `i` of a split is example `i` of its `generate_split`."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -344,9 +345,6 @@ class Mmshapes(tfds.core.GeneratorBasedBuilder):
     ),
   ]  # fmt: skip
   TOKENIZER = TOKENIZER
-  # TFDS 4.9.10 derives this by touching `importlib_resources`, a package it only installs on Python < 3.9,
-  # and fails with ModuleNotFoundError for builders inside a package. It only locates a checksums file.
-  code_path = tfds.core.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return local_dataset_info(self, doc=__doc__, features=features())

@@ -27,17 +27,21 @@ from typing import Any, ClassVar, Protocol
 import grain
 import jax
 import numpy as np
+from absl import flags
 
 from mmlearn.data import imbalance
 from mmlearn.data.augment import Augment  # noqa: F401  (re-exported: `pipeline.Augment`)
+from mmlearn.data.preprocess import ARRAY_FEATURES, ExampleView, normalisation, normalise_batch
 from mmlearn.data.progress import Progress
 from mmlearn.errors import ConfigError
 
 # Features the pipeline turns into model inputs; everything else (attributes, captions) is dropped.
 TOKEN_FEATURES = {"tokens": "text"}  # feature name -> modality name (padded, with a `<modality>_mask`).
-ARRAY_FEATURES = ("image", "audio")  # uint8 arrays, scaled to [-1, 1] floats.
 # A training shard whose decoded model inputs take at most this many bytes is decoded once, into memory.
 MEMORY_BYTES = 256 << 20
+CROP_STREAM = (
+  0xC207  # Random-resized crops' random stream, apart from the batch transforms' (`BatchTransform`).
+)
 
 
 # A change to evaluation batches given their examples' positions in the split (missing modalities, noise):
@@ -113,13 +117,37 @@ class DecodeExample(grain.transforms.Map):
     return out
 
 
-def normalise_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Scales uint8 arrays to [-1, 1] once per batch (vectorised, cheaper than per example)."""
-  batch = dict(batch)
-  for name in ARRAY_FEATURES:
-    if name in batch:
-      batch[name] = batch[name].astype(np.float32) * (2.0 / 255.0) - 1.0
-  return batch
+try:  # grain's shared-memory array: a batch built in it crosses to the trainer without being copied.
+  from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+except ImportError:  # Another grain version: batches are copied into shared memory by grain instead.
+  SharedMemoryArray = None
+_IN_WORKER = False  # True in grain's worker processes (`mp_prefetch`), where batches go to shared memory.
+
+
+def _mark_worker(index: int, count: int) -> None:
+  global _IN_WORKER
+  del index, count
+  _IN_WORKER = True
+
+
+def _empty(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+  """Where a batch's largest arrays are written: shared memory in a worker process (grain hands the
+  array's name to the trainer, which maps it: the 38 MB of a batch of 64 float32 224 px images are not
+  copied once more), else ordinary memory."""
+  if _IN_WORKER and SharedMemoryArray is not None:
+    return SharedMemoryArray(shape, dtype)
+  return np.empty(shape, dtype)
+
+
+def _unshared(array: np.ndarray) -> np.ndarray:
+  """A plain array for one a transform derived from a shared one (the subclass, without the memory)."""
+  if (
+    SharedMemoryArray is not None
+    and isinstance(array, SharedMemoryArray)
+    and getattr(array, "shm", None) is None
+  ):
+    return array.view(np.ndarray)
+  return array
 
 
 class EpochShuffle:
@@ -147,6 +175,14 @@ class EpochShuffle:
 
 def stack_examples(examples: Sequence[Mapping[str, np.ndarray | np.generic]]) -> dict[str, np.ndarray]:
   return {k: np.stack([ex[k] for ex in examples]) for k in examples[0]}
+
+
+def batch_of(source: Source, indices: Sequence[int] | np.ndarray, max_tokens: int) -> dict[str, np.ndarray]:
+  """Model inputs of the examples at `indices`, as an evaluation batch has them (no weights)."""
+  decode = DecodeExample(max_tokens)
+  return normalise_batch(
+    stack_examples([decode.map(source[int(i)]) for i in indices]), *normalisation(source)
+  )
 
 
 class DecodedArrays:
@@ -189,45 +225,75 @@ def train_iterator(
   memory_bytes: int = MEMORY_BYTES,
   training: TrainingData = TrainingData(),
   augment: BatchTransform | None = None,
+  random_crops: bool = False,
+  workers: int = 0,
 ) -> grain.DatasetIterator:
   """Endless shuffled batches of this process's share of the global batch (`batch_size` is global).
 
   The shard is decoded into memory first if it takes at most `memory_bytes` (0: always decode per batch).
   `training` says which examples, in which order, and how batches change (`TrainingData`); `augment`
-  changes each batch first. Each is a function of the batch number, as the iterator's state is.
+  changes each batch first. `random_crops` reads each image as a random-resized crop (`source` is then an
+  `ExampleView` with an image size). Each is a function of the batch number, as the iterator's state is.
+  `workers` > 0 builds batches in that many processes (grain's `mp_prefetch`): the same batches, since
+  each is a function of its number alone.
   """
   imbalance.check(training.imbalance_ratio, training.sampler)
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
   if batch_size % count:
     raise ConfigError(f"batch size {batch_size} is not divisible by the {count} processes")
+  view = source if isinstance(source, ExampleView) and source.random_crops else None
+  if random_crops and view is None:
+    raise ConfigError("augment.image_random_resized_crop needs dataset.image_size > 0 (the size it crops to)")
   subset = training.indices(source)
   # Subsetted before sharding, so the processes share out the same subset.
   train_set = source if len(subset) == len(source) else imbalance.Subset(source, subset)
-  decoded = process_shard(train_set, index, count).map(DecodeExample(max_tokens))
+  decode = DecodeExample(max_tokens)
+  decoded = process_shard(train_set, index, count).map(decode)
   if training.sampler == "class_balanced":
     labels = imbalance.read_labels(source)[subset][index::count]  # The labels of `decoded`, in order.
     order = imbalance.ClassBalancedSampler(labels, batch_size // count, seed, stream=index)
   else:
     order = EpochShuffle(len(decoded), batch_size // count, seed)
-  arrays = DecodedArrays(decoded) if decoded_bytes(decoded) <= memory_bytes else None
+  in_memory = not random_crops and decoded_bytes(decoded) <= memory_bytes
+  arrays = DecodedArrays(decoded) if in_memory else None
   transforms = [t for t in (augment, *training.transforms) if t is not None and t.active]
+  mean, std = normalisation(source)
+  source_index = subset[index::count]  # The source's index of each example of `decoded`.
+
+  def example(k: int, row: int, i: int) -> dict[str, np.ndarray | np.generic]:
+    if not random_crops or view is None:
+      return decoded[i]
+    rng = np.random.default_rng([CROP_STREAM, seed % 2**32, index, k, row])
+    return decode.map(view.example(int(source_index[i]), rng))
 
   def batch(k: int) -> dict[str, np.ndarray]:
     indices = order(k)
-    examples = arrays.gather(indices) if arrays else stack_examples([decoded[int(i)] for i in indices])
-    examples = normalise_batch(examples)
+    if arrays:
+      examples = arrays.gather(indices)
+    else:
+      examples = stack_examples([example(k, row, int(i)) for row, i in enumerate(indices)])
+    examples = normalise_batch(examples, mean, std, empty=_empty)
     for transform in transforms:
       examples = transform(examples, np.random.default_rng([transform.stream, seed % 2**32, index, k]))
-    return examples
+    return {name: _unshared(array) for name, array in examples.items()} if transforms else examples
 
-  # Gathering from memory takes ~0.1 ms a batch, so it runs inline: prefetch threads would only contend
-  # with the step for the cores, and grain's default (16 threads, 500 batches ahead) costs ~5 ms a batch
-  # in bookkeeping. Decoding from records overlaps with the step in a few threads, a few batches ahead.
-  threads, ahead = (0, 0) if arrays else (2, 8)
   batches = grain.MapDataset.range(sys.maxsize).map(batch)
+  if arrays:
+    # Gathering from memory takes ~0.1 ms a batch, so it runs inline: prefetch threads would only contend
+    # with the step for the cores, and grain's default (16 threads, 500 batches ahead) costs ~5 ms a batch
+    # in bookkeeping.
+    options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+  else:  # Decoding from records overlaps with the step, a few batches ahead.
+    options = grain.ReadOptions(num_threads=0 if workers else 2, prefetch_buffer_size=0 if workers else 8)
+  stream = batches.to_iter_dataset(options)
+  if workers and not arrays:
+    if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags; a library caller parsed none.
+      flags.FLAGS.mark_as_parsed()
+    options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)
+    stream = stream.mp_prefetch(options, worker_init_fn=_mark_worker)
   # The state is the next batch number, as for grain's own `.batch()` of the same stream.
-  return iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=ahead)))
+  return iter(stream)
 
 
 def num_eval_batches(num_examples: int, batch_size: int, process_count: int | None = None) -> int:
@@ -263,7 +329,7 @@ def eval_batches(
     examples += [template] * (local_batch - len(examples))
     batch = stack_examples(examples)
     batch["weight"] = weight
-    batch = normalise_batch(batch)
+    batch = normalise_batch(batch, *normalisation(source))
     if transform is not None:
       positions = np.minimum(np.arange(b * local_batch, (b + 1) * local_batch), len(ds) - 1)
       batch = transform(batch, index + count * positions)  # Padding repeats the last real position.

@@ -23,24 +23,32 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-  """Counts done items of `total`; `update` logs `what: done/total (p%), elapsed, ETA` when one is due."""
+  """Counts done items of `total` (None: unknown); `update` logs `what: done/total (p%), rate, elapsed, ETA`
+  when one is due."""
 
-  def __init__(self, what: str, total: int, *, unit: str = "", every_s: float | None = None):
-    self.what, self.total, self.unit = what, max(int(total), 0), unit
+  def __init__(
+    self, what: str, total: int | None, *, unit: str = "", every_s: float | None = None, done: int = 0
+  ):
+    """`done` items were finished before (a resumed pass): counted as done, not in the rate."""
+    self.what, self.unit = what, unit
+    self.total = None if total is None else max(int(total), 0)
     self.every_s = EVERY_S if every_s is None else every_s
     self.start = time.perf_counter()
     self.next_line = self.start + max(QUIET_S, self.every_s)
-    self.done = 0
+    self.done = self.first = done
     self.logged = False
 
   def line(self, now: float) -> str:
     elapsed = now - self.start
+    unit = f" {self.unit}" if self.unit else ""
+    rate = f"{(self.done - self.first) / max(elapsed, 1e-9):,.0f}{unit}/s"
+    if self.total is None:
+      return f"{self.what}: {self.done:,}{unit}, {rate}, elapsed {_clock(elapsed)}"
     fraction = self.done / self.total if self.total else 1.0
     eta = elapsed * (1 - fraction) / fraction if fraction > 0 else float("nan")
     eta_text = _clock(eta) if eta == eta else "?"
-    unit = f" {self.unit}" if self.unit else ""
     return (
-      f"{self.what}: {self.done:,}/{self.total:,}{unit} ({100 * fraction:.0f}%), "
+      f"{self.what}: {self.done:,}/{self.total:,}{unit} ({100 * fraction:.0f}%), {rate}, "
       f"elapsed {_clock(elapsed)}, ETA {eta_text}"
     )
 
@@ -48,7 +56,7 @@ class Progress:
     """Marks `done` items finished (default: one more)."""
     self.done = self.done + 1 if done is None else done
     now = time.perf_counter()
-    if now >= self.next_line and self.done < self.total:
+    if now >= self.next_line and (self.total is None or self.done < self.total):
       logging.info("%s", self.line(now))
       self.logged = True
       self.next_line = now + self.every_s

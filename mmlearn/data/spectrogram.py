@@ -9,6 +9,7 @@ FFT or BLAS kernels (CPUs differ) stay far from the rounding boundaries (`mmlear
 """
 
 import dataclasses
+import io
 import wave
 
 import numpy as np
@@ -34,24 +35,33 @@ _CHUNK = 1024  # Examples processed at once: bounds the float64 temporaries to ~
 
 
 def read_wav(path: str) -> np.ndarray:
-  """An 8 kHz mono 16-bit PCM wav as float32 in [-1, 1); anything else is an error naming the file.
+  """An 8 kHz mono 16-bit PCM wav file as float32 in [-1, 1) (`read_wav_bytes`); errors name the file."""
+  with open(path, "rb") as f:
+    return read_wav_bytes(f.read(), path)
+
+
+def read_wav_bytes(data: bytes, where: str) -> np.ndarray:
+  """An 8 kHz mono 16-bit PCM wav's bytes as float32 in [-1, 1); anything else is an error naming `where`.
 
   `wave` silently returns fewer frames than the header promises when the file is cut short, so a
-  truncated download would otherwise become a shorter recording.
+  truncated download would otherwise become a shorter recording. Datasets that store recordings encoded
+  (`mmlearn.data.captioned`) decode them here too, so stored bytes pass the same checks as files.
   """
   try:
-    with wave.open(path, "rb") as w:
+    with wave.open(io.BytesIO(data), "rb") as w:
       params = (w.getframerate(), w.getnchannels(), w.getsampwidth())
       num_frames = w.getnframes()
       frames = w.readframes(num_frames)
   except (wave.Error, EOFError) as e:
-    raise DataError(f"{path}: not a valid wav file ({e})") from None
+    raise DataError(f"{where}: not a valid wav file ({e})") from None
   if params != (SAMPLE_RATE, 1, 2):
     raise DataError(
-      f"{path}: expected {SAMPLE_RATE} Hz mono 16-bit PCM, got (rate, channels, bytes) {params}"
+      f"{where}: expected {SAMPLE_RATE} Hz mono 16-bit PCM, got (rate, channels, bytes) {params}"
     )
   if len(frames) != 2 * num_frames:
-    raise DataError(f"{path}: truncated wav file (header says {num_frames} frames, found {len(frames) // 2})")
+    raise DataError(
+      f"{where}: truncated wav file (header says {num_frames} frames, found {len(frames) // 2})"
+    )
   return np.frombuffer(frames, "<i2").astype(np.float32) / 32768.0
 
 

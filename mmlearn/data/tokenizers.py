@@ -1,8 +1,8 @@
-"""Open-vocabulary tokenizers, built from a training split's captions and stored with the prepared dataset.
+"""Open-vocabulary tokenizers, built from a training split's captions (`dataset.tokenizer`, see
+`tokenizer_choice`) and cached with the prepared dataset.
 
 Real captions contain words nobody listed in advance, so unlike the closed `text.WordTokenizer` of the
-synthetic datasets these map what they do not know to `<unk>` instead of failing. Two kinds, picked by
-the `captioned` builder's `tokenizer` option:
+synthetic datasets these map what they do not know to `<unk>` instead of failing. Two kinds:
 
 * `word`: lower-cased words (as `text.WordTokenizer` splits them) seen at least `min_count` times in
   the training captions; rarer ones become `<unk>`, so the model never learns an embedding from one or
@@ -10,9 +10,9 @@ the `captioned` builder's `tokenizer` option:
 * `subword`: a sentencepiece unigram model trained offline on the training captions (case-folded),
   with byte fallback, so any text encodes and decodes back exactly; `vocab_size` bounds its pieces.
 
-Both keep `<pad>` at id 0 (the pipeline pads with zeros and masks them) and `<unk>` at id 1. A prepared
-dataset holds its tokenizer as `tokenizer.json` beside the array_record files: the ids in the records
-are only meaningful with it, so it is never rebuilt from the captions after preparation.
+Both keep `<pad>` at id 0 (the pipeline pads with zeros and masks them) and `<unk>` at id 1, and are
+stored as one `tokenizer.json` (`save`, `load`): a trained run's ids are only meaningful with the
+tokenizer it was trained with.
 """
 
 import base64
@@ -77,29 +77,39 @@ class OpenWordTokenizer:
 def build_word_tokenizer(captions: Iterable[str], min_count: int = 1) -> OpenWordTokenizer:
   """Words seen at least `min_count` times, most frequent first (ties alphabetical: a stable order)."""
   if min_count < 1:
-    raise ConfigError(f"dataset.options.min_count must be >= 1, got {min_count}")
+    raise ConfigError(f"dataset.min_count must be >= 1, got {min_count}")
   counts = collections.Counter(word for caption in captions for word in _WORD.findall(caption.lower()))
   kept = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
   return OpenWordTokenizer((PAD, UNK, *kept))
 
 
 class SubwordTokenizer:
-  """A sentencepiece model (serialised proto bytes); `<pad>` = 0, `<unk>` = 1, no BOS/EOS."""
+  """A sentencepiece model (serialised proto bytes). Those trained here have `<pad>` = 0, `<unk>` = 1, no
+  BOS/EOS, and read lower-cased text; a model from elsewhere (`lowercase=False`) reads text as it is."""
 
   kind = "subword"
 
-  def __init__(self, model: bytes):
+  def __init__(self, model: bytes, lowercase: bool = True):
     import sentencepiece  # noqa: PLC0415 (only datasets with subword text load it)
 
-    self.model = model
-    self._sp = sentencepiece.SentencePieceProcessor(model_proto=model)
+    self.model, self.lowercase = model, lowercase
+    try:
+      self._sp = sentencepiece.SentencePieceProcessor(model_proto=model)
+    except RuntimeError as e:
+      raise DataError(f"not a sentencepiece model ({e})") from None
+
+  def __getstate__(self) -> dict:  # The processor does not pickle; the pipeline's workers need it.
+    return {"model": self.model, "lowercase": self.lowercase}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__init__(state["model"], state["lowercase"])
 
   @property
   def vocab_size(self) -> int:
     return self._sp.get_piece_size()
 
   def encode(self, text: str) -> np.ndarray:
-    return np.asarray(self._sp.encode(text.lower()), np.int32)
+    return np.asarray(self._sp.encode(text.lower() if self.lowercase else text), np.int32)
 
   def decode(self, ids: Iterable[int]) -> str:
     return self._sp.decode([i for i in _check_ids(ids, self.vocab_size) if i != PAD_ID])
@@ -124,9 +134,7 @@ def train_subword_tokenizer(captions: Sequence[str], vocab_size: int) -> Subword
     _train(sentencepiece, captions, model, vocab_size)
   except RuntimeError as e:  # Too small a vocabulary for the characters, mostly: a setting to change.
     message = str(e).split("] ")[-1]
-    raise ConfigError(
-      f"dataset.options.vocab_size {vocab_size}: sentencepiece cannot train ({message})"
-    ) from None
+    raise ConfigError(f"dataset.vocab_size {vocab_size}: sentencepiece cannot train ({message})") from None
   return SubwordTokenizer(model.getvalue())
 
 
@@ -153,11 +161,15 @@ def build(kind: str, captions: Sequence[str], *, min_count: int, vocab_size: int
     return build_word_tokenizer(captions, min_count)
   if kind == "subword":
     return train_subword_tokenizer(captions, vocab_size)
-  raise ConfigError(f"unknown dataset.options.tokenizer {kind!r}; known: {', '.join(KINDS)}")
+  raise ConfigError(f"unknown dataset.tokenizer {kind!r}; known: {', '.join(KINDS)}")
 
 
 def save(tokenizer, directory: str) -> None:
-  with open(os.path.join(directory, FILENAME), "w") as f:
+  save_file(tokenizer, os.path.join(directory, FILENAME))
+
+
+def save_file(tokenizer, path: str) -> None:
+  with open(path, "w") as f:
     json.dump(tokenizer.to_json(), f)
 
 

@@ -49,6 +49,7 @@ def load_sources(
     manual_dir=config.dataset.manual_dir,
     options=config.dataset.options,
     splits=splits,
+    reading=data.Reading.from_config(config.dataset),
   )
 
 

@@ -14,7 +14,6 @@ note that a decaying schedule then decays over the new length from the resumed s
 """
 
 import contextlib
-import fcntl
 import json
 import os
 import subprocess
@@ -23,6 +22,7 @@ from typing import Any
 
 import ml_collections
 
+from mmlearn import locks
 from mmlearn.config import migrate
 from mmlearn.errors import WorkdirError
 
@@ -119,23 +119,14 @@ def exclusive(workdir: str, enabled: bool = True) -> Iterator[None]:
     yield
     return
   path = os.path.join(workdir, LOCK)
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-      raise WorkdirError(
-        f"workdir {workdir!r} is in use by process {holder} ({path}); wait for it or use another --workdir"
-      ) from None
-    try:
-      os.ftruncate(fd, 0)
-      os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except OSError as e:  # A full disk: name the file, as every other failed write does.
-      raise OSError(e.errno, e.strerror, path) from None
+
+  def busy(holder: str) -> WorkdirError:
+    return WorkdirError(
+      f"workdir {workdir!r} is in use by process {holder} ({path}); wait for it or use another --workdir"
+    )
+
+  with locks.held(path, busy):
     yield
-  finally:
-    os.close(fd)  # Releases the lock; the file stays (removing it would race with a waiting trainer).
 
 
 def as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -80,6 +80,8 @@ def build(config: ml_collections.ConfigDict) -> Run:
     max_tokens=config.dataset.max_tokens,
     training=training,
     augment=Augment.from_config(config.augment),
+    random_crops=config.augment.image_random_resized_crop,
+    workers=config.dataset.workers,
   )
   state = train_state.initial_state(config, task, tx, sources["train"], par.num_devices)
   if config.init_from.workdir:  # Replaced by the checkpoint when the run resumes.

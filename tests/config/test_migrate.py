@@ -58,6 +58,19 @@ def test_only_the_runs_own_task_sections_are_kept():
   assert lenet["batch_norm"] is False  # The block version 2 gave a LeNet without the key.
 
 
+def test_captioned_text_options_become_the_datasets_and_new_keys_get_their_defaults():
+  old = saved("classification")
+  assert "tokenizer" not in old["dataset"]  # Written before captions were tokenized in the pipeline.
+  old["dataset"].update(
+    name="captioned", options={"manifest": "m.csv", "tokenizer": "subword", "vocab_size": 500}
+  )
+  dataset = migrate.upgrade(old)["dataset"]
+  assert dataset["options"] == {"manifest": "m.csv"}
+  assert (dataset["tokenizer"], dataset["vocab_size"], dataset["min_count"]) == ("subword", 500, 1)
+  plain = migrate.upgrade(saved("classification"))["dataset"]
+  assert (plain["tokenizer"], plain["image_size"], plain["workers"]) == ("", 0, 0)  # As they read then.
+
+
 def test_a_saved_config_that_names_no_known_task_is_refused_in_one_line():
   with pytest.raises(ConfigError, match="run/config.json names no task"):
     migrate.upgrade({"seed": 0}, where="run/config.json")
@@ -81,6 +94,7 @@ def version_2_run(data_dir, tmp_path_factory):
   return run, config, results
 
 
+@pytest.mark.e2e  # Seconds of training or restoring: the full suite, not the fast tier.
 def test_a_version_2_run_restores_resumes_and_is_evaluated(version_2_run, tmp_path):
   run, config, results = version_2_run
   restored = restore.read_config(str(run))

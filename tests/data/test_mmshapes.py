@@ -412,14 +412,14 @@ def overwrite_json(path):
 @pytest.mark.parametrize(
   "filename, damage, error_type, message",
   [
-    ("mmshapes-train.array_record-00000-of-00001", os.remove, FileNotFoundError, "is missing"),
+    ("mmshapes-train.array_record-00000", os.remove, FileNotFoundError, "is missing"),
     (
-      "mmshapes-train.array_record-00000-of-00001",
+      "mmshapes-train.array_record-00000",
       truncate,
       DataError,
       "holds 0 records, expected 512|cannot be read",
     ),
-    ("mmshapes-test.array_record-00000-of-00001", scramble, DataError, "cannot be read"),
+    ("mmshapes-test.array_record-00000", scramble, DataError, "cannot be read"),
     ("dataset_info.json", overwrite_json, DataError, "is not valid JSON"),
     ("features.json", os.remove, FileNotFoundError, "is missing"),
   ],

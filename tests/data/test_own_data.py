@@ -1,213 +1,25 @@
-"""Your own data: the `captioned` builder on a generated folder + manifest, a builder registered from a
-module outside mmlearn, and the tools (`robustness.py`, `retrieve.py`) reading such runs back."""
+"""Your own data end to end: runs on a generated folder + manifest (the builder itself is tested in
+test_captioned.py), a builder registered from a module outside mmlearn, and the tools (`robustness.py`,
+`retrieve.py`) reading such runs back."""
 
-import csv
 import json
 import logging
 import os
 import re
-import shutil
-import wave
 
-import ml_collections
 import numpy as np
 import pytest
+from folders import draw, write_folder
 from PIL import Image
 
 from conftest import REPO, run_python
-from mmlearn import data, registry
+from mmlearn import registry
 from mmlearn.config import files as config_files
-from mmlearn.data import captioned, progress, spectrogram
-from mmlearn.errors import ConfigError, DataError
+from mmlearn.errors import ConfigError
 from mmlearn.runs import metric_writer
 from mmlearn.train import loop
 
 pytestmark = pytest.mark.e2e  # Processes, devices, a real Slurm or long training: see pyproject.toml.
-
-COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220)}
-SHAPES = ("square", "circle")
-
-
-def draw(colour: str, shape: str, rng: np.random.Generator, size=(20, 24)) -> np.ndarray:
-  """A coloured square or circle on dark noise, uint8 [H, W, 3]."""
-  h, w = size
-  y, x = np.mgrid[:h, :w]
-  if shape == "square":
-    inside = (abs(y - h / 2) < 6) & (abs(x - w / 2) < 6)
-  else:
-    inside = (y - h / 2) ** 2 + (x - w / 2) ** 2 < 49
-  image = rng.integers(0, 30, (h, w, 3)).astype(np.uint8)
-  image[inside] = COLOURS[colour]
-  return image
-
-
-def write_folder(root, n: int, *, manifest="manifest.csv", split_column=False, audio=False) -> list[dict]:
-  """`n` images and a manifest (CSV or JSON lines): caption `a <colour> <shape> w<i> w<i>`, label
-  `<colour>` (a word w<i> seen twice in one caption only), splits train/validation/test cycling if asked."""
-  rng = np.random.default_rng(0)
-  os.makedirs(os.path.join(root, "images"), exist_ok=True)
-  rows = []
-  for i in range(n):
-    colour, shape = list(COLOURS)[i % 2], SHAPES[i // 2 % 2]
-    Image.fromarray(draw(colour, shape, rng)).save(os.path.join(root, "images", f"{i}.png"))
-    row = {"image": f"images/{i}.png", "caption": f"a {colour} {shape} w{i} w{i}"}
-    row["label" if not audio else "split"] = colour if not audio else captioned.SPLITS[i % 3]
-    if split_column and not audio:
-      row["split"] = captioned.SPLITS[i % 3]
-    if audio:
-      row["audio"] = f"audio/{i}.wav"
-      write_wav(os.path.join(root, row["audio"]), 0.1 + 0.01 * i, rng)
-    rows.append(row)
-  path = os.path.join(root, manifest)
-  with open(path, "w", newline="") as f:
-    if manifest.endswith(".jsonl"):
-      f.writelines(json.dumps(row) + "\n" for row in rows)
-    else:
-      writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-      writer.writeheader()
-      writer.writerows(rows)
-  return rows
-
-
-def write_wav(path: str, seconds: float, rng: np.random.Generator) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  samples = (rng.normal(0, 3000, int(spectrogram.SAMPLE_RATE * seconds))).astype("<i2")
-  with wave.open(path, "wb") as w:
-    w.setnchannels(1)
-    w.setsampwidth(2)
-    w.setframerate(spectrogram.SAMPLE_RATE)
-    w.writeframes(samples.tobytes())
-
-
-def load(tmp_path, options, *, manual_dir="raw", **kwargs):
-  return data.load_sources(
-    "captioned",
-    config="mine",
-    data_dir=str(tmp_path / "tfds"),
-    manual_dir=None if manual_dir is None else str(tmp_path / manual_dir),
-    options=options,
-    **kwargs,
-  )
-
-
-def dataset_section(tmp_path, options) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(
-    {"name": "captioned", "config": "mine", "data_dir": str(tmp_path / "tfds"), "manual_dir": None,
-     "options": options}
-  )  # fmt: skip
-
-
-def test_captioned_builds_the_stated_splits_images_labels_and_tokens(tmp_path):
-  rows = write_folder(tmp_path / "raw", 20)
-  options = {"image_shape": (6, 8, 1), "split_fractions": (0.6, 0.2, 0.2), "split_seed": 3, "min_count": 2}
-  sources, info = load(tmp_path, options)
-  # The stated rule: permute with the seed, cut 12 / 4 / 4, keep manifest order within a split.
-  order = np.random.default_rng(3).permutation(20)
-  expected = {"train": order[:12], "validation": order[12:16], "test": order[16:]}
-  for split, indices in expected.items():
-    files = [sources[split][j]["image_file"].decode() for j in range(len(sources[split]))]
-    assert files == [rows[i]["image"] for i in np.sort(indices)], split
-  assert info.features["label"].names == ["blue", "red"]  # Sorted class names.
-  example, row = sources["test"][0], rows[int(np.sort(expected["test"])[0])]
-  assert example["label"] == ["blue", "red"].index(row["label"])
-  with Image.open(tmp_path / "raw" / row["image"]) as image:
-    reference = np.asarray(image.convert("L").resize((8, 6), Image.BILINEAR))  # (width, height)
-  np.testing.assert_array_equal(example["image"], reference[..., None])
-  # The vocabulary comes from the training captions only: w<i> is known exactly for the training rows.
-  tokenizer = data.dataset_tokenizer(dataset_section(tmp_path, options))
-  assert {f"w{i}" for i in range(20) if f"w{i}" in tokenizer.vocab} == {f"w{i}" for i in expected["train"]}
-  assert (
-    tokenizer.decode(example["tokens"])
-    == f"a {row['caption'].split()[1]} {row['caption'].split()[2]} <unk> <unk>"
-  )
-  # Prepared once, it reads without its raw files, and other options prepare another directory.
-  shutil.rmtree(tmp_path / "raw")
-  again, _ = load(tmp_path, options, manual_dir=None)
-  assert len(again["train"]) == 12
-  assert sorted(os.listdir(tmp_path / "tfds" / "captioned")) == [
-    captioned.config_name("mine", captioned.check_options(options))
-  ]
-
-
-def test_captioned_takes_given_splits_and_audio_from_a_jsonl_manifest(tmp_path):
-  rows = write_folder(tmp_path / "raw", 9, manifest="m.jsonl", audio=True)
-  sources, info = load(tmp_path, {"manifest": "m.jsonl", "image_shape": (8, 8, 3), "tokenizer": "subword"})
-  assert "label" not in info.features  # No label column: a dataset for retrieval, not classification.
-  for k, split in enumerate(captioned.SPLITS):
-    assert [sources[split][j]["image_file"].decode() for j in range(3)] == [r["image"] for r in rows[k::3]]
-  audio = sources["train"][0]["audio"]
-  assert audio.shape == (spectrogram.SPEC_SIZE, spectrogram.SPEC_SIZE, 1) and audio.dtype == np.uint8
-  assert audio.max() > audio.min()
-  tokenizer = data.dataset_tokenizer(
-    dataset_section(tmp_path, {"manifest": "m.jsonl", "image_shape": (8, 8, 3), "tokenizer": "subword"})
-  )
-  assert tokenizer.decode(sources["validation"][0]["tokens"]) == rows[1]["caption"]  # Subword: no <unk>.
-
-
-def _missing_image(root):
-  os.remove(os.path.join(root, "images", "2.png"))
-
-
-def _corrupt_image(root):
-  with open(os.path.join(root, "images", "4.png"), "wb") as f:
-    f.write(b"not a png")
-
-
-def _empty_caption(root):
-  _edit_manifest(root, lambda text: text.replace("a blue circle w3 w3", ""))
-
-
-def _wordless_caption(root):
-  _edit_manifest(root, lambda text: text.replace("a blue circle w3 w3", "?!"))
-
-
-def _unknown_column(root):
-  _edit_manifest(root, lambda text: text.replace("caption", "captoin", 1))
-
-
-def _edit_manifest(root, edit):
-  path = os.path.join(root, "manifest.csv")
-  with open(path) as f:
-    text = f.read()
-  with open(path, "w") as f:
-    f.write(edit(text))
-
-
-@pytest.mark.parametrize(
-  "damage, options, error, message",
-  [
-    (_missing_image, {}, DataError, r"manifest.csv:4: image .*images/2.png is missing"),
-    (_corrupt_image, {}, DataError, r"manifest.csv:6: cannot decode image .*images/4.png"),
-    (_empty_caption, {}, DataError, r"manifest.csv:5: no 'caption'"),
-    (_wordless_caption, {}, DataError, r"manifest.csv:5: caption '\?!' has no words"),
-    (_unknown_column, {}, DataError, r"header \['image', 'captoin', 'label'\] must name image, caption"),
-    (None, {"image_size": 8}, ConfigError, r"unknown dataset.options \['image_size'\] of 'captioned'"),
-    (None, {"split_fractions": (0.5, 0.5)}, ConfigError, "split_fractions must be 3 fractions"),
-    (None, {"split_fractions": (0.9, 0.1, 0.0)}, DataError, r"6 rows leave no test examples"),
-    (None, {"manifest": "nope.csv"}, FileNotFoundError, r"manifest .*nope.csv is missing"),
-  ],
-)
-def test_bad_folders_and_options_are_one_line_errors_naming_the_row(
-  tmp_path, damage, options, error, message
-):
-  write_folder(tmp_path / "raw", 6)
-  if damage:
-    damage(str(tmp_path / "raw"))
-  with pytest.raises(error, match=message):
-    load(tmp_path, {"image_shape": (8, 8, 3), "split_fractions": (0.5, 0.25, 0.25), **options})
-  assert not list((tmp_path / "tfds").glob("captioned/*/1.0.0")), "a failed preparation looks prepared"
-
-
-def test_a_changed_manifest_or_no_manual_dir_is_an_error(tmp_path):
-  write_folder(tmp_path / "raw", 6)
-  options = {"image_shape": (8, 8, 3), "split_fractions": (0.5, 0.25, 0.25)}
-  with pytest.raises(ConfigError, match="set dataset.manual_dir"):
-    load(tmp_path, options, manual_dir=None)
-  load(tmp_path, options)
-  _edit_manifest(str(tmp_path / "raw"), lambda text: text + "images/0.png,one more,red\n")
-  with pytest.raises(DataError, match="manifest .*manifest.csv changed since .* was prepared"):
-    load(tmp_path, options)
-
 
 # --- End to end: training and the tools ---------------------------------------------------------------
 
@@ -229,7 +41,8 @@ def get_config(task="classification"):
   config.dataset.config = "shapes"
   config.dataset.manual_dir = os.path.join(HERE, "raw")
   config.dataset.data_dir = os.path.join(HERE, "tfds")
-  config.dataset.options = ml_collections.ConfigDict({"image_shape": (16, 16, 3), "min_count": 2})
+  config.dataset.options = ml_collections.ConfigDict({"image_shape": (16, 16, 3)})
+  config.dataset.min_count = 2
   config.model.modalities.image.update(widths=(8,), dense=16)
   config.model.modalities.text.update(embed_dim=8, hidden=16)
   if task == "classification":
@@ -357,18 +170,3 @@ def test_tensorboard_gets_legal_tags_and_metrics_jsonl_the_names(tmp_path, caplo
   assert not [
     r.getMessage() for r in caplog.records if "illegal" in r.getMessage() or "NaN" in r.getMessage()
   ]
-
-
-def test_progress_lines_show_count_and_eta_only_for_long_passes(monkeypatch, caplog):
-  caplog.set_level(logging.INFO)
-  assert list(progress.track(range(5), "quick pass", 5)) == list(range(5))
-  assert not caplog.records  # Shorter than QUIET_S: silent.
-  monkeypatch.setattr(progress, "QUIET_S", 0.0)
-  monkeypatch.setattr(progress, "EVERY_S", 0.0)
-  assert list(progress.track(range(4), "evaluating test", 4, unit="batches")) == list(range(4))
-  lines = [record.getMessage() for record in caplog.records]
-  # Elapsed and ETA as H:MM:SS, whatever the machine's speed (a loaded CPU may take over a second).
-  assert re.fullmatch(
-    r"evaluating test: 1/4 batches \(25%\), elapsed \d+:\d\d:\d\d, ETA \d+:\d\d:\d\d", lines[0]
-  )
-  assert len(lines) == 4 and re.fullmatch(r"evaluating test: done in \d+:\d\d:\d\d", lines[-1]), lines

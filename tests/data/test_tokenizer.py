@@ -34,7 +34,7 @@ def test_bad_settings_and_ids_are_errors():
     tokenizers.build_word_tokenizer(CAPTIONS, min_count=0)
   with pytest.raises(ConfigError, match="vocab_size 60: sentencepiece cannot train"):
     tokenizers.build("subword", CAPTIONS, min_count=1, vocab_size=60)  # < 256 byte pieces + characters.
-  with pytest.raises(ConfigError, match="unknown dataset.options.tokenizer 'bpe'"):
+  with pytest.raises(ConfigError, match="unknown dataset.tokenizer 'bpe'"):
     tokenizers.build("bpe", CAPTIONS, min_count=1, vocab_size=100)
   tokenizer = tokenizers.build_word_tokenizer(CAPTIONS)
   with pytest.raises(DataError, match="token id 99 is outside"):

@@ -197,6 +197,7 @@ def test_resume_with_another_config_is_refused_and_loses_nothing(finished, tiny_
   assert after == before
 
 
+@pytest.mark.e2e  # Seconds of training or restoring: the full suite, not the fast tier.
 def test_harmless_changes_and_a_longer_run_need_the_flag(finished, tiny_config):
   tiny_config.log_every_steps = 1
   tiny_config.num_train_steps = 8
@@ -262,6 +263,7 @@ def test_guard_checks_loss_gradient_and_parameter_norms():
     check_finite([(1, {**history[0][1], "loss": float("nan")})], None)
 
 
+@pytest.mark.e2e  # Seconds of training or restoring: the full suite, not the fast tier.
 def test_diverged_state_is_never_saved_so_the_last_good_checkpoint_survives_rotation(tiny_config, tmp_path):
   tiny_config.num_train_steps = 30
   tiny_config.checkpoint_every_steps = 1
@@ -346,6 +348,7 @@ def test_a_damaged_checkpoint_never_restores_wrong_values(finished, tiny_config,
   checkpointer.close()
 
 
+@pytest.mark.e2e  # Seconds of training or restoring: the full suite, not the fast tier.
 def test_damaged_latest_checkpoint_is_named_and_fallback_resumes_from_an_intact_one(
   capsys, finished, data_dir
 ):

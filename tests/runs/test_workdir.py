@@ -63,6 +63,7 @@ def test_a_full_disk_at_the_lock_names_the_lock_file(tmp_path, monkeypatch):
   assert raised.value.errno == errno.ENOSPC
 
 
+@pytest.mark.e2e  # Seconds of training or restoring: the full suite, not the fast tier.
 def test_a_finished_run_started_again_replaces_its_evaluation(tiny_config, tmp_path):
   first = loop.train_and_evaluate(tiny_config, str(tmp_path))
   again = loop.train_and_evaluate(tiny_config, str(tmp_path))

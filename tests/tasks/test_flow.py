@@ -121,6 +121,7 @@ def test_training_times_are_uniform_or_logit_normal():
 # ---- The task: sampling and guidance ----
 
 
+@pytest.mark.e2e  # Seconds of training or restoring: the full suite, not the fast tier.
 def test_sampler_is_deterministic_given_the_seed(task_and_batch):
   task, batch, variables = task_and_batch
   draw = lambda key, **kw: task.sample(  # noqa: E731
@@ -148,6 +149,7 @@ def test_sampler_is_deterministic_given_the_seed(task_and_batch):
     task.sample(variables, batch, keys, condition=("image",), target="text")
 
 
+@pytest.mark.e2e  # Seconds of training or restoring: the full suite, not the fast tier.
 def test_guidance_scale_0_is_the_unconditional_model_and_1_the_conditional(task_and_batch):
   task, batch, variables = task_and_batch
   size = len(batch["image"])

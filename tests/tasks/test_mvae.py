@@ -264,6 +264,7 @@ def test_private_latent_is_the_image_encoders_own_and_its_kl_is_never_annealed(
   ]
 
 
+@pytest.mark.e2e  # Seconds of training or restoring: the full suite, not the fast tier.
 def test_step_reaches_the_loss_through_train_step(task_and_batch, retrieval_tiny_data):
   """train_step passes the step to every task's loss: the KL weight warms up over 20 steps."""
   task, batch, params = task_and_batch
@@ -293,6 +294,7 @@ def test_sampling_is_deterministic_under_a_fixed_key(task_and_batch):
     assert not np.array_equal(first, other)
 
 
+@pytest.mark.e2e  # Seconds of training or restoring: the full suite, not the fast tier.
 def test_impute_keeps_present_inputs_and_fills_absent_ones(task_and_batch):
   task, batch, params = task_and_batch
   present = {"image": np.array([True] * 4 + [False] * 4), "text": np.array([False, True] * 4)}
@@ -345,6 +347,7 @@ def test_rngs_draw_row_i_from_key_i():
     rngs.categorical(keys, logits[:2])
 
 
+@pytest.mark.e2e  # Seconds of training or restoring: the full suite, not the fast tier.
 def test_an_examples_draws_depend_on_its_own_key_only(task_and_batch):
   """With per-example keys (the trainer's and evaluator's), an example's z, private latents and samples do
   not depend on which other examples share its batch: what makes a run independent of the device count."""

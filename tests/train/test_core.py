@@ -121,6 +121,7 @@ def test_unknown_or_misapplied_evaluators_are_config_errors(tiny_config, tmp_pat
     assert not os.path.exists(tmp_path / "run")  # A refused new run leaves no workdir behind.
 
 
+@pytest.mark.e2e  # Seconds of training or restoring: the full suite, not the fast tier.
 def test_scheduled_evaluators_and_the_best_validation_checkpoint(tiny_config, tmp_path):
   tiny_config.num_train_steps = 8
   tiny_config.evals = {
@@ -153,6 +154,7 @@ def test_select_metric_must_name_an_evaluated_split(tiny_config, tmp_path):
     loop.train_and_evaluate(tiny_config, str(tmp_path))
 
 
+@pytest.mark.e2e  # Seconds of training or restoring: the full suite, not the fast tier.
 def test_a_dataset_without_labels_trains_a_task_that_needs_none(tiny_config, tmp_path, monkeypatch):
   """Retrieval pairs need no labels: strip the label feature from every split and train."""
   real_load = data.load_sources

@@ -45,6 +45,7 @@ def test_steps_lower_the_loss_on_a_fixed_batch(tiny_config):
   assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.e2e  # Seconds of training or restoring: the full suite, not the fast tier.
 def test_train_and_evaluate_writes_logs_and_metrics(tiny_config, tmp_path):
   """The reported metrics are those of the saved parameters: recomputed here from the checkpoint's
   logits on every example of each split."""
@@ -82,6 +83,7 @@ class Preempted(Exception):
   pass
 
 
+@pytest.mark.e2e  # Seconds of training or restoring: the full suite, not the fast tier.
 def test_interrupted_run_resumes_to_identical_parameters(tiny_config, tmp_path):
   tiny_config.num_train_steps = 8
   tiny_config.checkpoint_every_steps = 3
