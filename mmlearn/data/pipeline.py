@@ -139,6 +139,16 @@ def _empty(shape: tuple[int, ...], dtype: type) -> np.ndarray:
   return np.empty(shape, dtype)
 
 
+def _owned(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The batch in this process's memory: a shared-memory array is freed when its last reference goes,
+  and JAX on a CPU keeps a reference to an array it was given (it does not copy), for as long as the
+  batch lives on the device: the shared memory would outlive the step."""
+  return {
+    k: np.array(v) if SharedMemoryArray is not None and isinstance(v, SharedMemoryArray) else v
+    for k, v in batch.items()
+  }
+
+
 def _unshared(array: np.ndarray) -> np.ndarray:
   """A plain array for one a transform derived from a shared one (the subclass, without the memory)."""
   if (
@@ -291,7 +301,7 @@ def train_iterator(
     if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags; a library caller parsed none.
       flags.FLAGS.mark_as_parsed()
     options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)
-    stream = stream.mp_prefetch(options, worker_init_fn=_mark_worker)
+    stream = stream.mp_prefetch(options, worker_init_fn=_mark_worker).map(_owned)
   # The state is the next batch number, as for grain's own `.batch()` of the same stream.
   return iter(stream)
 

@@ -8,7 +8,7 @@ features, and the directory is then described with TFDS's own `dataset_info.json
 it back with `as_data_source` as it would its own files.
 
 * Memory: records stream from the source to the open shard; at most one shard file is open and, with
-  `workers`, at most a bounded window of examples is in flight (`imap` over work items).
+  `workers`, at most a bounded window of examples is in flight (`examples_of`).
 * Parallel: a builder that gives work items and a top-level `encode` function (`SplitPlan`) has them
   decoded, resized and serialized in `workers` processes (started with "spawn": a process holding JAX's
   threads must not fork); the order of the records is the items' order whatever the workers do.
@@ -21,15 +21,18 @@ it back with `as_data_source` as it would its own files.
 * One at a time: the preparation holds an exclusive lock beside the directory (`<version>.lock`); a
   second preparation of the same dataset (another run, another host on a shared file system) is refused
   in one line naming the holder.
-* Progress: one line per shard with the rate and the time left, once a preparation runs for more than a
-  few seconds (`mmlearn.data.progress`).
+* Progress: a line every 10 s with the examples written, the rate and the time left, once a split takes
+  longer than that (`mmlearn.data.progress`), and a line saying what was prepared where.
 """
 
+import collections
+import concurrent.futures
+import concurrent.futures.process
 import contextlib
 import dataclasses
+import itertools
 import json
 import multiprocessing
-import multiprocessing.pool
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -45,6 +48,7 @@ from mmlearn.data.progress import Progress
 from mmlearn.errors import DataError
 
 EXAMPLES_PER_SHARD = 4096
+CHUNK = 16  # Items a worker encodes per task.
 INCOMPLETE, LOCK = ".incomplete", ".lock"
 SPLIT_DONE = "{split}.lengths.json"  # A split's shard lengths, written when all its shards are.
 # Shard files are named by their index alone, so a split's shards can be written before its size is known.
@@ -166,25 +170,46 @@ def serializer(features: tfds.features.FeaturesDict) -> Callable[[Mapping[str, A
   )
 
 
-def _encode_and_serialize(job: tuple[Callable[[Any], Mapping[str, Any]], Any]) -> Mapping[str, Any]:
-  encode, item = job
-  return encode(item)
+def _encode_chunk(encode: Callable[[Any], Mapping[str, Any]], items: list[Any]) -> list[Mapping[str, Any]]:
+  return [encode(item) for item in items]
+
+
+def _results(future: concurrent.futures.Future) -> list[Mapping[str, Any]]:
+  try:
+    return future.result()
+  except concurrent.futures.process.BrokenProcessPool:
+    raise DataError(
+      "a preparation worker process died (killed, out of memory, or it could not start: workers import "
+      "the main script, so a script that prepares data must call mmlearn under `if __name__ == "
+      '"__main__":`)'
+    ) from None
 
 
 def examples_of(
-  plan: SplitPlan, skip: int, workers: int, pool: "multiprocessing.pool.Pool | None"
+  plan: SplitPlan, skip: int, executor: concurrent.futures.Executor | None, window: int
 ) -> Iterator[Mapping[str, Any]]:
-  """The plan's examples from index `skip` on (earlier items are passed over without being encoded)."""
+  """The plan's examples from index `skip` on (earlier items are passed over without being encoded).
+
+  With an `executor`, items are encoded there in chunks, at most `window` chunks ahead of what has been
+  written, and yielded in order: memory stays bounded whatever the split's size.
+  """
   items = iter(plan.items)
   for _ in range(skip):
     if next(items, None) is None:
       raise DataError(f"the source has fewer examples than the {skip} its finished shards hold")
   if plan.encode is None:
     yield from items
-  elif pool is None or workers <= 1:
+    return
+  if executor is None:
     yield from map(plan.encode, items)
-  else:  # In order, a bounded window ahead: `imap` pulls items as results are consumed.
-    yield from pool.imap(_encode_and_serialize, ((plan.encode, item) for item in items), chunksize=16)
+    return
+  pending: collections.deque[concurrent.futures.Future] = collections.deque()
+  while chunk := list(itertools.islice(items, CHUNK)):
+    pending.append(executor.submit(_encode_chunk, plan.encode, chunk))
+    if len(pending) >= window:
+      yield from _results(pending.popleft())
+  while pending:
+    yield from _results(pending.popleft())
 
 
 def _write_json(path: str, value: Any) -> None:
@@ -234,9 +259,11 @@ def write_dataset(
     sizes,
   )
   serialize = serializer(builder.info.features)
-  pool = None
+  executor = None
   if workers > 1 and any(plan.encode is not None for plan in plans.values()):
-    pool = multiprocessing.get_context("spawn").Pool(workers)
+    executor = concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=multiprocessing.get_context("spawn")
+    )
   split_infos = []
   try:
     for split, plan in plans.items():
@@ -260,7 +287,7 @@ def write_dataset(
           unit="examples",
           done=done * examples_per_shard,
         )
-        examples = examples_of(plan, done * examples_per_shard, workers, pool)
+        examples = examples_of(plan, done * examples_per_shard, executor, window=4 * workers)
         lengths = writer.write(_serialized(examples, serialize, progress), done)
         progress.finish()
         if not sum(lengths):
@@ -270,8 +297,8 @@ def write_dataset(
       info = tfds.core.SplitInfo(split, lengths, num_bytes, filename_template=template)
       split_infos.append(info)
   finally:
-    if pool is not None:
-      pool.terminate()
+    if executor is not None:
+      executor.shutdown(wait=False, cancel_futures=True)
   write_extra(directory)
   builder.info.set_file_format("array_record", override=True, override_if_initialized=True)
   builder.info.set_splits(tfds.core.SplitDict(split_infos))

@@ -1,28 +1,22 @@
-"""WebDataset-style tar shards read in place: an index of each shard's members, random access by sample.
+"""WebDataset-style tar shards indexed in place: where each sample's members lie, without unpacking.
 
-Nothing is unpacked: a shard's headers are read once (`scan`, seeking past the data), members are
-grouped into samples as WebDataset groups them (see `mmlearn.data.tarshards` for the rules), and each
-sample's members are then read at their byte offsets (`os.pread`). `TarShardSource` is a random-access
-source over a list of shards; it pickles without its open files, so the input pipeline's worker
-processes each open their own.
+A shard's headers are read once (`scan`, seeking past the data) and its members are grouped into samples
+as WebDataset groups them (see `mmlearn.data.tarshards` for the rules): the index holds each sample's
+members' byte offsets and sizes, and its caption and label. Reading samples by index is
+`mmlearn.data.tar_source`.
 """
 
-import collections
 import dataclasses
-import functools
 import json
-import operator
 import os
 import re
 import sys
 import tarfile
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from mmlearn.data import media
 from mmlearn.errors import DataError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -78,36 +72,6 @@ class Location:
   def where(self, ext: str) -> str:
     """The member for error messages: `<shard>: member <key>.<ext>`."""
     return f"{self.shard}: member {self.key}.{ext}"
-
-
-class MemberBytes(bytes):
-  """A member's bytes that remember which member they are (`where`), so an image that fails to decode
-  later, in the input pipeline's decoder (`MemberImageDecoder`), is reported by shard and member.
-  Equal to, and used as, the plain bytes."""
-
-  where: str
-
-  def __new__(cls, data: bytes, where: str):
-    member = super().__new__(cls, data)
-    member.where = where
-    return member
-
-  def __reduce__(self):
-    return (MemberBytes, (bytes(self), self.where))
-
-
-@dataclasses.dataclass(frozen=True)
-class MemberImageDecoder(media.ImageDecoder):
-  """`media.ImageDecoder` whose errors name the shard and member of images read in place (`MemberBytes`)."""
-
-  def __call__(self, data: bytes) -> np.ndarray:
-    try:
-      return super().__call__(data)
-    except DataError as e:
-      where = getattr(data, "where", None)
-      if where is None:
-        raise
-      raise DataError(f"{where}: {e}") from None
 
 
 def split_name(name: str) -> tuple[str, str] | None:
@@ -311,145 +275,3 @@ def class_names(indexes: Sequence[TarIndex]) -> tuple[str, ...] | None:
       )
     return tuple(str(i) for i in range(largest + 1))
   return tuple(sorted(names))
-
-
-def read_sample(fd: int, location: Location) -> dict[str, Any]:
-  """A sample's content, read from the open shard `fd`: {"image": its bytes (`MemberBytes`), "caption",
-  "key", and "label" (its class name) when it has one}."""
-  where = location.where(location.image_ext)
-  image = MemberBytes(_pread(fd, *location.image, where), where)
-  where = location.where(location.caption_ext)
-  data = _pread(fd, *location.caption, where)
-  if location.caption_ext.lower() == "json":
-    caption = _json(data, where).get("caption")
-    if not isinstance(caption, str):
-      raise DataError(f"{where}: no 'caption' text (the shard changed since it was indexed)")
-    caption = caption.strip()
-  else:
-    caption = _text(data, where)
-  if not caption:
-    raise DataError(f"{where}: the caption is empty")
-  sample = {"image": image, "caption": caption, "key": location.key}
-  if location.label is not None:
-    sample["label"] = location.label
-  return sample
-
-
-def encode_example(
-  location: Location, *, shape: tuple[int, int, int] | None, channels: int
-) -> dict[str, Any]:
-  """The example preparation stores for a sample (run in worker processes): its image checked to decode,
-  resized and re-encoded with `shape`, its caption and key as text and its label by class name."""
-  fd = os.open(location.shard, os.O_RDONLY)
-  try:
-    sample = read_sample(fd, location)
-  finally:
-    os.close(fd)
-  image = sample["image"]
-  sample["image"] = media.prepared_image(bytes(image), shape, image.where, channels)
-  return sample
-
-
-class TarShardSource:
-  """Random access to the samples of tar shards, read in place: `len`, and `[i]` -> {"image": bytes,
-  "caption": str, "key": str, and "label": str (its class name) when the shards have labels}.
-
-  Element `i` is the `i`-th sample of the shards in the order given, each in tar order. Shards are
-  opened on first read in each process, at most `MAX_OPEN_SHARDS` at once, and open files are not
-  pickled: the source goes to spawned (or forked) worker processes, and each opens its own.
-  """
-
-  def __init__(self, paths: Sequence[str] = (), *, indexes: Sequence[TarIndex] | None = None):
-    self.indexes = list(indexes) if indexes is not None else [scan(path) for path in paths]
-    self._ends = np.cumsum([len(index) for index in self.indexes], dtype=np.int64)
-    self._reset()
-
-  def _reset(self) -> None:
-    self._pid = os.getpid()
-    self._lock = threading.Lock()  # Pipeline threads share the open files; one evicts what another reads.
-    self._fds: collections.OrderedDict[int, int] = collections.OrderedDict()  # shard -> fd, LRU order.
-
-  def __getstate__(self) -> dict[str, Any]:
-    return {k: v for k, v in self.__dict__.items() if k not in ("_pid", "_lock", "_fds")}
-
-  def __setstate__(self, state: dict[str, Any]) -> None:
-    self.__dict__.update(state)
-    self._reset()
-
-  def __len__(self) -> int:
-    return int(self._ends[-1]) if len(self._ends) else 0
-
-  def locate(self, i: int) -> tuple[int, Location]:
-    """(shard number, location) of sample `i`."""
-    i = operator.index(i)
-    if not 0 <= i < len(self):
-      raise IndexError(f"sample {i} of a source of {len(self)}")
-    shard = int(np.searchsorted(self._ends, i, side="right"))
-    return shard, self.indexes[shard].location(i - (int(self._ends[shard - 1]) if shard else 0))
-
-  def locations(self) -> Iterator[Location]:
-    for index in self.indexes:
-      for i in range(len(index)):
-        yield index.location(i)
-
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    shard, location = self.locate(i)
-    if self._pid != os.getpid():  # Forked: the parent's lock may be held by a thread the child lacks.
-      for fd in self._fds.values():  # This process's copies of the parent's open files.
-        os.close(fd)
-      self._reset()
-    with self._lock:
-      return read_sample(self._fd(shard), location)
-
-  def _fd(self, shard: int) -> int:
-    if shard in self._fds:
-      self._fds.move_to_end(shard)
-      return self._fds[shard]
-    if len(self._fds) >= MAX_OPEN_SHARDS:
-      os.close(self._fds.popitem(last=False)[1])
-    fd = self._fds[shard] = os.open(self.indexes[shard].path, os.O_RDONLY)
-    return fd
-
-  def close(self) -> None:
-    if self._pid == os.getpid():
-      while self._fds:
-        os.close(self._fds.popitem()[1])
-
-  def __del__(self, _getpid=os.getpid, _close=os.close) -> None:
-    # Bound at definition, as the standard library does: at exit, `os` may be gone before the source.
-    if self.__dict__.get("_pid") == _getpid():
-      for fd in self._fds.values():
-        _close(fd)
-
-
-@dataclasses.dataclass(frozen=True)
-class DirectSource:
-  """A split read from its shards in place, giving for every `i` what the prepared split's
-  `as_data_source(split)[i]` gives: "image" the stored bytes (resized and re-encoded with `image_shape`,
-  as preparation does, else the member's own), "caption" and "key" UTF-8 bytes (TFDS's text in numpy
-  mode), "label" the class id (an int)."""
-
-  shards: TarShardSource
-  class_names: tuple[str, ...] | None
-  image_shape: tuple[int, int, int] | None
-  channels: int
-
-  @functools.cached_property
-  def _class_ids(self) -> dict[str, int]:
-    return {name: i for i, name in enumerate(self.class_names or ())}
-
-  def __len__(self) -> int:
-    return len(self.shards)
-
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    sample = self.shards[i]
-    image, where = sample["image"], sample["image"].where
-    if self.image_shape is not None:  # Checks that it decodes, as preparation does.
-      image = media.prepared_image(bytes(image), self.image_shape, where, self.channels)
-    example = {"image": image, "caption": sample["caption"].encode(), "key": sample["key"].encode()}
-    if self.class_names is not None:
-      label = sample.get("label")
-      if label not in self._class_ids:
-        raise DataError(f"{where}: label {label!r} is none of the dataset's classes")
-      example["label"] = self._class_ids[label]
-    return example

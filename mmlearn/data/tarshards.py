@@ -73,15 +73,8 @@ import tensorflow_datasets as tfds
 from mmlearn.data import prepare
 from mmlearn.data.builder import DEFAULT_CONFIG, LocalBuilder
 from mmlearn.data.registry import DATASETS
-from mmlearn.data.tar_index import (
-  DirectSource,
-  MemberImageDecoder,
-  TarIndex,
-  TarShardSource,
-  class_names,
-  encode_example,
-  scan,
-)
+from mmlearn.data.tar_index import TarIndex, class_names, scan
+from mmlearn.data.tar_source import DirectSource, MemberImageDecoder, TarShardSource, encode_example
 from mmlearn.errors import ConfigError, DataError
 
 SPLITS = ("train", "validation", "test")
@@ -209,6 +202,7 @@ class Tarshards(LocalBuilder):
   element `i` of a split is the `i`-th sample of its shards."""
 
   VERSION = tfds.core.Version("1.0.0")
+  OPTIONS = OPTIONS
   RELEASE_NOTES = {"1.0.0": "First release."}
 
   @classmethod

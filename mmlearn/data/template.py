@@ -1,18 +1,26 @@
 """A template for a hand-written dataset builder: copy this file into your own package and edit it.
 
 For images and captions (and labels, audio) listed in a CSV or JSON-lines manifest, the `captioned`
-builder needs no code at all (see docs/datasets.md). Write a builder when your data needs its own
-reading or generation. What one needs, all below:
+builder needs no code at all, nor does the `tarshards` builder for WebDataset tar shards (see
+docs/datasets.md). Write a builder when your data needs its own reading or generation. What one needs,
+all below:
 
-1. a subclass of `LocalBuilder` (it supplies the TFDS boilerplate: see `mmlearn/data/builder.py`),
-   registered by name with `@DATASETS.register(...)`; give the class a name no TFDS dataset has;
+1. a subclass of `LocalBuilder` (it supplies the TFDS boilerplate and the preparation: see
+   `mmlearn/data/builder.py`), registered by name with `@DATASETS.register(...)`; give the class a name
+   no TFDS dataset has;
 2. `VERSION` (bump it when the stored data changes, or the old files are silently reused);
-3. `features()`: what an example holds. The pipeline reads `image` / `audio` (uint8 [H, W, C]),
-   `tokens` (int32 ids, 0 = padding, with a `TOKENIZER`) and `label` (a `ClassLabel`);
+3. `features()`: what an example holds. The pipeline reads `image` / `audio` (uint8 [H, W, C], as here,
+   or their encoded bytes with a decoder in `decoders()`, as `captioned` stores them), `caption` (text,
+   tokenized by `config.dataset.tokenizer`) or `tokens` (int32 ids, 0 = padding, with a `TOKENIZER`),
+   and `label` (a `ClassLabel`);
 4. `_split_generators` -> `{split: generator}`; `train` is required, the evaluation splits are
-   `config.dataset.eval_splits` (default validation and test);
-5. `_generate_examples` yielding `(key, example)`: the key orders the records (keep it the example's
-   index, so element i of a split is the i-th example you yielded).
+   `config.dataset.eval_splits` (default validation and test). A builder whose examples are costly to
+   make writes `split_plans` instead, so they are encoded in `config.dataset.workers` processes;
+5. `_generate_examples` yielding `(key, example)`: records are written in the order yielded, so element
+   i of a split is the i-th example you yielded (the key is TFDS's form; keep it the example's index).
+
+`LocalBuilder` prepares it with `mmlearn.data.prepare`, as it does the built-in builders: ArrayRecord
+shards written in the order yielded, resumable after a kill, one preparation at a time.
 
 Then name your module in the config, so the trainer and every tool that reads the run back import it:
 

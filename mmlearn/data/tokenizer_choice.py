@@ -150,10 +150,15 @@ def _dump(value: Any, path: str) -> None:
     json.dump(value, f)
 
 
-def report_cut(lengths: np.ndarray, max_tokens: int, choice: TokenizerChoice) -> int:
-  """Logs how many training captions are longer than `max_tokens` (they are cut); returns that count."""
+_reported: set[tuple[str, TokenizerChoice, int]] = set()  # Said once per process, not per caller.
+
+
+def report_cut(lengths: np.ndarray, max_tokens: int, choice: TokenizerChoice, prepared_dir: str = "") -> int:
+  """Logs how many training captions are longer than `max_tokens` (they are cut), once per dataset and
+  setting in a process; returns that count."""
   cut = int(lengths[max_tokens + 1 :].sum())
-  if cut:
+  if cut and (prepared_dir, choice, max_tokens) not in _reported:
+    _reported.add((prepared_dir, choice, max_tokens))
     logging.warning(
       "%d of %d training captions have more than dataset.max_tokens=%d tokens by the %s tokenizer "
       "(the longest: %d); they are cut",
@@ -191,5 +196,5 @@ def resolve(
   if train is None:
     raise DataError(f"the {choice.name} tokenizer of {prepared_dir} is built from its training captions")
   tokenizer, lengths = built_tokenizer(choice, prepared_dir, train)
-  report_cut(lengths, max_tokens, choice)
+  report_cut(lengths, max_tokens, choice, prepared_dir)
   return tokenizer, tokenizer

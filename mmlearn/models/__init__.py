@@ -1,1 +1,4 @@
-from mmlearn.models import transformer  # noqa: F401  (registers the "vit" and "transformer" encoders)
+from mmlearn.models import (
+  avmnist_encoders,  # noqa: F401  (registers "lenet" and "spectrogram_lstm")
+  transformer,  # noqa: F401  (registers the "vit" and "transformer" encoders)
+)

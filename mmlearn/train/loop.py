@@ -139,7 +139,7 @@ def _train(
         writer.flush()  # The logs of every step up to the checkpoint are on disk before it is.
         checkpointer.save(step, state, batches.consumed_state())
         last_saved = step
-      if at_log or at_checkpoint:
+      if at_log:  # A checkpoint between logs keeps the interval's history: the log averages all of it.
         history = []
       if run.any_due(step) and step < num_steps:  # The final evaluation, of all, follows the loop.
         results = run.evaluate(state.variables(ema=use_ema), due_at=step)
@@ -154,6 +154,7 @@ def _train(
       writer.write(step, {k: v for k, v in results.items() if k.startswith("best/")})
   finally:
     profiler.stop()
+    batches.close()
     checkpointer.close()
     if best is not None:
       best.close()

@@ -78,3 +78,10 @@ class DevicePrefetch(Generic[Element, Placed]):
   def consumed_state(self) -> IteratorState:
     """The iterator's state after the last batch handed out (not after the prefetched ones)."""
     return IteratorState(self._consumed)
+
+  def close(self) -> None:
+    """Stops the iterator's worker processes (if it has any) and frees the batches they prefetched."""
+    self._queue.clear()
+    close = getattr(self._iterator, "close", None)
+    if close is not None:
+      close()

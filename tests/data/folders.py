@@ -8,7 +8,8 @@ import wave
 import numpy as np
 from PIL import Image
 
-from mmlearn.data import captioned, spectrogram
+from mmlearn.data import spectrogram
+from mmlearn.data.manifest import SPLITS
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220)}
 SHAPES = ("square", "circle")
@@ -42,9 +43,9 @@ def write_folder(root, n: int, *, manifest="manifest.csv", split_column=False, a
       picture = Image.fromarray(np.dstack([pixels, np.full(pixels.shape[:2], 128, np.uint8)]), "RGBA")
     picture.save(os.path.join(root, "images", f"{i}.png"))
     row = {"image": f"images/{i}.png", "caption": f"a {colour} {shape} w{i}"}
-    row["label" if not audio else "split"] = colour if not audio else captioned.SPLITS[i % 3]
+    row["label" if not audio else "split"] = colour if not audio else SPLITS[i % 3]
     if split_column and not audio:
-      row["split"] = captioned.SPLITS[i % 3]
+      row["split"] = SPLITS[i % 3]
     if audio:
       row["audio"] = f"audio/{i}.wav"
       write_wav(os.path.join(root, row["audio"]), 0.1 + 0.1 * i, rng)

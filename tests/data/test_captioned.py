@@ -14,6 +14,7 @@ from PIL import Image
 
 from mmlearn import data
 from mmlearn.data import captioned, media, spectrogram
+from mmlearn.data.manifest import SPLITS
 from mmlearn.errors import ConfigError, DataError
 
 VERSION = str(captioned.Captioned.VERSION)
@@ -42,7 +43,7 @@ def builder(tmp_path, options, *, data_dir="tfds", manual_dir="raw", **kwargs) -
 def stored(tmp_path, options, *, data_dir="tfds") -> tuple[captioned.Captioned, dict]:
   """The prepared builder and its splits' records as stored (`load_sources` gives them decoded)."""
   made = builder(tmp_path, options, data_dir=data_dir)
-  return made, {split: made.as_data_source(split) for split in captioned.SPLITS}
+  return made, {split: made.as_data_source(split) for split in SPLITS}
 
 
 def version_1_image(path, shape) -> np.ndarray:
@@ -98,7 +99,7 @@ def test_png_images_decode_to_exactly_the_pixels_version_1_stored(tmp_path, shap
   made, records = stored(tmp_path, options)
   decode = made.decoders()["image"]
   assert decode == media.ImageDecoder(shape[2], shape)
-  for k, split in enumerate(captioned.SPLITS):
+  for k, split in enumerate(SPLITS):
     for j, row in enumerate(rows[k::3]):
       image = records[split][j]["image"]
       assert image[:8] == b"\x89PNG\r\n\x1a\n"  # A PNG source stays lossless.
@@ -125,7 +126,7 @@ def test_jpeg_sources_are_reencoded_as_jpeg_and_no_shape_keeps_the_files(tmp_pat
   made, kept = stored(tmp_path, {"image_shape": None})
   decode = made.decoders()["image"]
   assert decode == media.ImageDecoder(3, None)
-  for k, split in enumerate(captioned.SPLITS):
+  for k, split in enumerate(SPLITS):
     for j, row in enumerate(rows[k::3]):
       assert kept[split][j]["image"] == (tmp_path / "raw" / row["image"]).read_bytes()
   assert decode(kept["train"][1]["image"]).shape == (20, 27, 3)  # Its own size.
@@ -149,10 +150,7 @@ def test_audio_is_the_wav_bytes_and_decodes_to_the_spectrogram_version_1_stored(
   sources, info = load(tmp_path, options)
   assert "label" not in info.features  # No label column: a dataset for retrieval, not classification.
   # Version 1's computation: the scale fitted on the training recordings, each quantised on it.
-  paths = {
-    split: [str(tmp_path / "raw" / r["audio"]) for r in rows[k::3]]
-    for k, split in enumerate(captioned.SPLITS)
-  }
+  paths = {split: [str(tmp_path / "raw" / r["audio"]) for r in rows[k::3]] for k, split in enumerate(SPLITS)}
   waves = {
     s: np.stack([spectrogram.fit_to_window(spectrogram.read_wav(p))[0] for p in ps])
     for s, ps in paths.items()
@@ -162,7 +160,7 @@ def test_audio_is_the_wav_bytes_and_decodes_to_the_spectrogram_version_1_stored(
   decode = made.decoders()["audio"]
   assert decode == captioned.AudioDecoder(low=scale.low, high=scale.high)
   decode = pickle.loads(pickle.dumps(decode))  # It runs in the pipeline's worker processes.
-  for split in captioned.SPLITS:
+  for split in SPLITS:
     for j, path in enumerate(paths[split]):
       record = records[split][j]
       assert record["audio"] == Path(path).read_bytes()

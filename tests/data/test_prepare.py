@@ -142,3 +142,17 @@ def test_the_prepared_directory_reads_as_a_tfds_dataset(reference, tmp_path):
   builder = tfds.builder_from_directory(prepared(tmp_path))
   assert builder.info.splits["train"].num_examples == SIZES["train"]
   assert builder.info.splits["train"].shard_lengths[-1] == SIZES["train"] % EXAMPLES_PER_SHARD
+
+
+def test_a_script_without_a_main_guard_gets_one_error_not_endless_workers(tmp_path):
+  script = tmp_path / "unguarded.py"  # Spawned workers import the script, which prepares again.
+  script.write_text(
+    f"from prepare_check import prepare_counting\nprepare_counting({str(tmp_path)!r}, workers=2)\n"
+  )
+  result = run_python(
+    [str(script)], env={"PYTHONPATH": os.pathsep.join([REPO, os.path.dirname(CHECK)])}, timeout=120
+  )
+  assert result.returncode != 0
+  assert "DataError: a preparation worker process died" in result.stderr
+  assert 'under `if __name__ == "__main__":`' in result.stderr
+  assert not prepare.is_prepared(prepared(tmp_path))

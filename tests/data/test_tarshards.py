@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from mmlearn import data
-from mmlearn.data import media, prepare, tar_index, tarshards
+from mmlearn.data import media, prepare, tar_index, tar_source, tarshards
 from mmlearn.errors import ConfigError, DataError
 
 LABELS = ("dog", "cat")
@@ -117,7 +117,7 @@ def builder(tmp_path, options=OPTIONS, *, manual_dir="raw") -> tarshards.Tarshar
   return builder_cls(data_dir=str(tmp_path / "tfds"), config=config)
 
 
-def direct(tmp_path, options=OPTIONS) -> dict[str, tar_index.DirectSource]:
+def direct(tmp_path, options=OPTIONS) -> dict[str, tar_source.DirectSource]:
   return builder(tmp_path, {**options, "direct": True}).direct_sources()
 
 
@@ -155,7 +155,7 @@ def test_a_source_reads_each_sample_of_the_tars_in_place(tmp_path):
   write_shard(second, expected[4:])
   index = tar_index.scan(first)
   assert index.keys == [s["key"] for s in expected[:4]]  # The mask, metadata and directory are no samples.
-  source = tar_index.TarShardSource([first, second])
+  source = tar_source.TarShardSource([first, second])
   assert len(source) == 7
   for i in reversed(range(7)):  # Random access, across shards.
     sample = source[i]
@@ -171,7 +171,7 @@ def test_a_source_reads_each_sample_of_the_tars_in_place(tmp_path):
 
 def test_a_source_pickles_without_its_open_files(tmp_path):
   write_raw(tmp_path / "raw")
-  source = tar_index.TarShardSource([str(tmp_path / "raw" / "train-000.tar")])
+  source = tar_source.TarShardSource([str(tmp_path / "raw" / "train-000.tar")])
   before = [source[i] for i in range(len(source))]  # Opens the shard.
   assert source._fds
   state = source.__getstate__()

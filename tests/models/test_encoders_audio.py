@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from mmlearn.errors import ConfigError
+from mmlearn.models.avmnist_encoders import LeNet, SpectrogramLSTM
 from mmlearn.models.classifier import Classifier
-from mmlearn.models.encoders import ENCODERS, LeNet, SpectrogramLSTM
+from mmlearn.models.encoders import ENCODERS
 
 
 def init_apply(module, x):

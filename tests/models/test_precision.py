@@ -8,10 +8,11 @@ import pytest
 
 from mmlearn.config import schema
 from mmlearn.errors import ConfigError
+from mmlearn.models.avmnist_encoders import LeNet, SpectrogramLSTM
 from mmlearn.models.classifier import build_classifier
 from mmlearn.models.config import compute_dtype
 from mmlearn.models.dual_encoder import DualEncoder
-from mmlearn.models.encoders import ImageCNN, LeNet, SpectrogramLSTM, TextLSTM
+from mmlearn.models.encoders import ImageCNN, TextLSTM
 from mmlearn.models.mvae import MVAE
 from mmlearn.tasks.classification import MODEL_KEYS
 
