@@ -17,8 +17,16 @@ For each batch size (`--batch_sizes`, default 32 and 256) it measures
     host sync per `log_every_steps` as the trainer), its seconds and examples/s: the figure to set
     beside another framework's epoch of the same model on the same machine (AV-MNIST against
     MultiBench, `docs/benchmark.md`);
+  - the step's MFU: its FLOPs (XLA's cost analysis of the compiled step) per second over the dense peak of
+    the devices for the config's `precision` (`PEAKS`, looked up by `jax.devices()[0].device_kind`; an
+    unknown kind, such as a CPU, gives no MFU and the row names the kind), with the peak used in the row;
   - with `--keras_python`, the Keras reference (`--keras_script`, a separate interpreter with TensorFlow,
     which mmlearn does not need) at the same batch size, and our loop's throughput as a multiple of it.
+
+`--noloop` times the step alone (no input pipeline after the first batch: a model whose loop would be
+bound by the host, such as a ViT at 224 px, still gets its step and MFU). `--label` names the rows (a
+config with overrides is not told apart by its path), and `--json_lines` appends each row to a file as one
+JSON line, for runs that collect several configs (`scripts/accelerator_check.py`).
 
 Step and loop are timed in alternating chunks (`--repeats` of `--steps` each) and each reports its
 median chunk, so a machine whose load changes during the run biases neither. Writes `benchmark.md`,
@@ -66,8 +74,37 @@ flags.DEFINE_string(
 flags.DEFINE_integer("keras_examples", 4096, "Random examples per Keras epoch (--n of the reference).")
 flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matrices of the matmul-rate probe.")
 flags.DEFINE_bool("epoch", False, "Also time one whole epoch of the training loop at each batch size.")
+flags.DEFINE_bool("loop", True, "Also time the training loop (the real input pipeline); off: the step alone.")
+flags.DEFINE_string("label", None, "The rows' name in the table and JSON (default: the config path).")
+flags.DEFINE_string("json_lines", None, "Also append each row to this file as one JSON line.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
+
+# Dense peak TFLOP/s of one device, by a pattern of `device_kind`: (bfloat16, float32). A GPU's float32
+# peak is its TF32 tensor-core rate, which XLA uses for float32 matrix products at the default precision;
+# a TPU's default precision runs float32 products through its bfloat16 units, so both columns are that.
+# Patterns are tried in order; the first that matches `device_kind` (case-insensitive) wins.
+PEAKS: tuple[tuple[str, str, float, float], ...] = (
+  (r"H100(?!.*(PCIe|NVL))", "NVIDIA H100 SXM", 989.0, 494.5),
+  (r"H200", "NVIDIA H200 (as H100 SXM)", 989.0, 494.5),
+  (r"A100", "NVIDIA A100", 312.0, 156.0),
+  (r"TPU v4", "TPU v4", 275.0, 275.0),
+  (r"TPU v5 ?(lite|e)", "TPU v5e", 197.0, 197.0),
+  (r"TPU v5p?$", "TPU v5p", 459.0, 459.0),
+  (r"TPU v6 ?(lite|e)", "TPU v6e", 918.0, 918.0),
+)
+
+
+def device_peak(device_kind: str, precision: str) -> tuple[float | None, str]:
+  """(dense peak TFLOP/s of one device for `precision`, what it is); (None, why) for an unknown kind."""
+  for pattern, name, bf16, fp32 in PEAKS:
+    if re.search(pattern, device_kind, re.IGNORECASE):
+      if precision == "bfloat16":
+        return bf16, f"{name} bf16 dense {bf16:g} TFLOP/s"
+      tf32 = "TF32 tensor" if "NVIDIA" in name else "bf16 MXU at default precision"
+      return fp32, f"{name} fp32 ({tf32}) dense {fp32:g} TFLOP/s"
+  return None, f"no peak known for device kind {device_kind!r}"
+
 
 KERAS_LINE = re.compile(r"examples_per_s=([0-9.eE+-]+)")
 
@@ -116,7 +153,7 @@ def matmul_gflop_per_s(size: int, repeats: int) -> float:
 class Bench:
   """One config at one batch size: the compiled step, a fixed batch, the real iterator, and timers."""
 
-  def __init__(self, config, batch_size: int):
+  def __init__(self, config, batch_size: int, *, loop: bool = True):
     config.batch_size = batch_size
     self.batch_size = batch_size
     self.par = parallel_lib.DataParallel(config.parallel.mode)
@@ -148,7 +185,8 @@ class Bench:
       counted = self.mapped_step(task, tx, 0).lower(self.state, self.fixed_batch).compile()
     self.flops_per_example = flops_of(counted) * self.par.num_devices / batch_size
     self.run_step(1)
-    self.run_loop(1)  # Warm both paths (first-call allocations, the iterator's first batches).
+    if loop:
+      self.run_loop(1)  # Warm both paths (first-call allocations, the iterator's first batches).
 
   def mapped_step(self, task, tx, microbatch_size: int):
     """The trainer's step mapped over the devices, the state donated as in the trainer."""
@@ -191,27 +229,43 @@ class Bench:
     return time.perf_counter() - start
 
 
-def measure(config, batch_size: int, steps: int, repeats: int, *, epoch: bool = False) -> dict[str, Any]:
-  bench = Bench(config, batch_size)
+def measure(
+  config, batch_size: int, steps: int, repeats: int, *, epoch: bool = False, loop: bool = True
+) -> dict[str, Any]:
+  bench = Bench(config, batch_size, loop=loop)
   step_times, loop_times = [], []
   for _ in range(repeats):
     step_times.append(bench.run_step(steps))
-    loop_times.append(bench.run_loop(steps))
-  step_eps = steps * batch_size / float(np.median(step_times))
-  loop_eps = steps * batch_size / float(np.median(loop_times))
+    if loop:
+      loop_times.append(bench.run_loop(steps))
+  step_s = float(np.median(step_times)) / steps
+  step_eps = batch_size / step_s
+  loop_eps = steps * batch_size / float(np.median(loop_times)) if loop else None
   timed_epoch = {}
   if epoch:
     seconds = bench.run_epoch()
     timed_epoch = {"epoch_s": seconds, "epoch_examples_per_s": bench.steps_per_epoch * batch_size / seconds}
+  precision = str(config.get("precision", "float32"))
+  kind = jax.devices()[0].device_kind
+  peak, peak_name = device_peak(kind, precision)
+  step_flop_per_s = bench.flops_per_example * step_eps
   return {
     "batch_size": batch_size,
     "step_examples_per_s": step_eps,
     "loop_examples_per_s": loop_eps,
-    "loop_over_step": loop_eps / step_eps,
+    "loop_over_step": loop_eps / step_eps if loop_eps is not None else None,
     "compile_s": bench.compile_s,
     "input_setup_s": bench.input_setup_s,
     "mflop_per_example": bench.flops_per_example / 1e6,
-    "step_gflop_per_s": bench.flops_per_example * step_eps / 1e9,
+    "step_gflop_per_s": step_flop_per_s / 1e9,
+    "step_ms": step_s * 1e3,
+    "gflop_per_step": bench.flops_per_example * batch_size / 1e9,
+    "precision": precision,
+    "device_kind": kind,
+    "num_devices": bench.par.num_devices,
+    "peak_tflop_per_s": peak,
+    "peak": peak_name,
+    "mfu": step_flop_per_s / (peak * 1e12 * bench.par.num_devices) if peak else None,
     "steps_per_chunk": steps,
     "repeats": repeats,
     **timed_epoch,
@@ -229,6 +283,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     "MFLOP / example",
     "step GFLOP/s",
     "of matmul rate",
+    "step (ms)",
+    "MFU",
   ]
   epoch = any("epoch_s" in r for r in rows)
   if epoch:
@@ -237,24 +293,28 @@ def table(rows: list[dict[str, Any]]) -> str:
   if keras:
     header += ["Keras examples/s", "loop / Keras"]
   cells = []
+  peaks = sorted({r["peak"] for r in rows})
   for r in rows:
     row = [
       f"`{r['config']}`",
       r["batch_size"],
       f"{r['step_examples_per_s']:,.0f}",
-      f"{r['loop_examples_per_s']:,.0f}",
-      f"{r['loop_over_step']:.0%}",
+      "-" if r["loop_examples_per_s"] is None else f"{r['loop_examples_per_s']:,.0f}",
+      "-" if r["loop_over_step"] is None else f"{r['loop_over_step']:.0%}",
       f"{r['compile_s']:.1f}",
       f"{r['mflop_per_example']:.1f}",
       f"{r['step_gflop_per_s']:.1f}",
       f"{r['step_over_matmul']:.0%} of {r['matmul_gflop_per_s']:.0f}",
+      f"{r['step_ms']:.2f}",
+      "n/a" if r["mfu"] is None else f"{r['mfu']:.1%} of {r['peak_tflop_per_s']:g} TFLOP/s",
     ]
     if epoch:
       row += [f"{r['epoch_s']:.1f}", f"{r['epoch_examples_per_s']:,.0f}"]
     if keras:
       row += [f"{r['keras_examples_per_s']:,.0f}", f"{r['loop_over_keras']:.1f}x"]
     cells.append(row)
-  return report.markdown_table(header, cells)
+  notes = "".join(f"\nMFU peak: {p}." for p in peaks)
+  return report.markdown_table(header, cells) + notes + ("\n" if notes else "")
 
 
 def benchmark(
@@ -269,6 +329,8 @@ def benchmark(
   keras_examples: int = 4096,
   matmul_size: int = 2048,
   epoch: bool = False,
+  loop: bool = True,
+  label: str | None = None,
 ) -> list[dict[str, Any]]:
   """One result row per batch size (see the module docstring)."""
   rows = []
@@ -277,9 +339,9 @@ def benchmark(
     config_checks.check(config)
     chunk = steps or max(4, 2048 // batch_size)
     matmul = matmul_gflop_per_s(matmul_size, repeats)
-    row = {"config": path, **measure(config, batch_size, chunk, repeats, epoch=epoch)}
+    row = {"config": label or path, **measure(config, batch_size, chunk, repeats, epoch=epoch, loop=loop)}
     row |= {"matmul_gflop_per_s": matmul, "step_over_matmul": row["step_gflop_per_s"] / matmul}
-    if keras_python:
+    if keras_python and loop:
       row["keras_examples_per_s"] = run_keras(keras_python, keras_script, batch_size, keras_examples)
       row["loop_over_keras"] = row["loop_examples_per_s"] / row["keras_examples_per_s"]
     rows.append(row)
@@ -299,9 +361,15 @@ def main(argv):
     keras_examples=FLAGS.keras_examples,
     matmul_size=FLAGS.matmul_size,
     epoch=FLAGS.epoch,
+    loop=FLAGS.loop,
+    label=FLAGS.label,
   )
   markdown = table(rows)
   print(markdown)
+  if FLAGS.json_lines:
+    with open(FLAGS.json_lines, "a") as f:
+      for row in rows:
+        f.write(json.dumps(row) + "\n")
   if FLAGS.out:
     os.makedirs(FLAGS.out, exist_ok=True)
     with open(os.path.join(FLAGS.out, "benchmark.md"), "w") as f:

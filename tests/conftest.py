@@ -170,6 +170,8 @@ def run_python(args: list[str], *, env: dict[str, str] | None = None, timeout: i
   full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.path.join(REPO, "tests")]), **(env or {})}
   if env and "XLA_FLAGS" in env:  # Added to the suite's compile options, not replacing them.
     full_env["XLA_FLAGS"] = f"{os.environ['XLA_FLAGS']} {env['XLA_FLAGS']}"
+    if "xla_force_host_platform_device_count" in env["XLA_FLAGS"]:  # Fake CPU devices, also beside a GPU.
+      full_env.setdefault("JAX_PLATFORMS", "cpu")
   return subprocess.run(
     [sys.executable, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
   )
