@@ -67,16 +67,24 @@ def clip_by_norm(max_norm: float, norm: Callable[[Any], jax.Array]) -> optax.Gra
 
 
 def make_optimizer(
-  cfg: ml_collections.ConfigDict, total_steps: int, *, norm: Callable[[Any], jax.Array] = optax.global_norm
+  cfg: ml_collections.ConfigDict,
+  total_steps: int,
+  *,
+  norm: Callable[[Any], jax.Array] = optax.global_norm,
+  train_only: str = "",
 ) -> optax.GradientTransformation:
   """The configured optimizer; clipping (if `grad_clip_norm` > 0) acts on the already-averaged gradient,
-  by the norm `norm` computes (the trainer passes its layout's: `DataParallel.global_norm`)."""
+  by the norm `norm` computes (the trainer passes its layout's: `DataParallel.global_norm`).
+
+  `train_only`, a regex matched from the start of parameter paths (LoRA's adapters), freezes every
+  parameter it does not match, on top of the parameters `cfg.frozen` freezes."""
   make = OPTIMIZERS.get(cfg.name)
   tx = make(make_schedule(cfg, total_steps), cfg)
   if cfg.grad_clip_norm > 0:
     tx = optax.chain(clip_by_norm(cfg.grad_clip_norm, norm), tx)
-  if cfg.frozen:
-    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, frozen_labels(cfg.frozen))
+  if cfg.frozen or train_only:
+    labels = frozen_labels(cfg.frozen, train_only=train_only)
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
   return tx
 
 
@@ -85,22 +93,29 @@ def parameter_path(key_path: Any) -> str:
   return "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in key_path)
 
 
-def frozen_labels(pattern: str) -> Callable[[Any], Any]:
-  """Labels "frozen" for the parameters whose path `pattern` matches from its start, "train" elsewhere.
+def frozen_labels(pattern: str, *, train_only: str = "") -> Callable[[Any], Any]:
+  """Labels "frozen" for the parameters whose path `pattern` matches from its start, and with
+  `train_only` (a regex, matched from the start) for every parameter it does not match; "train" elsewhere.
 
   Frozen parameters never change: they are outside the optimizer (no weight decay, no share of the
   clipping norm, no Adam state). Their gradient is still computed and averaged over devices.
   """
   try:
-    regex = re.compile(pattern)
+    regex = re.compile(pattern) if pattern else None
   except re.error as error:
     raise ConfigError(f"optimizer.frozen {pattern!r} is not a regular expression: {error}") from None
+  trained = re.compile(train_only) if train_only else None
+
+  def frozen(path: str) -> bool:
+    return bool(regex and regex.match(path)) or bool(trained and not trained.match(path))
 
   def labels(params: Any) -> Any:
     tree = jax.tree_util.tree_map_with_path(
-      lambda path, _: "frozen" if regex.match(parameter_path(path)) else "train", params
+      lambda path, _: "frozen" if frozen(parameter_path(path)) else "train", params
     )
-    if "frozen" not in jax.tree.leaves(tree):
+    if regex is not None and not any(
+      regex.match(parameter_path(path)) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+    ):
       some = [parameter_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0][:6]]
       raise ConfigError(
         f"optimizer.frozen {pattern!r} matches no parameter (paths look like {', '.join(some)})"

@@ -125,6 +125,7 @@ class DataParallel:
     # (full shape, split dim or None) of each parameter leaf, recorded by `place_state`; the per-device
     # hooks read it, since a shard's shape alone does not say which dimension was split.
     self._param_layout: tuple[Any, list[tuple[tuple[int, ...], int | None]]] | None = None
+    self._layout_by_path: dict[str, tuple[tuple[int, ...], int | None]] = {}  # The same, by leaf path.
 
   @property
   def num_devices(self) -> int:
@@ -176,10 +177,13 @@ class DataParallel:
         treedef,
         [(s, shard_dim(s, self.num_devices, self.shard_min_size)) for s in shapes],
       )
+      paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+      self._layout_by_path = dict(zip(paths, self._param_layout[1], strict=True))
     return placed
 
   def _layout(self, tree: Any) -> tuple[list[Any], Any, list[tuple[tuple[int, ...], int | None]]]:
-    """(leaves, treedef, per-leaf (full shape, dim)) of a tree structured like the placed parameters."""
+    """(leaves, treedef, per-leaf (full shape, dim)) of a tree structured like the placed parameters, or
+    like a part of them (the same leaf paths: LoRA's merged parameters, without the adapters)."""
     leaves, treedef = jax.tree.flatten(tree)
     if self.shard_min_size == 0:
       return leaves, treedef, [(tuple(np.shape(x)), None) for x in leaves]
@@ -187,7 +191,10 @@ class DataParallel:
       raise ValueError("DataParallel: call place_state(state) before mapping a step over sharded parameters")
     known, layout = self._param_layout
     if treedef != known:
-      raise ValueError(f"DataParallel: expected a tree structured like the parameters, got {treedef}")
+      paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+      if not all(path in self._layout_by_path for path in paths):
+        raise ValueError(f"DataParallel: expected a tree structured like the parameters, got {treedef}")
+      layout = [self._layout_by_path[path] for path in paths]
     return leaves, treedef, layout
 
   # Per-device hooks the train and eval steps call, so a step does not know how parameters are laid out.

@@ -38,7 +38,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SCRIPTS = sorted(path.stem for path in (ROOT / "scripts").glob("*.py"))
 # File names that look like config keys (`config.json`, `retrieval.py`): not keys.
-FILE_SUFFIXES = {"py", "json", "jsonl", "md", "csv", "png", "txt", "gz"}
+FILE_SUFFIXES = {"py", "json", "jsonl", "md", "csv", "png", "txt", "gz", "safetensors", "model"}
 
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 SPAN = re.compile(r"`((?:[^`\n]|\n(?![ \t]*\n))+)`")  # Inline code, possibly over a line break.

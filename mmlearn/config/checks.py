@@ -21,6 +21,7 @@ from mmlearn.errors import ConfigError
 from mmlearn.models.encoders import ENCODERS
 from mmlearn.runs import init_from
 from mmlearn.tasks.registry import TASKS
+from mmlearn.train import lora
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -101,6 +102,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   init_from.parse_pairs(config.init_from.params)
   if config.optimizer.frozen:
     optim.frozen_labels(config.optimizer.frozen)  # Raises on a pattern that does not compile.
+  lora.check_config(config)
   Augment.from_config(config.augment)  # Raises on negative or out-of-range strengths.
   check_core(config)
   if not config.model.modalities:

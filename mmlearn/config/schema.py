@@ -80,6 +80,8 @@ def core() -> ml_collections.ConfigDict:
   config.dataset.image_size = 0
   config.dataset.image_mean = (0.5,)
   config.dataset.image_std = (0.5,)
+  config.dataset.image_resample = "bilinear"  # bilinear | bicubic (Pillow's filter, on uint8).
+  config.dataset.image_crop = True  # False: resize the whole image to image_size square (no crop).
   # Processes that prepare the dataset and build training batches (decode, crop, tokenize); 0 = inline.
   config.dataset.workers = 0
   config.dataset.eval_splits = ("validation", "test")
@@ -122,6 +124,15 @@ def core() -> ml_collections.ConfigDict:
   # "" = the whole tree.
   config.init_from.params = ""
 
+  # LoRA (mmlearn/train/lora.py): low-rank adapters W + (alpha / rank) a @ b of the 2-D kernels `targets`
+  # matches, trained while every other parameter stays frozen; evaluation and export see the merged model.
+  config.lora = ml_collections.ConfigDict()
+  config.lora.rank = 0  # Rank of each adapter (a: [in, rank], b: [rank, out]); 0 = LoRA off.
+  config.lora.alpha = 8.0  # The adapters' product is scaled by alpha / rank.
+  # A regex searched (re.search) in the `/`-separated parameter paths of the 2-D kernels to adapt, e.g.
+  # "q_proj|v_proj" or "^text_encoder/.*kernel$"; it must match at least one.
+  config.lora.targets = ""
+
   config.batch_size = 128  # Global batch, split over every device of every process.
   config.eval_batch_size = 512
   config.num_epochs = 4.0
@@ -146,8 +157,10 @@ def core() -> ml_collections.ConfigDict:
   # is checkpointed with the state.
   config.ema_decay = 0.0
   # Gradient accumulation inside a step: > 0 splits each device's batch into chunks of this many examples
-  # and averages their gradients (the same update for a loss that is a mean over examples; refused for
-  # in-batch-negative losses and BatchNorm). Bounds activation memory. 0 = the whole batch at once.
+  # and averages their gradients (the same update for a loss that is a mean over examples). For a
+  # contrastive loss (in-batch negatives: retrieval) the chunks cache gradients instead (GradCache,
+  # mmlearn/train/grad_cache.py): the full batch's gradient for a second forward pass. Refused with
+  # BatchNorm. Bounds activation memory. 0 = the whole batch at once.
   config.microbatch_size = 0
 
   config.parallel = ml_collections.ConfigDict()

@@ -18,15 +18,17 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
 from mmlearn.data import avmnist, captioned, mmshapes, prepare, tarshards, tokenizer_choice  # noqa: F401  (built-ins)
 from mmlearn.data.builder import LocalBuilder
 from mmlearn.data.imbalance import class_counts  # noqa: F401  (the training set's class prior)
+from mmlearn.data.media import RESAMPLING
 from mmlearn.data.preprocess import DEFAULT_MEAN, DEFAULT_STD, ExampleView
 from mmlearn.data.registry import DATASETS
 from mmlearn.data.tokenizer_choice import TokenizerChoice
@@ -90,16 +92,24 @@ class Reading:
   image_size: int = 0
   image_mean: tuple[float, ...] = DEFAULT_MEAN
   image_std: tuple[float, ...] = DEFAULT_STD
+  image_resample: str = "bilinear"
+  image_crop: bool = True
   workers: int = 0
 
   @classmethod
   def from_config(cls, dataset: Any) -> "Reading":
+    if dataset.image_resample not in RESAMPLING:
+      raise ConfigError(
+        f"config key 'dataset.image_resample' is {dataset.image_resample!r}; known: {', '.join(RESAMPLING)}"
+      )
     return cls(
       tokenizer=TokenizerChoice.from_config(dataset),
       max_tokens=dataset.max_tokens,
       image_size=dataset.image_size,
       image_mean=tuple(dataset.image_mean),
       image_std=tuple(dataset.image_std),
+      image_resample=dataset.image_resample,
+      image_crop=dataset.image_crop,
       workers=dataset.workers,
     )
 
@@ -126,6 +136,23 @@ def dataset_tokenizer(dataset: Any) -> Any:
   return _tokenizers(builder, reading, train)[0]
 
 
+def prompt_tokenizer(dataset: Any) -> Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]:
+  """A function tokenizing texts (prompts) exactly as the pipeline tokenizes the captions of the dataset
+  a config's `dataset` section names: its `dataset_tokenizer`, cut or padded to `dataset.max_tokens` with
+  a mask (`pipeline.tokenize`). The tokenizer is resolved at the first call; a dataset without text has
+  none to call (a `ConfigError`)."""
+
+  def tokenize(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    from mmlearn.data import pipeline  # noqa: PLC0415 (the pipeline imports this package's modules)
+
+    tokenizer = dataset_tokenizer(dataset)
+    if tokenizer is None:
+      raise ConfigError(f"dataset {dataset.name!r} has no text, so no tokenizer to encode prompts with")
+    return pipeline.tokenize(tokenizer, texts, dataset.max_tokens)
+
+  return tokenize
+
+
 def _own_tokenizer(builder: tfds.core.DatasetBuilder) -> Any:
   """The tokenizer of the dataset's stored `tokens` (None without)."""
   if not isinstance(builder, LocalBuilder) or "tokens" not in builder.info.features:
@@ -150,6 +177,15 @@ def _tokenizers(builder: tfds.core.DatasetBuilder, reading: Reading, train: Any)
 
 def num_classes(info: tfds.core.DatasetInfo) -> int:
   return info.features["label"].num_classes
+
+
+def class_label_names(info: tfds.core.DatasetInfo) -> dict[str, tuple[str, ...]]:
+  """The class names of each class-label feature (`{"label": ("red_circle", ...), "shape": ...}`)."""
+  return {
+    name: tuple(feature.names)
+    for name, feature in info.features.items()
+    if isinstance(feature, tfds.features.ClassLabel)
+  }
 
 
 def load_sources(
@@ -240,6 +276,8 @@ def _views(
     image_size=reading.image_size,
     image_mean=reading.image_mean,
     image_std=reading.image_std,
+    image_resample=reading.image_resample,
+    image_crop=reading.image_crop,
   )
   return {split: view(source) for split, source in sources.items()}
 

@@ -63,14 +63,17 @@ def encode_image(array: np.ndarray, fmt: str = "PNG", quality: int = JPEG_QUALIT
   return out.getvalue()
 
 
-def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Bilinear resize of uint8 [H, W, C] with Pillow (antialiased when shrinking)."""
+RESAMPLING = ("bilinear", "bicubic")  # Pillow's filters by name: a pretrained tower's processor names one.
+
+
+def resize(image: np.ndarray, height: int, width: int, resample: str = "bilinear") -> np.ndarray:
+  """Resize of uint8 [H, W, C] with Pillow's `resample` filter (antialiased when shrinking)."""
   Image, _ = _pil()
   if image.shape[:2] == (height, width):
     return image
   channels = image.shape[2]
   picture = Image.fromarray(image[..., 0] if channels == 1 else image)
-  out = np.asarray(picture.resize((width, height), Image.Resampling.BILINEAR), np.uint8)
+  out = np.asarray(picture.resize((width, height), Image.Resampling[resample.upper()]), np.uint8)
   return out.reshape(height, width, channels)
 
 

@@ -31,7 +31,14 @@ from absl import flags
 
 from mmlearn.data import imbalance
 from mmlearn.data.augment import Augment  # noqa: F401  (re-exported: `pipeline.Augment`)
-from mmlearn.data.preprocess import ARRAY_FEATURES, ExampleView, normalisation, normalise_batch
+from mmlearn.data.preprocess import (
+  ARRAY_FEATURES,
+  ExampleView,
+  Tokenizer,
+  caption_text,
+  normalisation,
+  normalise_batch,
+)
 from mmlearn.data.progress import Progress
 from mmlearn.errors import ConfigError
 
@@ -185,6 +192,14 @@ class EpochShuffle:
 
 def stack_examples(examples: Sequence[Mapping[str, np.ndarray | np.generic]]) -> dict[str, np.ndarray]:
   return {k: np.stack([ex[k] for ex in examples]) for k in examples[0]}
+
+
+def tokenize(tokenizer: Tokenizer, texts: Sequence[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+  """(ids int32 [N, max_tokens], mask bool [N, max_tokens]) of `texts`, as the pipeline reads captions:
+  `tokenizer`'s ids (`ExampleView`), cut or padded to `max_tokens` with a mask (`DecodeExample`)."""
+  decode, modality = DecodeExample(max_tokens), TOKEN_FEATURES["tokens"]
+  rows = [decode.map({"tokens": tokenizer.encode(caption_text(text))}) for text in texts]
+  return np.stack([row[modality] for row in rows]), np.stack([row[f"{modality}_mask"] for row in rows])
 
 
 def batch_of(source: Source, indices: Sequence[int] | np.ndarray, max_tokens: int) -> dict[str, np.ndarray]:

@@ -11,7 +11,9 @@ arrays and token ids; it runs wherever the pipeline reads examples (its worker p
 * images: with `image_size` > 0 the shorter side is resized to `image_size` and the centre cropped (as
   CLIP's evaluation preprocessing; a square image is simply resized); a training batch may take
   Inception's random-resized crop instead (`example(i, rng)`): 8-100% of the area at an aspect ratio in
-  [3/4, 4/3], resized to `image_size` square. Resizing is bilinear, on uint8;
+  [3/4, 4/3], resized to `image_size` square. With `image_crop` False the whole image is resized to
+  `image_size` square instead (SigLIP's processor). Resizing is on uint8, with `image_resample`
+  ("bilinear", or "bicubic" as CLIP's and SigLIP's processors);
 * text: with a tokenizer, the caption becomes `tokens` (ids); without one, stored `tokens` are kept.
 
 Normalisation (`image_mean`, `image_std` per channel) is applied to whole batches (`normalise_batch`).
@@ -47,17 +49,19 @@ class Records(Protocol):
   def __getitem__(self, index: int, /) -> Mapping[str, Any]: ...
 
 
-def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+def center_crop(image: np.ndarray, size: int, resample: str = "bilinear") -> np.ndarray:
   """The shorter side resized to `size`, then the central `size` x `size` square."""
   h, w = image.shape[:2]
   scale = size / min(h, w)
   height, width = max(size, round(h * scale)), max(size, round(w * scale))
-  image = resize(image, height, width)
+  image = resize(image, height, width, resample)
   top, left = (height - size) // 2, (width - size) // 2
   return image[top : top + size, left : left + size]
 
 
-def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+def random_resized_crop(
+  image: np.ndarray, size: int, rng: np.random.Generator, resample: str = "bilinear"
+) -> np.ndarray:
   """A random area and aspect ratio of `image` (`CROP_SCALE`, `CROP_RATIO`), resized to `size` x `size`.
 
   Ten tries at a crop that fits, then the centre crop, as torchvision's `RandomResizedCrop`.
@@ -70,8 +74,8 @@ def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator) 
     crop_w, crop_h = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
     if 0 < crop_w <= w and 0 < crop_h <= h:
       top, left = int(rng.integers(0, h - crop_h + 1)), int(rng.integers(0, w - crop_w + 1))
-      return resize(image[top : top + crop_h, left : left + crop_w], size, size)
-  return center_crop(image, size)
+      return resize(image[top : top + crop_h, left : left + crop_w], size, size, resample)
+  return center_crop(image, size, resample)
 
 
 def caption_text(value: Any) -> str:
@@ -92,6 +96,8 @@ class ExampleView:
   image_size: int = 0
   image_mean: tuple[float, ...] = DEFAULT_MEAN
   image_std: tuple[float, ...] = DEFAULT_STD
+  image_resample: str = "bilinear"
+  image_crop: bool = True
 
   def __len__(self) -> int:
     return len(self.records)
@@ -107,10 +113,12 @@ class ExampleView:
       if name in stored:
         array = self.decoders[name](stored[name]) if name in self.decoders else np.asarray(stored[name])
         if name == "image" and self.image_size:
-          if rng is None:
-            array = center_crop(array, self.image_size)
+          if rng is not None:
+            array = random_resized_crop(array, self.image_size, rng, self.image_resample)
+          elif self.image_crop:
+            array = center_crop(array, self.image_size, self.image_resample)
           else:
-            array = random_resized_crop(array, self.image_size, rng)
+            array = resize(array, self.image_size, self.image_size, self.image_resample)
         example[name] = array
     if self.tokenizer is not None and "caption" in stored:
       example["tokens"] = self.tokenizer.encode(caption_text(stored["caption"]))
@@ -134,13 +142,17 @@ def normalise_batch(
   the pipeline's historical `x * (2 / 255) - 1`, the [-1, 1] scale every model here was trained on.
   A uint8 has 256 values, so each channel's 256 results are computed once and looked up (one pass over
   the batch, where the arithmetic takes three: it is the pipeline's largest cost per 224 px image).
-  Per-tower statistics are an image convention: other arrays (spectrograms) keep [-1, 1]. `empty`
-  allocates the outputs (the pipeline's workers write them straight into shared memory).
+  Per-tower statistics are an image convention: other arrays (spectrograms) keep [-1, 1]. A grey image
+  normalised with three channels' statistics becomes RGB (its channel repeated), as the pretrained
+  towers' processors convert it. `empty` allocates the outputs (the pipeline's workers write them
+  straight into shared memory).
   """
   batch = dict(batch)
   for name in ARRAY_FEATURES:
     if name in batch and batch[name].dtype == np.uint8:
       if name == "image":
+        if batch[name].shape[-1] == 1 and 3 in (len(mean), len(std)):
+          batch[name] = np.repeat(batch[name], 3, axis=-1)
         channels = batch[name].shape[-1]
         scale = np.float32(1.0) / (np.float32(255.0) * _per_channel(std, channels, "std"))
         offset = _per_channel(mean, channels, "mean") / _per_channel(std, channels, "std")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from mmlearn.data import tokenizers
+from mmlearn.data import siglip_text, tokenizers
 from mmlearn.data.preprocess import Records, Tokenizer, caption_text
 from mmlearn.errors import ConfigError, DataError
 
@@ -80,6 +80,18 @@ class FileTokenizer:
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self._tokenizer.encode(text).ids, np.int32)
 
+  def truncating(self, max_tokens: int) -> "FileTokenizer":
+    """This tokenizer cutting encodings at `max_tokens` before its post-processor adds special tokens,
+    as the reference library's `truncation=True` does: a cut caption keeps its end-of-text token, where
+    text towers pool (CLIP's)."""
+    specials = len(self._tokenizer.encode("").ids)
+    if max_tokens <= specials:
+      raise ConfigError(
+        f"dataset.max_tokens={max_tokens} leaves no room beside {self.path}'s {specials} special tokens"
+      )
+    self._tokenizer.enable_truncation(max_tokens)
+    return self
+
   def decode(self, ids: Any) -> str:
     return self._tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)])
 
@@ -98,7 +110,10 @@ def _check(choice: TokenizerChoice) -> None:
 def load_file(path: str) -> Tokenizer:
   if path.endswith(".model"):
     with open(path, "rb") as f:
-      return tokenizers.SubwordTokenizer(f.read(), lowercase=False)
+      model = f.read()
+    if siglip_text.is_siglip(path):
+      return siglip_text.SiglipTokenizer(model, path)
+    return tokenizers.SubwordTokenizer(model, lowercase=False)
   return FileTokenizer(path)
 
 
@@ -197,4 +212,6 @@ def resolve(
     raise DataError(f"the {choice.name} tokenizer of {prepared_dir} is built from its training captions")
   tokenizer, lengths = built_tokenizer(choice, prepared_dir, train)
   report_cut(lengths, max_tokens, choice, prepared_dir)
+  if isinstance(tokenizer, FileTokenizer | siglip_text.SiglipTokenizer):  # A pretrained tower's own.
+    tokenizer = tokenizer.truncating(max_tokens)
   return tokenizer, tokenizer

@@ -3,8 +3,10 @@
 from mmlearn.evaluators import (  # noqa: F401  (register themselves)
   classification,
   coherence,
+  linear_probe,
   loss,
   retrieval,
   robustness,
   samples,
+  zero_shot,
 )

@@ -15,7 +15,9 @@ An evaluator type is registered with the capability it needs of the task (`@eval
 requires=Classifier)`; `mmlearn.tasks.contract`): it applies to the tasks that have it, checked as a
 protocol, and a mismatch is a `ConfigError` naming the entry before anything trains. Its builder takes
 the task (as that capability), the run's `EvalContext` and the split's source, and hands the evaluator
-only the functions it needs (`task.logits`, `task.embed`, `task.sample`).
+only the functions it needs (`task.logits`, `task.embed`, `task.sample`). A type that reads other splits
+too (the linear probe's training and validation splits) names the options that hold them
+(`split_options`): those splits are loaded with the data, and its builder finds them in `context.sources`.
 """
 
 import dataclasses
@@ -24,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from mmlearn import parallel as parallel_lib
 from mmlearn.data.pipeline import Source
@@ -32,6 +35,10 @@ from mmlearn.registry import Registry
 from mmlearn.tasks.contract import Evaluator, RunLoader, Task
 
 SCHEDULE_KEYS = ("type", "split", "every_steps")
+
+
+# Texts -> (ids int32 [N, max_tokens], mask bool [N, max_tokens]), as the pipeline tokenizes captions.
+Tokenize = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +50,13 @@ class EvalContext:
   batch_size: int
   max_tokens: int
   load_run: RunLoader  # Reads another trained run back (the coherence evaluator's judge).
+  # The run's loaded splits: an evaluator's own and those its `split_options` name (the linear probe's).
+  sources: Mapping[str, Source] = dataclasses.field(default_factory=dict)
+  # Prompts tokenized with the run's `dataset.tokenizer` and `dataset.max_tokens` (zero-shot's class
+  # prompts); None where the dataset has no text.
+  tokenize: Tokenize | None = None
+  # The class names of the dataset's class-label features (`{"label": ("red_circle", ...)}`).
+  label_names: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
 # build(task, context, source, *, split, **options) -> Evaluator; `task` has the type's capability.
@@ -53,6 +67,7 @@ Builder = Callable[..., Evaluator]
 class EvaluatorType:
   requires: type  # The capability protocol a task needs (`mmlearn.tasks.contract`).
   build: Builder
+  split_options: tuple[str, ...] = ()  # Options naming other splits it reads (loaded with the data).
 
   @property
   def options(self) -> list[str]:
@@ -60,15 +75,23 @@ class EvaluatorType:
     accepted = list(inspect.signature(self.build).parameters)[3:]
     return sorted(set(accepted) - {"split"})
 
+  def other_splits(self, options: Mapping[str, Any]) -> tuple[str, ...]:
+    """The splits its `split_options` name in `options`, else by their defaults."""
+    defaults = inspect.signature(self.build).parameters
+    return tuple(str(options.get(name, defaults[name].default)) for name in self.split_options)
+
 
 EVALUATORS: Registry[EvaluatorType] = Registry("evaluator")
 
 
-def evaluator(name: str, *, requires: type) -> Callable[[Builder], Builder]:
-  """Registers `build` as evaluator type `name`, for the tasks that have the capability `requires`."""
+def evaluator(
+  name: str, *, requires: type, split_options: tuple[str, ...] = ()
+) -> Callable[[Builder], Builder]:
+  """Registers `build` as evaluator type `name`, for the tasks that have the capability `requires`;
+  `split_options` are its options that name other splits it reads (a probe's training split)."""
 
   def decorator(build: Builder) -> Builder:
-    EVALUATORS.add(name, EvaluatorType(requires, build))
+    EVALUATORS.add(name, EvaluatorType(requires, build, split_options))
     return build
 
   return decorator
@@ -123,10 +146,19 @@ def specs(config: ml_collections.ConfigDict, task: Task) -> list[EvalSpec]:
 
 
 def configured_splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The splits the run's evaluators read, known from the config alone (to load them with the data)."""
-  if config.evals:
-    return tuple(dict.fromkeys(entry["split"] for entry in config.evals.values() if "split" in entry))
-  return tuple(config.dataset.eval_splits)
+  """The splits the run's evaluators read, known from the config alone (to load them with the data):
+  each entry's own and those its type's `split_options` name."""
+  if not config.evals:
+    return tuple(config.dataset.eval_splits)
+  out = []
+  for entry in config.evals.values():
+    entry = dict(entry)
+    if "split" in entry:
+      out.append(entry["split"])
+    kind = entry.get("type")
+    if isinstance(kind, str) and kind in EVALUATORS:  # An unknown type is `specs`' error, with its entry.
+      out.extend(EVALUATORS.get(kind).other_splits(entry))
+  return tuple(dict.fromkeys(out))
 
 
 def splits(eval_specs: Sequence[EvalSpec]) -> tuple[str, ...]:

@@ -16,12 +16,11 @@ from collections.abc import Callable, Iterator, Sequence
 import jax
 import numpy as np
 from absl import logging
-from jax import lax
 
 from mmlearn import parallel as parallel_lib
 from mmlearn.data.pipeline import Source
 from mmlearn.evaluators.registry import EvalContext, evaluator
-from mmlearn.evaluators.split_pass import SplitPass
+from mmlearn.evaluators.split_pass import ExampleOutputs
 from mmlearn.metrics import retrieval as retrieval_metrics
 from mmlearn.tasks.contract import Batch, Embedder, Metric, Variables
 
@@ -63,35 +62,16 @@ class RetrievalEvaluator:
     self.modalities, self.source, self.split = modalities, source, split
     self.relevance, self.query_chunk, self.random_baseline = tuple(relevance), query_chunk, random_baseline
 
-    def per_device(variables: Variables, batch: Batch) -> dict[str, jax.Array]:
-      """This device's embeddings, all-gathered into the global batch (the same on every device)."""
-      out = {m: e for m, e in embed(variables, batch).items() if m in modalities}
-      out |= {"weight": batch["weight"], "index": batch["index"]}
-      return jax.tree.map(lambda x: lax.all_gather(x, parallel_lib.AXIS, tiled=True), out)
+    def embeddings(variables: Variables, batch: Batch) -> dict[str, jax.Array]:
+      return {m: e for m, e in embed(variables, batch).items() if m in modalities}
 
-    self.split_pass = SplitPass(
-      per_device, par, source, split=split, batch_size=batch_size, max_tokens=max_tokens
+    self.outputs = ExampleOutputs(
+      embeddings, par, source, split=split, batch_size=batch_size, max_tokens=max_tokens
     )
 
   def embed_split(self, variables: Variables) -> dict[str, np.ndarray]:
-    """`{modality: [N, D]}` for every example of the split, in source order, padding dropped.
-
-    Each process reads its share `source[process::count]` (see `pipeline.eval_batches`); every row is
-    tagged with its source index before sharding, and the gathered indices must be exactly 0..N-1.
-    """
-    count, process = jax.process_count(), jax.process_index()
-    local_batch = self.split_pass.batch_size // count
-    parts = []
-    for b, batch in enumerate(self.split_pass.batches()):
-      position = b * local_batch + np.arange(local_batch)
-      batch["index"] = np.where(batch["weight"] > 0, process + count * position, -1).astype(np.int32)
-      parts.append(jax.device_get(self.split_pass.step(variables, batch)))
-    gathered = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-    real = gathered["weight"] > 0
-    order = np.argsort(gathered["index"][real])
-    if not np.array_equal(gathered["index"][real][order], np.arange(len(self.source))):
-      raise RuntimeError(f"embedding {self.split} did not see every example exactly once")
-    return {m: gathered[m][real][order] for m in self.modalities}
+    """`{modality: [N, D]}` for every example of the split, in source order, padding dropped."""
+    return self.outputs(variables)
 
   def run(self, variables: Variables) -> Iterator[tuple[str, Metric]]:
     """The paired item is the headline rule; a relevance rule adds its lenient rule beside it."""

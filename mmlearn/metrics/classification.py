@@ -66,3 +66,18 @@ def balanced_accuracy(confusion: np.ndarray) -> float:
 def macro_f1(confusion: np.ndarray) -> float:
   """Mean F1 over the classes present in the split."""
   return _mean_over_present(f1(confusion), confusion)
+
+
+def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+  """The fraction of rows of `scores` [N, C] whose true class (`labels` [N]) ranks within the first `k`.
+
+  A tie counts against the true class (its rank is the number of classes scoring at least as high), so
+  scores that do not tell the classes apart reach chance at best, never 1.
+  """
+  scores = np.asarray(scores)
+  labels = np.asarray(labels)
+  if not len(labels):
+    return float("nan")
+  true = scores[np.arange(len(labels)), labels]
+  rank = (scores >= true[:, None]).sum(axis=1)
+  return float((rank <= k).mean())

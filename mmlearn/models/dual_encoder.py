@@ -41,6 +41,8 @@ class DualEncoder(nn.Module):
     embed_dim: width of the joint embedding space.
     log_scale_init: initial log of the similarity scale (the inverse temperature).
     bias_init: initial logit bias; None for losses without one (no `bias` parameter is created).
+    project: False uses each tower's features as its embedding (`embed_dim` unused), for pretrained
+      towers that carry their own projection (CLIP's `image_embeds`), so zero-shot scores are theirs.
     dtype: computation dtype of the towers and projections; parameters and embeddings are float32.
   """
 
@@ -48,6 +50,7 @@ class DualEncoder(nn.Module):
   embed_dim: int
   log_scale_init: float
   bias_init: float | None = None
+  project: bool = True
   dtype: DTypeLike = jnp.float32
 
   def __post_init__(self):
@@ -66,8 +69,10 @@ class DualEncoder(nn.Module):
         continue
       encoder = build_encoder(modality, self.modalities[modality], dtype=dtype, name=f"{modality}_encoder")
       features = encoder(batch[modality], batch.get(f"{modality}_mask"), train=train)
-      projection = nn.Dense(
-        self.embed_dim, dtype=dtype, param_dtype=jnp.float32, name=f"{modality}_projection"
-      )
-      embeddings[modality] = l2_normalise(projection(features).astype(jnp.float32))
+      if self.project:
+        projection = nn.Dense(
+          self.embed_dim, dtype=dtype, param_dtype=jnp.float32, name=f"{modality}_projection"
+        )
+        features = projection(features)
+      embeddings[modality] = l2_normalise(features.astype(jnp.float32))
     return embeddings

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmlearn import data, optim, registry, tasks
+from mmlearn import data, registry, tasks
 from mmlearn.config import migrate
 from mmlearn.data import pipeline
 from mmlearn.data.pipeline import Source
@@ -22,6 +22,7 @@ from mmlearn.runs import selection
 from mmlearn.runs import workdir as workdir_lib
 from mmlearn.runs.checkpoint import Checkpointer
 from mmlearn.tasks.contract import LoadedRun, Task, Variables
+from mmlearn.train import lora
 from mmlearn.train import state as train_state
 
 
@@ -80,12 +81,15 @@ def load_run(
       raise WorkdirError(f"{workdir} holds no checkpoint")
     # The template's optimizer state has the same structure whatever the schedule's length: an epoch of
     # the whole split stands for the run's own (a long-tailed subset's would be shorter).
-    tx = optim.make_optimizer(config.optimizer, train_state.total_train_steps(config, len(sources["train"])))
+    num_steps = train_state.total_train_steps(config, len(sources["train"]))
+    tx, _ = train_state.make_optimizer(config, task, sources["train"], num_steps)
     template = train_state.initial_state(config, task, tx, sources["train"], 1)
     state = checkpointer.restore(step, template)  # Parameters only: no training pipeline to build.
   finally:
     checkpointer.close()
-  return sources, info, task, state.variables(ema=config.ema_decay > 0)
+  # A LoRA run's adapters come back merged into the base model: tools and exporters see a plain model.
+  variables = lora.merged_variables(state.variables(ema=config.ema_decay > 0))
+  return sources, info, task, variables
 
 
 def load_run_variables(workdir: str) -> LoadedRun:
@@ -117,4 +121,4 @@ def text_batch(config: ml_collections.ConfigDict, text: str, *, what: str) -> di
     raise DataError(f"the {what} has {len(ids)} tokens; the model reads 1 to {max_tokens}")
   tokens = np.zeros((1, max_tokens), np.int32)
   tokens[0, : len(ids)] = ids
-  return {modality: tokens, f"{modality}_mask": tokens != 0}
+  return {modality: tokens, f"{modality}_mask": np.arange(max_tokens)[None, :] < len(ids)}

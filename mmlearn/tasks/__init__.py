@@ -3,7 +3,7 @@
 import ml_collections
 import tensorflow_datasets as tfds
 
-from mmlearn import data
+from mmlearn import data, pretrained  # noqa: F401  (pretrained: registers the towers as encoders)
 from mmlearn.data.pipeline import Source
 from mmlearn.tasks import classification, flow, mvae, retrieval  # noqa: F401  (register themselves)
 from mmlearn.tasks.contract import RunLoader, Task

@@ -10,6 +10,8 @@ a protocol (`isinstance(task, Generator)`), never by looking for attribute names
   ExampleLosses  per-example loss terms           the `loss` evaluator (the MVAE's ELBO, the flow's loss)
   Generator      conditional samples, imputation  samples and coherence evaluators, scripts/generate.py,
                                                   generative imputation of missing modalities
+  ChunkedContrastive  embeddings, then their loss the trainer's gradient caching (`microbatch_size` on a
+                                                  contrastive loss: `mmlearn.train.grad_cache`)
 
 Task classes are registered by name (`mmlearn.tasks.registry.TASKS`) as `TaskFactory`s: the class
 builds a task from the run's config, and owns its config sections (`config_sections`: defaults) and
@@ -246,6 +248,29 @@ class Generator(Protocol):
 
   def sample_conditions(self, target: str) -> tuple[str, ...]:
     """The modalities `target` can be drawn from, one at a time (the coherence evaluator's conditions)."""
+    ...
+
+
+@runtime_checkable
+class ChunkedContrastive(Protocol):
+  """A task whose examples interact only through per-example embeddings (in-batch negatives).
+
+  Its `loss` must equal `embedding_loss(params, embed_for_training(variables, batch, dropout_rng))`, so
+  the trainer can embed a batch chunk by chunk and still take the whole batch's gradient (GradCache,
+  Gao et al. 2021; `mmlearn.train.grad_cache`).
+  """
+
+  def embed_for_training(
+    self, variables: Variables, batch: Batch, dropout_rng: jax.Array | None
+  ) -> dict[str, jax.Array]:
+    """Training-mode embeddings {name: [B, D]} of this device's examples (dropout from `dropout_rng`)."""
+    ...
+
+  def embedding_loss(
+    self, params: PyTree, embeddings: Mapping[str, jax.Array]
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(this device's loss, metrics) from the device's embeddings; per-device code like `Task.loss` (it may
+    all-gather the other devices' embeddings). `params`: the model's parameters (a learned temperature)."""
     ...
 
 

@@ -7,6 +7,7 @@ every item of one modality against every item of the other, both ways, with the 
 right answer and, with `retrieval.relevance`, any item of the same description beside it.
 """
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, cast
 
 import jax
@@ -20,13 +21,22 @@ from mmlearn.errors import ConfigError
 from mmlearn.losses.contrastive import LOSSES
 from mmlearn.models.config import compute_dtype, resolve_modalities
 from mmlearn.models.dual_encoder import DualEncoder
-from mmlearn.tasks.contract import Batch, Embedder, RunLoader, Variables, apply_for_training
+from mmlearn.tasks.contract import (
+  Batch,
+  ChunkedContrastive,
+  Embedder,
+  PyTree,
+  RunLoader,
+  Variables,
+  apply_for_training,
+)
 from mmlearn.tasks.registry import register
 
 
 @register("retrieval")
 class RetrievalTask:
-  separable_loss = False  # In-batch negatives: a chunk would see fewer of them.
+  # In-batch negatives: a chunk would see fewer of them, so `microbatch_size` caches gradients instead.
+  separable_loss = False
   default_evaluators = ("retrieval",)
 
   @staticmethod
@@ -35,6 +45,8 @@ class RetrievalTask:
     settings = ml_collections.ConfigDict()
     settings.loss = "clip"  # clip | siglip (mmlearn/losses/contrastive.py)
     settings.embed_dim = 64  # Joint embedding width (each tower's projection head).
+    # False: no projection head; the towers' own outputs are the joint space (pretrained CLIP/SigLIP).
+    settings.projection = True
     # Features that must agree for two items to count as relevant; () = only the paired item counts.
     settings.relevance = ()
     settings.query_chunk = 512  # Queries ranked at once: a [query_chunk, N] similarity block.
@@ -72,6 +84,7 @@ class RetrievalTask:
       embed_dim=settings.embed_dim,
       log_scale_init=self.loss_fn.log_scale_init,
       bias_init=self.loss_fn.bias_init,
+      project=bool(settings.projection),
       dtype=compute_dtype(config.precision),
     )
     self.relevance: tuple[str, ...] = tuple(settings.relevance)
@@ -125,17 +138,33 @@ class RetrievalTask:
     del rng, step  # Dropout is the only randomness; no schedules.
     self._check_batch(batch)
     embeddings, updated = apply_for_training(self.model, variables, batch, dropout_rng=dropout_rng)
+    loss, metrics = self.embedding_loss(variables["params"], embeddings)
+    return loss, metrics, updated
+
+  # `ChunkedContrastive`: `loss` in two halves, so the trainer can cache gradients (`microbatch_size`).
+
+  def embed_for_training(
+    self, variables: Variables, batch: Batch, dropout_rng: jax.Array | None
+  ) -> dict[str, jax.Array]:
+    """Training-mode embeddings of both modalities (the trainer refuses chunks for models with state)."""
+    self._check_batch(batch)
+    embeddings, _ = apply_for_training(self.model, variables, batch, dropout_rng=dropout_rng)
+    return embeddings
+
+  def embedding_loss(
+    self, params: PyTree, embeddings: Mapping[str, jax.Array]
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(loss, metrics) of this device's embeddings against the global batch's; `params` for the scale."""
     a, b = self.modalities
-    params = variables["params"]
-    loss, metrics = self.loss_fn(
+    return self.loss_fn(
       embeddings[a],
       embeddings[b],
       log_scale=params["log_scale"],
       bias=params.get("bias"),
       axis_name=parallel_lib.AXIS,
     )
-    return loss, metrics, updated
 
 
 if TYPE_CHECKING:  # The capability this task claims, checked by the type checker (not at run time).
   _CLAIMS: type[Embedder] = RetrievalTask
+  _CHUNKED: type[ChunkedContrastive] = RetrievalTask

@@ -8,6 +8,7 @@ training examples an epoch walks and how batches change; the loop never learns w
 """
 
 import dataclasses
+from collections.abc import Callable
 
 import grain
 import jax
@@ -15,13 +16,15 @@ import ml_collections
 import optax
 from absl import logging
 
-from mmlearn import optim, parallel, tasks
+from mmlearn import data, parallel, tasks
 from mmlearn.data import pipeline
 from mmlearn.data.augment import Augment
 from mmlearn.data.pipeline import Source
 from mmlearn.evaluators import registry as evaluators
+from mmlearn.pretrained import loading
 from mmlearn.runs import init_from, restore, selection
 from mmlearn.tasks.contract import Evaluator, Metric, Task, Variables
+from mmlearn.train import lora
 from mmlearn.train import state as train_state
 from mmlearn.train.step import microbatch_chunks
 
@@ -39,6 +42,9 @@ class Run:
   state: train_state.TrainState  # Placed on the devices; a resumed run replaces it with its checkpoint.
   evaluators: list[tuple[evaluators.EvalSpec, Evaluator]]
   num_parameters: int
+  towers: list[loading.Tower] = dataclasses.field(default_factory=list)  # Pretrained ones, by path.
+  # What evaluators get from the state's variables: LoRA's merged parameters (`lora.evaluation_merger`).
+  eval_variables: Callable[[Variables], Variables] = lambda variables: variables
 
   @property
   def splits(self) -> tuple[str, ...]:
@@ -50,6 +56,8 @@ class Run:
   def evaluate(self, variables: Variables, *, due_at: int | None = None) -> dict[str, Metric]:
     """Every evaluator's `(name, value)` pairs in one dict (with `due_at`, only those due at that step)."""
     results: dict[str, Metric] = {}
+    if any(due_at is None or spec.due(due_at) for spec, _ in self.evaluators):
+      variables = self.eval_variables(variables)
     for spec, evaluator in self.evaluators:
       if due_at is None or spec.due(due_at):
         results.update(evaluator.run(variables))
@@ -72,7 +80,8 @@ def build(config: ml_collections.ConfigDict) -> Run:
   num_examples = len(training.indices(sources["train"]))
   train_state.check_batch_size(config, num_examples)
   num_steps = train_state.total_train_steps(config, num_examples)
-  tx = optim.make_optimizer(config.optimizer, num_steps, norm=par.global_norm)
+  tx, towers = train_state.make_optimizer(config, task, sources["train"], num_steps, norm=par.global_norm)
+  loading.check_tokenizer(towers, data.dataset_tokenizer(config.dataset))
   train_iter = pipeline.train_iterator(
     sources["train"],
     batch_size=config.batch_size,
@@ -84,8 +93,12 @@ def build(config: ml_collections.ConfigDict) -> Run:
     workers=config.dataset.workers,
   )
   state = train_state.initial_state(config, task, tx, sources["train"], par.num_devices)
+  if any(tower.load for tower in towers):  # Replaced by the checkpoint when the run resumes.
+    variables = loading.load(state.variables(), towers)
+    state = train_state.TrainState.create(variables, tx, state.rng, ema=state.ema_params is not None)
   if config.init_from.workdir:  # Replaced by the checkpoint when the run resumes.
-    variables = init_from.load(config.init_from, state.variables())
+    variables = init_from.load(config.init_from, lora.base(state.variables()))
+    variables = lora.keep_adapters(variables, state.params)
     state = train_state.TrainState.create(variables, tx, state.rng, ema=state.ema_params is not None)
   # Raises now rather than when the first step is traced.
   microbatch_chunks(config.microbatch_size, config.batch_size // par.num_devices, task, state.model_state)
@@ -98,6 +111,9 @@ def build(config: ml_collections.ConfigDict) -> Run:
     batch_size=config.eval_batch_size,
     max_tokens=config.dataset.max_tokens,
     load_run=restore.load_run_variables,
+    sources=sources,
+    tokenize=data.prompt_tokenizer(config.dataset),
+    label_names=data.class_label_names(info),
   )
   built = [(spec, evaluators.build(spec, task, context, sources[spec.split])) for spec in eval_specs]
   return Run(
@@ -110,4 +126,6 @@ def build(config: ml_collections.ConfigDict) -> Run:
     state=par.place_state(state),
     evaluators=built,
     num_parameters=num_parameters,
+    towers=towers,
+    eval_variables=lora.evaluation_merger(par),
   )

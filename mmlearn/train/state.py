@@ -5,6 +5,7 @@ live apart from the loop: tools load runs without importing the trainer.
 """
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import jax
@@ -13,10 +14,13 @@ import ml_collections
 import optax
 from flax import struct
 
+from mmlearn import optim
 from mmlearn.data import pipeline
 from mmlearn.data.pipeline import Source
 from mmlearn.errors import ConfigError
+from mmlearn.pretrained import loading
 from mmlearn.tasks.contract import PyTree, Task, Variables
+from mmlearn.train import lora
 
 
 @struct.dataclass
@@ -78,10 +82,43 @@ def initial_state(
   batch: int,
 ) -> TrainState:
   """The step-0 state (also the template a checkpoint is restored into): variables from `config.seed`."""
-  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  example = next(pipeline.eval_batches(train_source, batch_size=batch, max_tokens=config.dataset.max_tokens))
-  variables = dict(jax.jit(task.init)(init_rng, example))
+  init_rng, state_rng = init_keys(config)
+  variables = dict(jax.jit(task.init)(init_rng, example_batch(config, train_source, batch)))
+  variables = lora.with_adapters(variables, config, lora.adapter_rng(init_rng))  # LoRA's, if on.
   return TrainState.create(variables, tx, state_rng, ema=config.ema_decay > 0)
+
+
+def make_optimizer(
+  config: ml_collections.ConfigDict,
+  task: Task,
+  train_source: Source,
+  num_steps: int,
+  *,
+  norm: Callable[[PyTree], jax.Array] = optax.global_norm,
+) -> tuple[optax.GradientTransformation, list[loading.Tower]]:
+  """(the run's optimizer, the pretrained towers its model builds).
+
+  `config.optimizer`, with the towers that ask for it frozen and, with LoRA, only the adapters trained.
+  Training and restoring build it alike: the optimizer state's structure, which a checkpoint holds,
+  depends on which parameters are frozen.
+  """
+  towers = []
+  if loading.names_towers(config):
+    towers = loading.find_towers(task.init, init_keys(config)[0], example_batch(config, train_source, 1))
+  optimizer = config.optimizer.copy_and_resolve_references()
+  optimizer.frozen = loading.frozen_pattern(towers, config.optimizer.frozen)
+  return optim.make_optimizer(optimizer, num_steps, norm=norm, train_only=lora.trained(config)), towers
+
+
+def init_keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
+  """(the key that initialises the model, the train state's base key), from `config.seed`."""
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  return init_rng, state_rng
+
+
+def example_batch(config: ml_collections.ConfigDict, train_source: Source, batch: int) -> dict:
+  """The first `batch` training examples: what `Task.init` traces the model's shapes from."""
+  return next(pipeline.eval_batches(train_source, batch_size=batch, max_tokens=config.dataset.max_tokens))
 
 
 def check_batch_size(config: ml_collections.ConfigDict, num_train_examples: int) -> None:

@@ -17,7 +17,8 @@ from jax import lax
 from mmlearn import parallel as parallel_lib
 from mmlearn import rngs
 from mmlearn.errors import ConfigError, DivergedError
-from mmlearn.tasks.contract import Batch, PyTree, Task
+from mmlearn.tasks.contract import Batch, ChunkedContrastive, PyTree, Task
+from mmlearn.train import grad_cache, lora
 from mmlearn.train.state import TrainState
 
 
@@ -37,17 +38,21 @@ def train_step(
   forward); the step sees full parameters. Mutable collections (BatchNorm statistics) come back from
   the loss already averaged over devices (the layers reduce over the mapped axis). With
   `microbatch_size` > 0 the device's gradient is accumulated over chunks of that many examples
-  (`accumulated_gradient`).
+  (`accumulated_gradient`), or, for a contrastive loss, cached (`mmlearn.train.grad_cache`). With LoRA's
+  adapters in the parameters the task sees them merged (`lora.merged`), and the gradient reaches the
+  adapters through the merge.
   """
   local_size = jax.tree.leaves(batch)[0].shape[0]
   step_key = jax.random.fold_in(state.rng, state.step)
   example_rng = rngs.example_keys(step_key, local_size)
   dropout_rng = rngs.device_key(rngs.stream_key(step_key, "dropout"))
 
+  def variables_of(params):
+    return {"params": lora.merged(params), **state.model_state}
+
   def objective(params, batch, example_rng, dropout_rng):
-    variables = {"params": params, **state.model_state}
     loss, metrics, updated = task.loss(
-      variables, batch, example_rng, step=state.step, dropout_rng=dropout_rng
+      variables_of(params), batch, example_rng, step=state.step, dropout_rng=dropout_rng
     )
     return loss, (metrics, updated)
 
@@ -56,6 +61,9 @@ def train_step(
   num_chunks = microbatch_chunks(microbatch_size, local_size, task, state.model_state)
   if num_chunks == 1:
     (_, (metrics, updated)), grads = grad_fn(params, batch, example_rng, dropout_rng)
+  elif isinstance(task, ChunkedContrastive) and not task.separable_loss:
+    metrics, grads = grad_cache.cached_gradient(task, variables_of, params, batch, dropout_rng, num_chunks)
+    updated = {}
   else:
     metrics, grads = accumulated_gradient(grad_fn, params, (batch, example_rng), dropout_rng, num_chunks)
     updated = {}
@@ -87,7 +95,7 @@ def microbatch_chunks(
     raise ConfigError(
       f"microbatch_size {microbatch_size} does not divide the per-device batch of {local_size} examples"
     )
-  if not task.separable_loss:
+  if not task.separable_loss and not isinstance(task, ChunkedContrastive):
     raise ConfigError(
       f"microbatch_size {microbatch_size}: task {type(task).__name__}'s loss couples the examples of a batch "
       "(e.g. in-batch negatives), so chunks would train a different loss; set microbatch_size=0"

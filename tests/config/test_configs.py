@@ -45,6 +45,20 @@ FEATURES = {"mmshapes": ("shape", "colour", "size", "quadrant"), "avmnist": (), 
 VOCAB_SIZES = {"captioned": 500}
 
 
+def dummy_batch(config):
+  """The dataset's dummy batch at the sizes the config reads it: `dataset.image_size` square (grey made RGB
+  by three channels' statistics, as the pipeline does) and `dataset.max_tokens` tokens."""
+  batch = dict(DUMMY_BATCHES[config.dataset.name])
+  size = config.dataset.image_size
+  if size:
+    channels = 3 if 3 in (len(config.dataset.image_mean), len(config.dataset.image_std)) else None
+    batch["image"] = np.zeros((2, size, size, channels or batch["image"].shape[-1]), np.float32)
+  if "text" in batch:
+    tokens = config.dataset.max_tokens
+    batch["text"], batch["text_mask"] = np.ones((2, tokens), np.int32), np.ones((2, tokens), bool)
+  return batch
+
+
 def dataset_info(name):
   """The parts of a DatasetInfo tasks read, without preparing the dataset."""
   features = {"label": tfds.features.ClassLabel(num_classes=NUM_CLASSES[name])}
@@ -92,7 +106,7 @@ def test_config_resolves_and_builds_its_model(spec):
   name = config.dataset.name
   vocab_size = VOCAB_SIZES.get(name) or data.vocab_size(name)
   task = TASKS.get(config.task)(config, info=dataset_info(name), vocab_size=vocab_size)
-  batch = DUMMY_BATCHES[name]
+  batch = dummy_batch(config)
   params = jax.eval_shape(task.init, jax.random.PRNGKey(0), batch)
   assert jax.tree.leaves(params) and all(
     leaf.dtype == np.float32 for leaf in jax.tree.leaves(params["params"])

@@ -27,7 +27,7 @@ CAPABILITIES = {
 }
 APPLICABLE = {
   "classification": ["classification", "robustness"],
-  "retrieval": ["retrieval"],
+  "retrieval": ["linear_probe", "retrieval", "zero_shot"],
   "mvae": ["coherence", "loss", "samples"],
   "flow": ["coherence", "loss", "samples"],
 }

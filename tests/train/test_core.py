@@ -65,9 +65,13 @@ def test_microbatches_give_the_whole_batch_update(tiny_config):
 def test_microbatches_are_refused_where_chunks_change_the_loss():
   assert TASKS.get("classification").separable_loss and TASKS.get("mvae").separable_loss
   assert TASKS.get("flow").separable_loss
-  retrieval = TASKS.get("retrieval")
+  retrieval = TASKS.get("retrieval")  # Contrastive: chunks cache gradients (tests/train/test_grad_cache.py).
+
+  class Coupled:  # A loss that couples a batch's examples, with no way to chunk it.
+    separable_loss = False
+
   with pytest.raises(ConfigError, match="couples the examples"):
-    microbatch_chunks(8, 32, retrieval, {})
+    microbatch_chunks(8, 32, Coupled(), {})  # pyright: ignore[reportArgumentType]
   with pytest.raises(ConfigError, match=r"batch statistics \(batch_stats\)"):
     microbatch_chunks(8, 32, TASKS.get("classification"), {"batch_stats": {}})
   assert microbatch_chunks(0, 32, retrieval, {}) == 1  # Off, or a chunk as large as the batch.
