@@ -144,6 +144,7 @@ def test_the_prepared_directory_reads_as_a_tfds_dataset(reference, tmp_path):
   assert builder.info.splits["train"].shard_lengths[-1] == SIZES["train"] % EXAMPLES_PER_SHARD
 
 
+@pytest.mark.e2e  # A script in its own interpreter.
 def test_a_script_without_a_main_guard_gets_one_error_not_endless_workers(tmp_path):
   script = tmp_path / "unguarded.py"  # Spawned workers import the script, which prepares again.
   script.write_text(

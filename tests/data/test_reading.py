@@ -90,6 +90,7 @@ def equal(a, b) -> bool:
   return all(np.array_equal(x[k], y[k]) for x, y in zip(a, b, strict=True) for k in x)
 
 
+@pytest.mark.e2e  # Spawns worker processes.
 def test_worker_processes_build_the_same_batches_and_restore_their_state(data_dir):
   train = load(data_dir, image_size=24)[0]["train"]
 

@@ -29,6 +29,7 @@ def batches(run, count):
   return [next(run.train_iter) for _ in range(count)]
 
 
+@pytest.mark.e2e  # Builds and trains whole runs, as the other test here.
 def test_lora_trains_only_its_adapters_and_export_merges_them(retrieval_tiny_data, tmp_path):
   run = built_run(retrieval_tiny_data[0], "lora")
   start = jax.device_get(run.state.variables())
@@ -53,6 +54,7 @@ def test_lora_trains_only_its_adapters_and_export_merges_them(retrieval_tiny_dat
   np.testing.assert_array_equal(exported[untouched], source[untouched])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("chunk", [2, 4])
 def test_gradient_caching_on_pretrained_towers_equals_the_full_batch(retrieval_tiny_data, chunk):
   """One step of a fine-tuned CLIP with `microbatch_size` (gradient caching) lands on the full batch's

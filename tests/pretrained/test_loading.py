@@ -39,7 +39,7 @@ def built(config):
   return task, towers, loading.load(task.init(rng, example), towers), sources["train"]
 
 
-@pytest.mark.parametrize("name", ["clip_b", "siglip_a"])
+@pytest.mark.parametrize("name", ["clip_b", pytest.param("siglip_a", marks=pytest.mark.e2e)])
 def test_a_loaded_dual_encoder_scores_as_the_released_model(name, retrieval_tiny_data):
   """Towers found at their paths, weights and logit scale/bias loaded: the reference's logits at step 0."""
   task, towers, variables, _ = built(retrieval_config(name, retrieval_tiny_data[0]))
@@ -82,6 +82,7 @@ def test_frozen_towers_are_outside_the_optimizer(retrieval_tiny_data):
   assert loading.frozen_pattern([], "head") == "head"
 
 
+@pytest.mark.e2e  # Builds the AV-MNIST task and loads a tower.
 def test_towers_are_found_in_a_classifier_too(avmnist_data_dir):
   config = files.get_config(f"configs/pretrained/fusion.py:ckpt={FIXTURES / 'clip_a'}")
   config.unlock()
@@ -170,6 +171,7 @@ def test_tower_helper_rejects_unknown_towers():
   assert isinstance(loading.tower("clip_text", "x"), ml_collections.ConfigDict)
 
 
+@pytest.mark.e2e  # Builds a whole flow run.
 def test_a_flows_condition_encoder_can_be_a_pretrained_tower(retrieval_tiny_data):
   """Caption -> image flow with CLIP's text tower reading the caption: found inside the flow's model,
   loaded, frozen, and the captions read by the checkpoint's tokenizer."""

@@ -212,6 +212,7 @@ def test_harmless_changes_and_a_longer_run_need_the_flag(finished, tiny_config):
     loop.train_and_evaluate(tiny_config, finished, allow_config_changes=True)
 
 
+@pytest.mark.e2e  # Resumes a whole run.
 def test_a_run_saved_before_a_key_existed_resumes_while_that_key_is_at_its_default(finished, tiny_config):
   path = os.path.join(finished, "config.json")
   saved = json.loads(read(path))

@@ -88,7 +88,9 @@ def gradients(task, params, batch, dropout_rng=None):
   return jax.device_get(par.map(per_device, sharded_args=(1,))(params, par.shard(batch)))
 
 
-@pytest.mark.parametrize("loss", ["clip", "siglip"])
+@pytest.mark.parametrize(
+  "loss", ["clip", pytest.param("siglip", marks=pytest.mark.e2e)]
+)  # siglip: full suite.
 def test_the_cached_gradient_is_the_full_batch_gradient(loss):
   _, task = tiny_task(loss)
   batch = synthetic_batch(16)
@@ -108,6 +110,7 @@ def test_the_cached_gradient_is_the_full_batch_gradient(loss):
   assert abs(float(grads["cached_4"]["log_scale"] - grads["full"]["log_scale"])) <= RTOL * scale + ATOL
 
 
+@pytest.mark.e2e  # The fast tier keeps the dropout-free comparison.
 def test_dropout_draws_the_same_masks_when_embedding_and_when_pulling_back():
   _, task = tiny_task("clip", dropout=0.5)
   batch = synthetic_batch(16)
