@@ -26,12 +26,6 @@ from mmlearn.train import lora
 from mmlearn.train import state as train_state
 
 
-def _subtree(tree: Mapping[str, Any], path: str) -> Any:
-  for name in path.split("/"):
-    tree = tree[name]
-  return tree
-
-
 def source_of(towers: Sequence[loading.Tower], choice: str = "") -> str:
   """The one checkpoint directory the towers come from (or `choice`, which must be one of them)."""
   sources = sorted({str(Path(t.checkpoint).resolve()) for t in towers})
@@ -66,7 +60,7 @@ def export(
   where = str(Path(directory) / checkpoint.WEIGHTS)
   mine = [t for t in towers if str(Path(t.checkpoint).resolve()) == directory]
   for t in mine:
-    for name, value in FORMATS.get(t.encoder).to_tensors(_subtree(params, t.path), config).items():
+    for name, value in FORMATS.get(t.encoder).to_tensors(loading.subtree_at(params, t.path), config).items():
       if name not in tensors or tensors[name].shape != np.shape(value):
         found = tensors[name].shape if name in tensors else "absent"
         raise CheckpointError(f"{where}: tensor {name!r} is {found} there but {np.shape(value)} in the run")

@@ -123,7 +123,8 @@ def names_towers(config: Any) -> bool:
   return False
 
 
-def _subtree(tree: Mapping[str, Any], path: str) -> Any:
+def subtree_at(tree: Mapping[str, Any], path: str) -> Any:
+  """The subtree of `tree` at the `/`-separated `path` (a tower's, found by `find_towers`)."""
   for name in path.split("/"):
     tree = tree[name]
   return tree
@@ -165,7 +166,7 @@ def load(variables: Mapping[str, Any], towers: Sequence[Tower]) -> dict[str, Any
     config = checkpoint.read_json(t.checkpoint, checkpoint.CONFIG)
     tensors = checkpoint.MappedTensors(t.checkpoint)
     subtree = FORMATS.get(t.encoder).to_params(tensors, config, str(tensors.path))
-    _check_layout(_subtree(params, t.path), subtree, str(tensors.path))
+    _check_layout(subtree_at(params, t.path), subtree, str(tensors.path))
     params = _replaced(params, t.path, _on_device(subtree))
     loaded_from.add(str(Path(t.checkpoint).resolve()))
   if len(loaded_from) == 1:

@@ -81,7 +81,8 @@ def build(config: ml_collections.ConfigDict) -> Run:
   train_state.check_batch_size(config, num_examples)
   num_steps = train_state.total_train_steps(config, num_examples)
   tx, towers = train_state.make_optimizer(config, task, sources["train"], num_steps, norm=par.global_norm)
-  loading.check_tokenizer(towers, data.dataset_tokenizer(config.dataset))
+  if towers:  # Reads the dataset's tokenizer again only where a text tower may need checking against it.
+    loading.check_tokenizer(towers, data.dataset_tokenizer(config.dataset))
   train_iter = pipeline.train_iterator(
     sources["train"],
     batch_size=config.batch_size,
